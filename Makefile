@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CLI := $(BIN)/coproduction-monitor
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test unit integration bench kafka-up kafka-down schemas clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(CLI) demo
+
+# Starts the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, runs every test, stops the broker
+# it started (also when the tests fail).
+test: $(STAMP)
+	@bash .ci/with-broker.sh $(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP)
+	@bash .ci/with-broker.sh $(BIN)/python -m bench
+
+kafka-up: $(STAMP)
+	$(CLI) kafka up --topics
+
+kafka-down: $(STAMP)
+	$(CLI) kafka down
+
+schemas: $(STAMP)
+	$(CLI) schemas export
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache

@@ -1,0 +1,272 @@
+"""The ``coproduction-monitor`` command line: parse arguments, call the layers below, nothing else.
+
+Exit codes: 0 success, 1 a failed check or run, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from monitor.errors import MonitorError
+
+
+def _aware(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"timestamp needs a UTC offset (e.g. Z): {text!r}")
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _settings() -> Any:
+    from monitor.settings import load_settings
+
+    return load_settings()
+
+
+# --- kafka -------------------------------------------------------------------------------------
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from monitor.kafka import local
+
+    s = _settings()
+    broker = local.LocalBroker(s.local_kafka_home, port=s.local_kafka_port)
+    if not s.uses_local_broker and args.action in {"up", "down"}:
+        print(f"KAFKA_BOOTSTRAP_SERVERS={s.bootstrap_servers} is set: using that cluster, "
+              "starting/stopping nothing")
+        return 0
+    if args.action == "up":
+        st = local.up(broker)
+        print(f"Kafka {st['version']} running on {st['bootstrap_servers']} (pid {st['pid']}); "
+              f"log: {st['log']}")
+        if args.topics:
+            from monitor.kafka.admin import ensure_topics
+
+            ensure_topics(s)
+    elif args.action == "down":
+        print("stopped" if local.down(broker) else "not running")
+    else:
+        st = local.status(broker)
+        _print_json(st)
+        return 0 if st["running"] else 1
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from monitor.kafka.admin import ensure_topics
+
+    _print_json(ensure_topics(_settings()))
+    return 0
+
+
+# --- worker, simulator, demo ---------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from monitor.stream.app import run_worker
+
+    run_worker(_settings())
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from monitor.simulate import SimConfig, publish, write_ndjson
+
+    cfg = SimConfig(patients=args.patients, days=args.days, seed=args.seed, end=args.end,
+                    invalid_rate=args.invalid_rate)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            n = write_ndjson(cfg, fh)
+        print(f"wrote {n} lines to {args.out}", file=sys.stderr)
+        return 0
+    counts = publish(cfg, _settings(), speed=args.speed, progress=None)
+    _print_json(counts)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(_settings(), patients=args.patients, days=args.days,
+                    duration_s=args.duration, seed=args.seed)
+
+
+# --- contract ------------------------------------------------------------------------------------
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from monitor.contract.schema_export import export_schemas, render_schemas
+
+    directory = Path(args.dir)
+    if args.action == "export":
+        for p in export_schemas(directory):
+            print(p)
+        return 0
+    stale = [name for name, text in render_schemas().items()
+             if not (directory / name).exists() or (directory / name).read_text() != text]
+    if stale:
+        print(f"schemas differ from the models: {stale}; run `coproduction-monitor schemas export`")
+        return 1
+    print("schemas are up to date")
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from monitor.kafka.clients import read_topic
+
+    s = _settings()
+    reasons: Counter[str] = Counter()
+    latest: list[dict[str, Any]] = []
+    for rec in read_topic(s, s.topics.name("dead_letters"), timeout_s=args.timeout):
+        try:
+            doc = json.loads(rec.value)
+        except (TypeError, ValueError):
+            reasons["<unreadable>"] += 1
+            continue
+        reasons[doc.get("reason", "<none>")] += 1
+        latest.append(doc)
+        latest = latest[-args.latest:] if args.latest else []
+    _print_json({"counts": dict(reasons.most_common()), "latest": latest})
+    return 0
+
+
+# --- analysis ------------------------------------------------------------------------------------
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import replay
+
+    with open(args.file, "rb") as fh:
+        _print_json(replay(fh, as_of=args.as_of))
+    return 0
+
+
+def cmd_equity(args: argparse.Namespace) -> int:
+    from monitor import equity
+
+    if args.level == "grouped":
+        out = equity.grouped_from_csv(args.file, adverse=args.adverse, ordered=args.ordered,
+                                      scale=args.scale, sii_method=args.sii_method)
+    else:
+        out = equity.individual_from_csv(args.file, value=args.value, weights=args.weights)
+    _print_json(out)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    from monitor.intake.formats import decode_file_lines
+
+    for item in decode_file_lines(args.file, args.format, datetime.now(UTC)):
+        sys.stdout.write(json.dumps(item, separators=(",", ":"), default=str) + "\n")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="coproduction-monitor",
+        description="Streaming monitor of care coproduced with patients and informal carers.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("kafka", help="run a local single-node KRaft Kafka broker from Maven jars")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--topics", action="store_true", help="with up: also create the monitor's topics")
+    k.set_defaults(func=cmd_kafka)
+
+    t = sub.add_parser("topics", help="create the monitor's topics (idempotent)")
+    t.set_defaults(func=cmd_topics)
+
+    w = sub.add_parser("worker", help="run the faust stream worker (Ctrl-C to stop)")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("simulate", help="publish a synthetic population with a social gradient")
+    s.add_argument("--patients", type=int, default=1000)
+    s.add_argument("--days", type=int, default=14)
+    s.add_argument("--speed", type=float, default=None,
+                   help="simulated seconds per wall-clock second (default: as fast as possible)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--end", type=_aware, default=None,
+                   help="end of the simulated period, ISO 8601 with offset (default: today 00:00 UTC)")
+    s.add_argument("--invalid-rate", type=float, default=0.0,
+                   help="share of patient-days that also emit one invalid message")
+    s.add_argument("--out", help="write NDJSON to this file instead of publishing to Kafka")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="broker (if needed), worker, simulator, summary; stops what it started")
+    d.add_argument("--patients", type=int, default=1500)
+    d.add_argument("--days", type=int, default=28)
+    d.add_argument("--duration", type=float, default=30.0, help="wall-clock seconds of simulation")
+    d.add_argument("--seed", type=int, default=1)
+    d.set_defaults(func=cmd_demo)
+
+    sc = sub.add_parser("schemas", help="JSON Schemas of the event contract")
+    sc.add_argument("action", choices=["export", "check"])
+    sc.add_argument("--dir", default="schemas")
+    sc.set_defaults(func=cmd_schemas)
+
+    dl = sub.add_parser("dead-letters", help="counts of dead letters per reason and the latest N")
+    dl.add_argument("--latest", type=int, default=10)
+    dl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records")
+    dl.set_defaults(func=cmd_dead_letters)
+
+    r = sub.add_parser("replay", help="run the aggregators offline over an NDJSON file")
+    r.add_argument("file")
+    r.add_argument("--as-of", type=_aware, default=None)
+    r.set_defaults(func=cmd_replay)
+
+    e = sub.add_parser("equity", help="inequality measures from a CSV file")
+    esub = e.add_subparsers(dest="level", required=True, metavar="LEVEL")
+    eg = esub.add_parser("grouped", help="HEAT group-level measures (subgroup,estimate,population)")
+    eg.add_argument("file")
+    eg.add_argument("--adverse", action="store_true", help="the indicator is adverse (lower is better)")
+    eg.add_argument("--ordered", action="store_true", help="the dimension is ordered (column order)")
+    eg.add_argument("--scale", type=float, default=100)
+    eg.add_argument("--sii-method", choices=["logit", "linear"], default="logit")
+    ei = esub.add_parser("individual", help="Gini, Theil, Atkinson, ... of individual values")
+    ei.add_argument("file")
+    ei.add_argument("--value", default="value")
+    ei.add_argument("--weights", default=None)
+    e.set_defaults(func=cmd_equity)
+
+    dc = sub.add_parser("decode", help="decode a file of gateway output to canonical readings")
+    dc.add_argument("--format", default="auto",
+                    choices=["auto", "native", "fhir", "nightscout", "openmhealth"])
+    dc.add_argument("file")
+    dc.set_defaults(func=cmd_decode)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MonitorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

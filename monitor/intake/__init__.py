@@ -1,0 +1,1 @@
+"""Intake: decoders of what gateways and carers' apps send, validation, dead letters."""

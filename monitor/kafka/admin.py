@@ -1,0 +1,67 @@
+"""Topic administration: create every topic up front with consistent partition counts.
+
+All patient-keyed topics get the same partition count (``MONITOR_PARTITIONS``, default 8) so they are
+co-partitioned by patient id, as faust requires of the sources of one agent. ``care-network`` and
+``patients`` are compacted (latest state per key). Creating an existing topic is not an error;
+an existing topic with a different partition count is (faust would raise PartitionsMismatch later).
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from monitor.errors import MonitorError
+from monitor.settings import Settings
+
+
+class TopicError(MonitorError):
+    """Topics could not be created or do not match the expected layout."""
+
+
+def admin_client(settings: Settings, *, timeout_s: float = 30.0) -> KafkaAdminClient:
+    """An admin client, retrying while the cluster is still coming up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(client_id="coproduction-monitor-admin", **settings.kafka_python_config())
+        except NoBrokersAvailable as exc:
+            if time.monotonic() > deadline:
+                raise TopicError(f"no Kafka broker reachable at {settings.bootstrap}") from exc
+            time.sleep(0.5)
+
+
+def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) -> dict[str, int]:
+    """Create the monitor's topics (idempotent). Returns topic -> partition count."""
+    wanted = {name: settings.partitions for name in settings.topics.all()}
+    wanted.update(extra or {})
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        new = []
+        for name, parts in wanted.items():
+            if name in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if name in settings.topics.compacted else {}
+            new.append(NewTopic(name, num_partitions=parts, replication_factor=1 if settings.uses_local_broker else 3,
+                                topic_configs=configs))
+        if new:
+            try:
+                admin.create_topics(new, validate_only=False)
+            except TopicAlreadyExistsError:
+                pass
+        described = admin.describe_topics(list(wanted))
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+    except KafkaError as exc:
+        raise TopicError(f"topic administration failed: {exc}") from exc
+    finally:
+        admin.close()
+    mismatched = {t: c for t, c in counts.items() if c != wanted[t]}
+    if mismatched:
+        raise TopicError(
+            f"topics exist with other partition counts than {settings.partitions}: {mismatched}"
+        )
+    return counts

@@ -1,0 +1,128 @@
+"""One frozen, validated settings object. The environment is read here and nowhere else.
+
+Every field can be set with an environment variable: the upper-case field name with the prefix
+``MONITOR_`` (for example ``MONITOR_WEB_PORT``), except the Kafka connection settings, which use the
+standard ``KAFKA_`` names (``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``,
+``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``). Secrets are
+``SecretStr`` and never appear in ``repr`` or logs. Invalid values raise a ``ValidationError`` at
+start-up that names the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PARTITIONS = 8
+
+
+class Topics(BaseSettings):
+    """Topic names (all carry the common prefix ``MONITOR_TOPIC_PREFIX``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MONITOR_TOPIC_", frozen=True, extra="ignore")
+
+    prefix: str = ""
+    readings: str = "readings"
+    carer_activity: str = "carer-activity"
+    care_network: str = "care-network"
+    patients: str = "patients"
+    alerts: str = "alerts"
+    flags: str = "flags"
+    equity: str = "equity"
+    dead_letters: str = "dead-letters"
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}{getattr(self, key)}"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input topic name -> the contract document type it carries."""
+        return {
+            self.name("readings"): "reading",
+            self.name("carer_activity"): "carer_activity",
+            self.name("care_network"): "care_link",
+            self.name("patients"): "patient",
+        }
+
+    @property
+    def compacted(self) -> set[str]:
+        return {self.name("care_network"), self.name("patients")}
+
+    def all(self) -> list[str]:
+        keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "flags",
+                "equity", "dead_letters"]
+        return [self.name(k) for k in keys]
+
+
+class Settings(BaseSettings):
+    """Settings of every command. See the configuration table in the README."""
+
+    model_config = SettingsConfigDict(env_prefix="MONITOR_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL")
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM")
+    )
+    sasl_username: str | None = Field(default=None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME"))
+    sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD")
+    )
+    partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024)
+
+    app_id: str = "coproduction-monitor"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    data_dir: Path = Path(".state/worker")
+    api_token: SecretStr | None = None
+    local_kafka_home: Path = Path(".kafka")
+    local_kafka_port: int = Field(default=9092, ge=1, le=65535)
+    flag_interval_s: float = Field(default=5.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    topics: Topics = Field(default_factory=Topics)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.security_protocol.startswith("SASL_"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    "KAFKA_SECURITY_PROTOCOL=SASL_* needs KAFKA_SASL_MECHANISM, "
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                )
+        return self
+
+    @property
+    def uses_local_broker(self) -> bool:
+        """True when no cluster is configured and the project's own broker is used."""
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"127.0.0.1:{self.local_kafka_port}"
+
+    def kafka_python_config(self) -> dict[str, object]:
+        """Connection keyword arguments for kafka-python clients."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return cfg
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides, for tests) into a validated Settings."""
+    return Settings(**overrides)  # type: ignore[arg-type]

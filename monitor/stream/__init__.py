@@ -1,0 +1,1 @@
+"""The live driver: the only package that imports faust."""

@@ -1,0 +1,172 @@
+"""The faust application: thin agents that feed batches of raw records to the pipeline.
+
+Topology (all input topics co-partitioned by patient id, ``MONITOR_PARTITIONS`` partitions each)::
+
+    readings ─┐
+    carer-activity ─┤  one agent, batches of up to 5000 events  ──► Pipeline.ingest ──► dead-letters
+    care-network ─┤                                                      │
+    patients ─┘                                                          ▼
+                     wall-clock timer (MONITOR_FLAG_INTERVAL_S) ──► flag transitions ──► flags
+
+The worker's web server (``MONITOR_WEB_HOST:MONITOR_WEB_PORT``) serves ``/metrics`` (Prometheus),
+``/health`` and ``/summary`` (aggregates only, no identifiers) and the token-protected patient-level
+``/patients/unsupported`` (``Authorization: Bearer $MONITOR_API_TOKEN``; 401 without it, 403 when no
+token is configured).
+
+Failure behaviour: an input that cannot be decoded never stops the agent; it is dead-lettered with a
+reason and counted. Errors publishing to Kafka propagate (faust restarts the agent), so an input is
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+import faust
+from faust.auth import SASLCredentials
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+from monitor.metrics.collectors import registry_for
+from monitor.pipeline import Pipeline, RawRecord
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 5000
+BATCH_WITHIN_S = 0.1
+PROM_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp wants the charset separately
+
+
+def _broker_url(settings: Settings) -> str:
+    return ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap.split(","))
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
+    """Build the faust app for ``settings``; ``pipeline`` may be injected (tests)."""
+    pipe = pipeline or Pipeline()
+    credentials: Any = None
+    if settings.sasl_mechanism:
+        credentials = SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+            mechanism=settings.sasl_mechanism,
+        )
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(settings),
+        broker_credentials=credentials,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1 if settings.uses_local_broker else 3,
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        stream_wait_empty=False,
+        stream_buffer_maxsize=65536,
+        broker_max_poll_records=10000,
+        consumer_auto_offset_reset="earliest",
+        autodiscover=False,
+    )
+    app.pipeline = pipe  # type: ignore[attr-defined]
+    expected = settings.topics.inputs
+    inputs = app.topic(*expected, value_serializer="raw", key_serializer="raw")
+    dead_topic = app.topic(settings.topics.name("dead_letters"), value_serializer="raw",
+                           key_serializer="raw")
+    flag_topic = app.topic(settings.topics.name("flags"), value_serializer="raw",
+                           key_serializer="raw")
+    registry = registry_for(pipe)
+
+    @app.agent(inputs, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            records = [
+                RawRecord(e.message.value, e.message.topic, e.message.partition, e.message.offset)
+                for e in events
+            ]
+            result = pipe.ingest(records, expected)
+            for d in result.dead_letters:
+                await dead_topic.send(value=d.model_dump_json().encode())
+
+    @app.timer(settings.flag_interval_s)
+    async def evaluate_flags() -> None:
+        for ev in pipe.flag_transitions():
+            await flag_topic.send(key=ev.patient_id.encode(), value=ev.model_dump_json().encode())
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(registry), content_type=PROM_CONTENT_TYPE)
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "inputs": pipe.counts.inputs})
+
+    @app.page("/summary")
+    class Summary(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(summary(pipe))
+
+    @app.page("/patients/unsupported")
+    class Unsupported(View):
+        async def get(self, request: Request) -> Response:
+            denied = _check_token(self, request, settings)
+            if denied is not None:
+                return denied
+            rows = [
+                {"patient_id": pid, "flags": sorted(f),
+                 "region": pipe.state.patients[pid].region,
+                 "deprivation_quintile": pipe.state.patients[pid].deprivation_quintile}
+                for pid, f in sorted(pipe.state.flags().items()) if f
+            ]
+            return self.json({"patients": rows})
+
+    return app
+
+
+def _check_token(view: View, request: Request, settings: Settings) -> Response | None:
+    if settings.api_token is None:
+        return view.json({"error": "patient-level endpoints are disabled: set MONITOR_API_TOKEN"},
+                         status=403)
+    header = request.headers.get("Authorization", "")
+    expected = f"Bearer {settings.api_token.get_secret_value()}"
+    if not hmac.compare_digest(header.encode(), expected.encode()):
+        return view.json({"error": "a valid bearer token is required"}, status=401)
+    return None
+
+
+def summary(pipe: Pipeline) -> dict[str, Any]:
+    """Aggregate counts for the demo and for humans: no identifiers."""
+    wm = pipe.state.watermark
+    return {
+        "inputs": pipe.counts.inputs,
+        "processed": dict(pipe.counts.processed),
+        "readings": pipe.counts.readings,
+        "dead_letters": dict(pipe.counts.dead_letters),
+        "patients_by_quintile": pipe.patients_by_quintile(),
+        "without_support_by_quintile": pipe.unsupported_by_quintile(),
+        "flags_published": dict(pipe.counts.flags_published),
+        "watermark": wm.isoformat() if wm else None,
+    }
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``)."""
+    from monitor.kafka.admin import ensure_topics
+
+    ensure_topics(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
