@@ -145,8 +145,6 @@ class SkeletonSupport:
             f: set[str] = set()
             if as_of is not None and self.registered_carers(pid) == 0 and self.active_carers(pid, as_of) == 0:
                 f.add("no_support_network")
-            elif as_of is None and self.registered_carers(pid) == 0:
-                f.add("no_support_network")
             out[pid] = f
         return out
 
@@ -191,8 +189,14 @@ class Pipeline:
         return BatchResult(dead_letters=dead, documents=docs)
 
     def flag_transitions(self, as_of: datetime | None = None) -> list[FlagEvent]:
-        """Flags raised or cleared since the last call, as of the watermark (or ``as_of``)."""
-        at = as_of or self.state.watermark or self.clock()
+        """Flags raised or cleared since the last call, as of the watermark (or ``as_of``).
+
+        Nothing is evaluated before the first timed event (a registry alone says nothing about
+        carers). A flag raised on partial input is cleared by a later call once the evidence arrives.
+        """
+        at = as_of or self.state.watermark
+        if at is None:
+            return []
         current = self.state.flags(at)
         events: list[FlagEvent] = []
         for pid in sorted(set(current) | set(self._raised)):

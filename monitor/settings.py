@@ -76,6 +76,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD")
     )
     partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024)
+    replication_factor: int | None = Field(default=None, ge=1, le=7)
 
     app_id: str = "coproduction-monitor"
     web_host: str = "127.0.0.1"

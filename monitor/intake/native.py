@@ -95,6 +95,8 @@ def validate_document(obj: dict[str, Any], expected: str | None = None) -> _Docu
     """
     obj = dict(obj)
     declared = obj.pop("type", None)
+    if declared is not None and not isinstance(declared, str):
+        return Rejection("unknown_type", f"'type' must be a string, got {type(declared).__name__}")
     if expected is None:
         if declared not in DOCUMENT_TYPES:
             return Rejection("unknown_type", f"type {declared!r} is not one of {sorted(DOCUMENT_TYPES)}")

@@ -40,13 +40,14 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
     wanted.update(extra or {})
     admin = admin_client(settings)
     try:
+        replication = replication_factor(settings, admin)
         existing = set(admin.list_topics())
         new = []
         for name, parts in wanted.items():
             if name in existing:
                 continue
             configs = {"cleanup.policy": "compact"} if name in settings.topics.compacted else {}
-            new.append(NewTopic(name, num_partitions=parts, replication_factor=1 if settings.uses_local_broker else 3,
+            new.append(NewTopic(name, num_partitions=parts, replication_factor=replication,
                                 topic_configs=configs))
         if new:
             try:
@@ -65,3 +66,17 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
             f"topics exist with other partition counts than {settings.partitions}: {mismatched}"
         )
     return counts
+
+
+def replication_factor(settings: Settings, admin: KafkaAdminClient | None = None) -> int:
+    """``MONITOR_REPLICATION_FACTOR`` when set, else min(3, brokers in the cluster)."""
+    if settings.replication_factor is not None:
+        return settings.replication_factor
+    own = admin is None
+    admin = admin or admin_client(settings)
+    try:
+        brokers = len(admin.describe_cluster()["brokers"])
+    finally:
+        if own:
+            admin.close()
+    return max(1, min(3, brokers))

@@ -45,7 +45,8 @@ def _broker_url(settings: Settings) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap.split(","))
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
+def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
+               replication_factor: int = 1) -> faust.App:
     """Build the faust app for ``settings``; ``pipeline`` may be injected (tests)."""
     pipe = pipeline or Pipeline()
     credentials: Any = None
@@ -64,7 +65,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         web_bind=settings.web_host,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1 if settings.uses_local_broker else 3,
+        topic_replication_factor=replication_factor,
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
@@ -159,11 +160,11 @@ def summary(pipe: Pipeline) -> dict[str, Any]:
 
 def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``)."""
-    from monitor.kafka.admin import ensure_topics
+    from monitor.kafka.admin import ensure_topics, replication_factor
 
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    app = create_app(settings, replication_factor=replication_factor(settings))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
 

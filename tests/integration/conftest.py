@@ -1,0 +1,154 @@
+"""Fixtures for integration tests against a real Kafka broker.
+
+The broker is ``KAFKA_BOOTSTRAP_SERVERS`` when set (``make test`` sets it after starting the local
+broker); otherwise this session starts the project's local broker and stops it at the end. Every test
+gets its own topic prefix and consumer group, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.kafka import local
+from monitor.kafka.admin import ensure_topics
+from monitor.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    broker = local.LocalBroker(ROOT / ".kafka")
+    started = not local.status(broker)["running"]
+    local.up(broker)
+    try:
+        yield broker.bootstrap
+    finally:
+        if started:
+            local.down(broker)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
+    """Environment of one isolated monitor deployment (topics, app id, port, data dir)."""
+    tag = uuid.uuid4().hex[:10]
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("MONITOR_", "KAFKA_"))}
+    e.update({
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "MONITOR_TOPIC_PREFIX": f"t{tag}-",
+        "MONITOR_APP_ID": f"monitor-test-{tag}",
+        "MONITOR_WEB_PORT": str(free_port()),
+        "MONITOR_DATA_DIR": str(tmp_path / "worker"),
+        "MONITOR_FLAG_INTERVAL_S": "1",
+        "MONITOR_API_TOKEN": "test-token-" + tag,
+        "MONITOR_LOG_LEVEL": "WARNING",
+    })
+    if os.environ.get("MONITOR_BROKER_IS_LOCAL") or not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        e["MONITOR_LOCAL_BROKER"] = "1"
+    return e
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    s = settings_from(env)
+    ensure_topics(s)
+    return s
+
+
+class WorkerProcess:
+    """A ``coproduction-monitor worker`` child process with its own port and data dir."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.base = f"http://127.0.0.1:{env['MONITOR_WEB_PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "worker"], env=self.env, cwd=ROOT,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
+            try:
+                self.get("/health")
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"worker did not start; log:\n{self.log.read_text()[-3000:]}")
+
+    def get(self, path: str, token: str | None = None) -> Any:
+        req = urllib.request.Request(self.base + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body = resp.read()
+            return json.loads(body) if path != "/metrics" else body.decode()
+
+    def wait_inputs(self, n: int, timeout_s: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        summary: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            summary = self.get("/summary")
+            if summary["inputs"] >= n:
+                return summary
+            time.sleep(0.3)
+        raise AssertionError(f"worker accounted for {summary.get('inputs')} of {n} inputs")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def worker(env: dict[str, str], settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(env, tmp_path / "worker.log")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()

@@ -1,0 +1,151 @@
+"""Simulator -> Kafka -> worker -> flag events on Kafka, against the real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from monitor.simulate import SimConfig, generate, publish
+
+pytestmark = pytest.mark.integration
+
+END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def expected_unsupported(cfg: SimConfig) -> dict[str, dict]:
+    """Registered patients with no carer registered at the end and no carer activity at all.
+
+    The simulated period (10 days) is shorter than the 28-day activity window, so any activity of
+    the period makes its carer active as of the watermark.
+    """
+    patients: dict[str, dict] = {}
+    links: dict[str, dict[str, str]] = {}
+    active: set[str] = set()
+    for typ, doc in generate(cfg):
+        if typ == "patient":
+            patients[doc["patient_id"]] = doc
+        elif typ == "care_link":
+            links.setdefault(doc["patient_id"], {})[doc["carer_id"]] = doc["action"]
+        elif typ == "carer_activity":
+            active.add(doc["patient_id"])
+    return {
+        pid: doc for pid, doc in patients.items()
+        if pid not in active and "join" not in links.get(pid, {}).values()
+    }
+
+
+def consume(settings, topic: str, stop, timeout_s: float = 60.0) -> list[dict]:
+    consumer = KafkaConsumer(topic, **settings.kafka_python_config(), auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not stop(out):
+            for rec in consumer:
+                out.append(json.loads(rec.value))
+                if stop(out):
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def test_simulated_population_flags_patients_without_support(settings, worker):
+    cfg = SimConfig(patients=150, days=10, seed=7, end=END, invalid_rate=0.0)
+    expected = expected_unsupported(cfg)
+    assert 10 < len(expected) < 100, "the simulation should give a few unsupported patients"
+
+    counts = publish(cfg, settings, progress=False)
+    summary = worker.wait_inputs(sum(counts.values()))
+    assert summary["dead_letters"] == {}
+    assert summary["processed"]["Patient"] == 150
+
+    def current(events: list[dict]) -> dict[str, dict]:
+        """The latest transition per patient decides (a flag raised on partial input may clear)."""
+        last: dict[str, dict] = {}
+        for f in events:
+            last[f["patient_id"]] = f
+        return {pid: f for pid, f in last.items() if f["status"] == "raised"}
+
+    time.sleep(2.5)  # two more timer evaluations after the worker has everything
+    flags = consume(settings, settings.topics.name("flags"),
+                    lambda got: set(current(got)) == set(expected))
+    raised = current(flags)
+    assert set(raised) == set(expected)
+    for pid, f in raised.items():
+        assert f["flag"] == "no_support_network"
+        assert f["region"] == expected[pid]["region"]
+        assert f["deprivation_quintile"] == expected[pid]["deprivation_quintile"]
+    assert len({f["flag_id"] for f in flags}) == len(flags), "a flag event was published twice"
+
+    # the coordinator's view: the metric and the token-protected patient list agree
+    metrics = worker.get("/metrics")
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("monitor_patients_without_support{"))
+    assert total == len(expected)
+    listed = worker.get("/patients/unsupported", token=worker.env["MONITOR_API_TOKEN"])
+    assert {row["patient_id"] for row in listed["patients"]} == set(expected)
+    for pid in expected:  # no patient identifier in any metric
+        assert pid not in metrics
+
+
+def test_patient_endpoint_needs_token(worker):
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        worker.get("/patients/unsupported")
+    assert exc.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        worker.get("/patients/unsupported", token="wrong")
+    assert exc.value.code == 401
+
+
+BAD_INPUTS = [
+    ("readings", b'{"reading_id": "r1", "patient_id": ', "malformed_json"),
+    ("readings", b'{"reading_id":"r2","patient_id":"P1","device_id":"d","kind":"glucose","value":5.0,'
+                 b'"unit":"mmol/L","measured_at":"2026-10-30T08:00:00"}', "naive_timestamp"),
+    ("readings", b'{"reading_id":"r3","patient_id":"P1","device_id":"d","kind":"ketones","value":0.4,'
+                 b'"unit":"mmol/L","measured_at":"2026-10-30T08:00:00Z"}', "unknown_kind"),
+    ("carer_activity", b'{"activity_id":"a1","patient_id":"P1","carer_id":"C1","kind":"visit",'
+                       b'"started_at":"2026-10-30T08:00:00Z","duration_minutes":-15}', "invalid_duration"),
+    ("care_network", b"\xff\xfe not utf-8", "not_utf8"),
+]
+
+
+def test_bad_input_is_dead_lettered_counted_and_the_worker_keeps_running(settings, worker):
+    prod = KafkaProducer(**settings.kafka_python_config())
+    for topic_key, raw, _ in BAD_INPUTS:
+        prod.send(settings.topics.name(topic_key), key=b"P1", value=raw)
+    good = (b'{"reading_id":"ok-1","patient_id":"P1","device_id":"d","kind":"glucose","value":5.0,'
+            b'"unit":"mmol/L","measured_at":"2026-10-30T08:00:00Z"}')
+    prod.send(settings.topics.name("readings"), key=b"P1", value=good)
+    prod.flush()
+    prod.close()
+
+    summary = worker.wait_inputs(len(BAD_INPUTS) + 1)
+    assert worker.alive()
+    assert summary["readings"] == 1
+    assert summary["dead_letters"] == {reason: 1 for _, _, reason in BAD_INPUTS}
+
+    dead = consume(settings, settings.topics.name("dead_letters"),
+                   lambda got: len(got) >= len(BAD_INPUTS))
+    by_reason = {d["reason"]: d for d in dead}
+    assert set(by_reason) == {reason for _, _, reason in BAD_INPUTS}
+    for topic_key, raw, reason in BAD_INPUTS:
+        d = by_reason[reason]
+        assert d["topic"] == settings.topics.name(topic_key)
+        assert d["offset"] >= 0 and d["partition"] >= 0
+        if d["encoding"] == "utf-8":
+            assert d["original"].encode() == raw
+        else:
+            import base64
+
+            assert base64.b64decode(d["original"]) == raw
+
+    metrics = worker.get("/metrics")
+    for _, _, reason in BAD_INPUTS:
+        assert f'monitor_dead_letters_total{{reason="{reason}"}} 1.0' in metrics

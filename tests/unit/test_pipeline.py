@@ -1,0 +1,100 @@
+"""The driver-agnostic pipeline: accounting, dead letters, flags as of event time."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+from monitor.pipeline import Pipeline, RawRecord
+
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+EXPECTED = {"r": "reading", "a": "carer_activity", "n": "care_link", "p": "patient"}
+
+
+def fixed_clock() -> datetime:
+    return datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+def rec(topic: str, obj: object, offset: int = 0) -> RawRecord:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return RawRecord(raw, topic, 0, offset)
+
+
+def patient(pid: str, q: int = 1) -> dict:
+    return {"patient_id": pid, "region": "north", "deprivation_quintile": q, "age_band": "65-74"}
+
+
+def activity(aid: str, pid: str, carer: str, t: datetime) -> dict:
+    return {"activity_id": aid, "patient_id": pid, "carer_id": carer, "kind": "visit",
+            "started_at": t.isoformat(), "duration_minutes": 30}
+
+
+def link(pid: str, carer: str, action: str, t: datetime) -> dict:
+    return {"patient_id": pid, "carer_id": carer, "relationship": "friend", "action": action,
+            "effective_at": t.isoformat()}
+
+
+def test_every_input_is_processed_or_dead_lettered():
+    p = Pipeline(clock=fixed_clock)
+    records = [rec("p", patient("P1")), rec("r", b"{oops", 1), rec("a", b"\xff", 2), RawRecord(None, "n", 0, 3),
+               rec("a", activity("a1", "P1", "C1", T0), 4)]
+    result = p.ingest(records, EXPECTED)
+    assert p.counts.inputs == len(records)
+    assert sum(p.counts.processed.values()) == 2
+    assert dict(p.counts.dead_letters) == {"malformed_json": 1, "not_utf8": 1, "empty_message": 1}
+    by_reason = {d.reason: d for d in result.dead_letters}
+    assert by_reason["not_utf8"].encoding == "base64"
+    assert base64.b64decode(by_reason["not_utf8"].original) == b"\xff"
+    assert by_reason["malformed_json"].original == "{oops"
+    assert by_reason["malformed_json"].offset == 1 and by_reason["malformed_json"].topic == "r"
+    assert by_reason["malformed_json"].received_at == fixed_clock()
+
+
+def test_no_support_network_flag_follows_links_and_the_28_day_window():
+    p = Pipeline(clock=fixed_clock)
+    p.ingest([rec("p", patient("P1")), rec("p", patient("P2", 5))], EXPECTED)
+    assert p.flag_transitions() == []  # no event time yet: nothing evaluated
+    p.ingest([rec("a", activity("a1", "P1", "C1", T0)), rec("n", link("P2", "C9", "join", T0))], EXPECTED)
+    assert p.flag_transitions() == []  # both supported
+    # 28 days later to the second: the activity at T0 is outside (as_of - 28 d, as_of]
+    p.ingest([rec("n", link("P2", "C9", "leave", T0 + timedelta(days=28)))], EXPECTED)
+    events = p.flag_transitions()
+    assert [(e.patient_id, e.flag, e.status) for e in events] == [
+        ("P1", "no_support_network", "raised"), ("P2", "no_support_network", "raised")]
+    assert events[0].deprivation_quintile == 1 and events[1].deprivation_quintile == 5
+    assert p.flag_transitions() == []  # transitions only, not repeated
+    p.ingest([rec("a", activity("a2", "P1", "C1", T0 + timedelta(days=28)))], EXPECTED)
+    (cleared,) = p.flag_transitions()
+    assert (cleared.patient_id, cleared.status) == ("P1", "cleared")
+    assert p.unsupported_by_quintile() == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1}
+
+
+def test_one_day_inside_the_window_keeps_the_carer_active():
+    p = Pipeline(clock=fixed_clock)
+    p.ingest([rec("p", patient("P1")), rec("a", activity("a1", "P1", "C1", T0)),
+              rec("r", {"reading_id": "x", "patient_id": "P1", "device_id": "d", "kind": "spo2",
+                        "value": 97, "unit": "%",
+                        "measured_at": (T0 + timedelta(days=28) - timedelta(seconds=1)).isoformat()})],
+             EXPECTED)
+    assert p.flag_transitions() == []
+
+
+def test_flag_ids_are_deterministic_and_distinct():
+    def run() -> list[str]:
+        p = Pipeline(clock=fixed_clock)
+        p.ingest([rec("p", patient("P1")), rec("p", patient("P2")),
+                  rec("a", activity("a1", "P3", "C1", T0))], EXPECTED)
+        return [e.flag_id for e in p.flag_transitions()]
+
+    a, b = run(), run()
+    assert a == b and len(set(a)) == 2
+    assert all("P1" not in i and "P2" not in i for i in a)
+
+
+def test_duplicate_activity_is_applied_once():
+    p = Pipeline(clock=fixed_clock)
+    a = activity("a1", "P1", "C1", T0)
+    p.ingest([rec("a", a), rec("a", a)], EXPECTED)
+    assert p.state.active_carers("P1", T0) == 1
+    assert p.counts.processed["CarerActivity"] == 2  # both accounted for; state counts it once
