@@ -54,8 +54,14 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
                 admin.create_topics(new, validate_only=False)
             except TopicAlreadyExistsError:
                 pass
-        described = admin.describe_topics(list(wanted))
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        # a new topic's metadata takes a moment to show its partitions: wait for them
+        deadline = time.monotonic() + 15.0
+        while True:
+            described = admin.describe_topics(list(wanted))
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            if all(counts.get(t, 0) > 0 for t in wanted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     except KafkaError as exc:
         raise TopicError(f"topic administration failed: {exc}") from exc
     finally:
