@@ -118,3 +118,14 @@ def test_kafka_up_without_java_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(local.BrokerError, match="Java 17"):
         local.up(local.LocalBroker(tmp_path / "k", port=1))
+
+
+def test_equity_cli_prints_heat_measures():
+    out = subprocess.run([sys.executable, "-m", "monitor", "equity", "grouped",
+                          "tests/data/equity/healthequal_ordered.csv", "--ordered"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    # healthequal tests/testthat/test-sii.R, test-aci.R (published values)
+    assert result["SII"] == pytest.approx(44.44502, rel=1e-6)
+    assert result["ACI"] == pytest.approx(7.3284202, rel=1e-6)
+    assert result["BGV"] is None  # a non-ordered measure on an ordered dimension
