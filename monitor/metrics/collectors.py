@@ -64,7 +64,7 @@ class PipelineCollector(Collector):
         for q, n in p.unsupported_by_quintile().items():
             unsup.add_metric([str(q)], n)
         yield unsup
-        wm = p.state.watermark
+        wm = p.watermark
         yield GaugeMetricFamily(
             "monitor_event_time_watermark_seconds",
             "Latest event time seen (seconds since the Unix epoch, UTC)",

@@ -121,13 +121,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             denied = _check_token(self, request, settings)
             if denied is not None:
                 return denied
-            rows = [
-                {"patient_id": pid, "flags": sorted(f),
-                 "region": pipe.state.patients[pid].region,
-                 "deprivation_quintile": pipe.state.patients[pid].deprivation_quintile}
-                for pid, f in sorted(pipe.state.flags().items()) if f
-            ]
-            return self.json({"patients": rows})
+            return self.json({"patients": pipe.flagged_patients()})
 
     return app
 
@@ -145,7 +139,7 @@ def _check_token(view: View, request: Request, settings: Settings) -> Response |
 
 def summary(pipe: Pipeline) -> dict[str, Any]:
     """Aggregate counts for the demo and for humans: no identifiers."""
-    wm = pipe.state.watermark
+    wm = pipe.watermark
     return {
         "inputs": pipe.counts.inputs,
         "processed": dict(pipe.counts.processed),

@@ -95,7 +95,7 @@ def test_metrics_have_no_patient_identifiers():
     p.flag_transitions()
     text = generate_latest(registry_for(p)).decode()
     assert "monitor_readings_ingested_total" in text
-    for pid in p.state.patients:
+    for pid in p.patient_report():
         assert pid not in text
     assert f"monitor_documents_processed_total{{type=\"Patient\"}} 50.0" in text
 

@@ -16,8 +16,14 @@ def fixed_clock() -> datetime:
     return datetime(2026, 11, 1, 12, tzinfo=UTC)
 
 
-def rec(topic: str, obj: object, offset: int = 0) -> RawRecord:
+_offsets: dict[str, int] = {}
+
+
+def rec(topic: str, obj: object, offset: int | None = None) -> RawRecord:
+    """A record of partition 0 with the next offset of its topic (or the given one)."""
     raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    if offset is None:
+        offset = _offsets[topic] = _offsets.get(topic, -1) + 1
     return RawRecord(raw, topic, 0, offset)
 
 
@@ -37,8 +43,8 @@ def link(pid: str, carer: str, action: str, t: datetime) -> dict:
 
 def test_every_input_is_processed_or_dead_lettered():
     p = Pipeline(clock=fixed_clock)
-    records = [rec("p", patient("P1")), rec("r", b"{oops", 1), rec("a", b"\xff", 2), RawRecord(None, "n", 0, 3),
-               rec("a", activity("a1", "P1", "C1", T0), 4)]
+    records = [rec("p", patient("P1"), 0), rec("r", b"{oops", 1), rec("a", b"\xff", 2),
+               RawRecord(None, "n", 0, 3), rec("a", activity("a1", "P1", "C1", T0), 4)]
     result = p.ingest(records, EXPECTED)
     assert p.counts.inputs == len(records)
     assert sum(p.counts.processed.values()) == 2
@@ -57,12 +63,15 @@ def test_no_support_network_flag_follows_links_and_the_28_day_window():
     assert p.flag_transitions() == []  # no event time yet: nothing evaluated
     p.ingest([rec("a", activity("a1", "P1", "C1", T0)), rec("n", link("P2", "C9", "join", T0))], EXPECTED)
     assert p.flag_transitions() == []  # both supported
-    # 28 days later to the second: the activity at T0 is outside (as_of - 28 d, as_of]
-    p.ingest([rec("n", link("P2", "C9", "leave", T0 + timedelta(days=28)))], EXPECTED)
+    # day-resolution windows (monitor.core.state): an activity 27 days before the as-of day is
+    # inside the 28-day window, 28 days before is outside
+    p.ingest([rec("n", link("P2", "C9", "leave", T0 + timedelta(days=27)))], EXPECTED)
     events = p.flag_transitions()
-    assert [(e.patient_id, e.flag, e.status) for e in events] == [
-        ("P1", "no_support_network", "raised"), ("P2", "no_support_network", "raised")]
-    assert events[0].deprivation_quintile == 1 and events[1].deprivation_quintile == 5
+    assert [(e.patient_id, e.status) for e in events] == [("P2", "raised")]
+    p.ingest([rec("r", reading("x1", "P1", T0 + timedelta(days=28)))], EXPECTED)
+    events = p.flag_transitions()
+    assert [(e.patient_id, e.flag, e.status) for e in events] == [("P1", "no_support_network", "raised")]
+    assert events[0].deprivation_quintile == 1
     assert p.flag_transitions() == []  # transitions only, not repeated
     p.ingest([rec("a", activity("a2", "P1", "C1", T0 + timedelta(days=28)))], EXPECTED)
     (cleared,) = p.flag_transitions()
@@ -70,14 +79,32 @@ def test_no_support_network_flag_follows_links_and_the_28_day_window():
     assert p.unsupported_by_quintile() == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1}
 
 
+def reading(rid: str, pid: str, t: datetime) -> dict:
+    return {"reading_id": rid, "patient_id": pid, "device_id": "d", "kind": "spo2", "value": 97,
+            "unit": "%", "measured_at": t.isoformat()}
+
+
 def test_one_day_inside_the_window_keeps_the_carer_active():
     p = Pipeline(clock=fixed_clock)
     p.ingest([rec("p", patient("P1")), rec("a", activity("a1", "P1", "C1", T0)),
-              rec("r", {"reading_id": "x", "patient_id": "P1", "device_id": "d", "kind": "spo2",
-                        "value": 97, "unit": "%",
-                        "measured_at": (T0 + timedelta(days=28) - timedelta(seconds=1)).isoformat()})],
-             EXPECTED)
+              rec("r", reading("x", "P1", T0 + timedelta(days=27, hours=23)))], EXPECTED)
     assert p.flag_transitions() == []
+
+
+def test_redelivered_offsets_are_skipped_and_state_survives_a_snapshot():
+    from monitor.pipeline import PartitionState
+
+    p = Pipeline(clock=fixed_clock)
+    batch = [RawRecord(json.dumps(patient("P1")).encode(), "p", 3, 0),
+             RawRecord(json.dumps(activity("a1", "P1", "C1", T0)).encode(), "a", 3, 0),
+             RawRecord(b"{bad", "a", 3, 1)]
+    p.ingest(batch, EXPECTED)
+    restored = Pipeline(clock=fixed_clock)
+    restored.adopt(PartitionState.restore(p.partitions[3].snapshot()))
+    restored.ingest(batch, EXPECTED)  # at-least-once: the same records again
+    assert restored.counts.inputs == 3
+    assert restored.patient_report() == p.patient_report()
+    assert restored.partitions[3].offsets == {"p": 0, "a": 1}
 
 
 def test_flag_ids_are_deterministic_and_distinct():
@@ -95,6 +122,7 @@ def test_flag_ids_are_deterministic_and_distinct():
 def test_duplicate_activity_is_applied_once():
     p = Pipeline(clock=fixed_clock)
     a = activity("a1", "P1", "C1", T0)
-    p.ingest([rec("a", a), rec("a", a)], EXPECTED)
-    assert p.state.active_carers("P1", T0) == 1
+    p.ingest([rec("a", a), rec("a", a)], EXPECTED)  # two deliveries at two offsets
+    report = p.patient_report()["P1"]
+    assert report["active_carers_28d"] == 1 and report["care_minutes_7d"] == 30
     assert p.counts.processed["CarerActivity"] == 2  # both accounted for; state counts it once

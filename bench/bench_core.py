@@ -1,0 +1,196 @@
+"""Benchmark of the support core with 1M patients: batch updates, full recompute, state size.
+
+Run: ``.venv/bin/python -m bench.bench_core [--patients N] [--events N]``. Writes the sections
+``kernel`` (numba and pure-Python reference events/s on the same events, and their ratio),
+``recompute_1m_ms`` (evaluate + partial summary + every equity measure across 3 dimensions) and
+``bytes_per_patient`` into ``bench/results.json`` via :func:`bench.results.merge_section`.
+
+Workload (synthetic, seeded): one week of events for every patient - 60 % readings, 35 % carer
+activities, 5 % care links, ~2 carers per patient, every event id distinct, plus 2 % exact
+re-deliveries - applied in batches of 100k events, in random patient order (the worst case for
+caches). The reference runs on the first ``--reference-events`` events of the same stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from bench.results import merge_section
+from monitor.core.reference import ReferenceSupport
+from monitor.core.state import (
+    DIMENSIONS,
+    EventBatch,
+    PatientRecord,
+    SupportState,
+    equity_from_summary,
+)
+
+REGIONS = ["north", "south", "east", "west", "central", "coast", "hills", "city", "valley"]
+BANDS = ["18-44", "45-64", "65-74", "75-84", "85+"]
+DAY0 = 20_200  # a UTC day number (2025-04-23)
+
+
+def make_batches(n_patients: int, n_events: int, batch: int, seed: int = 1) -> list[EventBatch]:
+    """A week of mixed events as :class:`EventBatch` es of ``batch`` events each."""
+    rng = np.random.default_rng(seed)
+    out: list[EventBatch] = []
+    next_id = 1
+    for start in range(0, n_events, batch):
+        n = min(batch, n_events - start)
+        n_dup = n // 50
+        n_fresh = n - n_dup
+        n_r = int(n_fresh * 0.60)
+        n_a = int(n_fresh * 0.35)
+        n_l = n_fresh - n_r - n_a
+        t_lo = DAY0 * 86400
+        span = 7 * 86400
+        a_p = rng.integers(0, n_patients, n_a, dtype=np.int32)
+        a_c = (2 * a_p + rng.integers(0, 2, n_a, dtype=np.int32)).astype(np.int32)
+        a_t = t_lo + rng.integers(0, span, n_a)
+        a_m = rng.integers(5, 240, n_a).astype(np.float64) / 2
+        a_h = np.arange(next_id, next_id + n_a, dtype=np.uint64)
+        next_id += n_a
+        r_p = rng.integers(0, n_patients, n_r, dtype=np.int32)
+        r_t = t_lo + rng.integers(0, span, n_r)
+        r_h = np.arange(next_id, next_id + n_r, dtype=np.uint64)
+        next_id += n_r
+        # exact re-deliveries of readings of this batch
+        again = rng.integers(0, n_r, n_dup)
+        r_p = np.concatenate((r_p, r_p[again]))
+        r_t = np.concatenate((r_t, r_t[again]))
+        r_h = np.concatenate((r_h, r_h[again]))
+        l_p = rng.integers(0, n_patients, n_l, dtype=np.int32)
+        out.append(EventBatch.from_columns(
+            activity_patient=a_p, activity_carer=a_c, activity_start_s=a_t,
+            activity_minutes=a_m, activity_id_hash=a_h,
+            link_patient=l_p, link_carer=2 * l_p, link_t=t_lo + rng.integers(0, span, n_l),
+            link_action=rng.choice(np.array([-1, 1], np.int8), n_l),
+            reading_patient=r_p, reading_kind=np.zeros(r_p.shape[0], np.int8), reading_t=r_t,
+            reading_id_hash=r_h,
+        ))
+    return out
+
+
+def register(state: SupportState, n_patients: int, seed: int = 2) -> None:
+    """Registry upserts for every patient (regions, quintiles, age bands, plans)."""
+    rng = np.random.default_rng(seed)
+    region = rng.integers(0, len(REGIONS), n_patients)
+    quint = rng.integers(1, 6, n_patients)
+    band = rng.integers(0, len(BANDS), n_patients)
+    plan = rng.choice(np.array([0, 1_000_000, 2_000_000, 4_000_000]), n_patients)
+    recs = tuple(
+        PatientRecord(i, REGIONS[r], int(q), BANDS[b], int(e), (0, 1))
+        for i, (r, q, b, e) in enumerate(zip(region.tolist(), quint.tolist(), band.tolist(),
+                                              plan.tolist(), strict=True))
+    )
+    state.apply(EventBatch(patients=recs))
+
+
+def recompute(state: SupportState) -> dict[str, Any]:
+    """Every measure: per-patient evaluation, group sums for 3 dimensions, HEAT + individual."""
+    ev = state.evaluate()
+    summary = state.partial_summary(ev)
+    return equity_from_summary(summary, state.config)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--patients", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=20_000_000)
+    parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--reference-events", type=int, default=300_000)
+    args = parser.parse_args(argv)
+
+    n_p, n_e = args.patients, args.events
+    print(f"generating {n_e:,} events for {n_p:,} patients ...", flush=True)
+    batches = make_batches(n_p, n_e, args.batch)
+    total = sum(b.n_activities + b.n_links + b.n_readings for b in batches)
+
+    # warm-up: compile (or load from cache) every kernel on a throw-away state
+    warm = SupportState()
+    warm.add_patients(n_p)
+    warm.add_carers(2 * n_p)
+    warm.apply(batches[0])
+    recompute(warm)
+    del warm
+    gc.collect()
+
+    state = SupportState(expected_patients=n_p, expected_pairs=int(1.2 * n_p),
+                         expected_window_events=n_e)
+    state.add_patients(n_p)
+    state.add_carers(2 * n_p)
+    register(state, n_p)
+    gc.collect()
+    t0 = time.perf_counter()
+    for b in batches:
+        state.apply(b)
+    numba_s = time.perf_counter() - t0
+    numba_eps = total / numba_s
+    print(f"numba: {total:,} events in {numba_s:.2f} s = {numba_eps / 1e6:.2f} M events/s "
+          f"(duplicates {state.stats['duplicates']:,})", flush=True)
+
+    # the reference on the first events of the same stream (same patients and slots)
+    ref = ReferenceSupport()
+    ref_batches: list[EventBatch] = []
+    seen = 0
+    for b in batches:
+        if seen >= args.reference_events:
+            break
+        ref_batches.append(b)
+        seen += b.n_activities + b.n_links + b.n_readings
+    t0 = time.perf_counter()
+    for b in ref_batches:
+        ref.apply(b)
+    ref_s = time.perf_counter() - t0
+    ref_eps = seen / ref_s
+    print(f"reference: {seen:,} events in {ref_s:.2f} s = {ref_eps / 1e6:.3f} M events/s")
+    ratio = numba_eps / ref_eps
+
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        eq = recompute(state)
+        times.append((time.perf_counter() - t0) * 1000)
+    recompute_ms = statistics.median(times)
+    print(f"recompute {n_p:,} patients, {len(DIMENSIONS)} dimensions: "
+          f"median {recompute_ms:.1f} ms (runs {', '.join(f'{t:.0f}' for t in times)})")
+    assert set(eq) >= set(DIMENSIONS)
+
+    bpp = state.bytes_per_patient()
+    parts = state.state_bytes()
+    print(f"bytes per patient: {bpp:.1f} "
+          f"(dedup {(parts['dedup_keys'] + parts['dedup_days']) / n_p:.1f}, pairs "
+          f"{sum(v for k, v in parts.items() if k.startswith('pair_')) / n_p:.1f})")
+
+    workload = (f"{n_p} patients, {total} events over 7 days (60% readings, 35% activities, "
+                f"5% links, 2% re-deliveries), batches of {args.batch}, 1 thread")
+    results = {
+        "kernel": merge_section("kernel", {
+            "events_per_s": round(numba_eps),
+            "reference_events_per_s": round(ref_eps),
+            "ratio": round(ratio, 1),
+            "reference_events": seen,
+            "workload": workload,
+        }),
+        "recompute_1m_ms": merge_section("recompute_1m_ms", {
+            "ms": round(recompute_ms, 1), "patients": n_p, "dimensions": len(DIMENSIONS),
+            "what": "evaluate + partial_summary + equity_from_summary (HEAT x 4 indicators x "
+                    "3 dimensions + individual measures of care minutes)",
+        }),
+        "bytes_per_patient": merge_section("bytes_per_patient", {
+            "bytes": round(bpp, 1),
+            "what": "allocated numpy state / patients, incl. hash-table slack; id maps excluded",
+            "workload": workload,
+        }),
+    }
+    return results
+
+
+if __name__ == "__main__":
+    main()

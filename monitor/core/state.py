@@ -1,0 +1,1131 @@
+"""The per-patient support-coverage state: configuration, batches, the logic object and summaries.
+
+Shape (bytewax style): :class:`SupportConfig` is a small frozen config; :class:`SupportState` is the
+logic object holding numpy arrays; drivers (``monitor.replay``, the faust worker) build an
+:class:`EventBatch` per batch of canonical events (:func:`batch_from_documents`) and call
+:meth:`SupportState.apply`, then :meth:`SupportState.evaluate` /
+:meth:`SupportState.partial_summary`. The kernels live in :mod:`monitor.core.support`.
+
+Definitions (day resolution)
+----------------------------
+A *day* is a UTC calendar day. Evaluation "as of" an instant ``t`` uses its day ``D``; every event
+of day ``D`` counts, whatever its time of day, and "the last N days" means days ``D-N+1 .. D``
+(``days_ago = D - day(event)`` in ``0 .. N-1``). With the defaults:
+
+* an **active carer** has at least one activity for the patient in the last 28 days: an activity
+  27 days before the as-of day (the 28th day counting the as-of day as day 1) is inside, one 28
+  days before (the 29th day) is outside;
+* a **registered carer** is one whose latest care link with an effective day <= D is a join
+  (latest by ``effective_at``; at the same instant a leave wins over a join);
+* ``no_support_network``: no registered carer and no active carer;
+* ``support_lapsed``: a registered carer, or any carer contact ever, but no carer contact in the
+  last 14 days (a contact 13 days back - the 14th day - prevents it, 14 days back - the 15th - does
+  not). It can hold together with ``no_support_network`` (a network that lapsed completely);
+* ``single_carer``: exactly one active carer;
+* **covered**: at least one carer contact in the last 7 days (6 days back yes, 7 days back no).
+
+A carer activity counts on the UTC day of ``started_at``; a reading on the day of ``measured_at``.
+
+Idempotence and order independence
+----------------------------------
+Re-deliveries are harmless by construction: maxima (last contact/reading, per-pair last contact
+day), bit-or (a 64-day contact bitmask per patient) and "latest link wins" are idempotent and
+commutative. The only sums (care minutes and readings per day, kept in a ring of day cells per
+patient) admit an event id at most once through an **exact duplicate table**: an open-addressing
+hash set of 64-bit event-id hashes (blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``),
+holding only events of the last ``coverage_days`` days before the watermark day. Older events
+cannot appear in any window that can still be evaluated (``evaluate`` refuses an as-of day before
+the watermark day), so their sums are skipped and their ids purged; its size is bounded by the
+number of events in one coverage window (9 bytes per slot, 35-70 % full: 13-26 bytes per event,
+plus a day tag of 1 byte, ``day mod 256``). The only inexactness is a 64-bit
+hash collision between two *different* ids inside one window (probability ~ n / 2**64 per
+event, ~1e-12 for 20 million events a week). The first delivery of an id wins; two different
+events sharing an id are a producer error. Care links need no table (idempotent). Patient
+registry upserts are resolved by ``(registered_at, content hash)`` (the larger wins), so they are
+order independent too.
+
+State size
+----------
+Per patient: 8 (contact bitmask) + 4 (its last day) + 16 (last contact, last reading) + a ring of
+``ring_days`` (8) cells x 16 bytes (day tag, care ms, readings) + registry (3 group codes, expected
+readings, version, registered flag; 41 bytes) ~ 200 bytes; per (patient, carer) pair 21 bytes per
+slot in a table kept 35-70 % full; per event in the current coverage window 9 bytes per slot in a
+table kept 35-70 % full. :meth:`SupportState.bytes_per_patient` reports the measured total. The Python id
+maps (patient and carer id -> slot) are extra (~100 bytes per id) and not counted there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from monitor.core import support as _k
+from monitor.errors import MonitorError
+
+__all__ = [
+    "DIMENSIONS",
+    "FLAG_NAMES",
+    "INDICATORS",
+    "READING_KINDS",
+    "SNAPSHOT_VERSION",
+    "UNKNOWN_GROUP",
+    "EventBatch",
+    "Evaluation",
+    "GroupCounts",
+    "PartialSummary",
+    "PatientRecord",
+    "SnapshotError",
+    "StaleAsOfError",
+    "SupportConfig",
+    "SupportState",
+    "batch_from_documents",
+    "day_of",
+    "epoch_seconds",
+    "equity_from_summary",
+    "id_hash",
+    "iso_utc",
+    "minutes_to_ms",
+    "patient_record",
+]
+
+DIMENSIONS: tuple[str, ...] = ("region", "deprivation_quintile", "age_band")
+"""The equity dimensions a patient registry entry carries."""
+
+READING_KINDS: tuple[str, ...] = (
+    "glucose",
+    "blood_pressure",
+    "heart_rate",
+    "spo2",
+    "respiratory_rate",
+    "body_temperature",
+    "body_weight",
+)
+"""Reading kind codes: the index in this tuple (mirrors ``monitor.contract.models.ReadingKind``)."""
+_KIND_CODE = {k: i for i, k in enumerate(READING_KINDS)}
+
+FLAG_NAMES: tuple[tuple[int, str], ...] = (
+    (int(_k.FLAG_NO_SUPPORT_NETWORK), "no_support_network"),
+    (int(_k.FLAG_SINGLE_CARER), "single_carer"),
+    (int(_k.FLAG_SUPPORT_LAPSED), "support_lapsed"),
+)
+"""Flag bit -> name, sorted by name."""
+
+UNKNOWN_GROUP = "unknown"
+"""Group of a patient seen in events but never registered (excluded from equity measures)."""
+
+SNAPSHOT_MAGIC = b"CMSUPPORT"
+SNAPSHOT_VERSION = 1
+MICRO = 1_000_000
+
+
+class SnapshotError(MonitorError, ValueError):
+    """A snapshot is not one this version can restore (bad magic, unknown version, corrupt)."""
+
+
+class StaleAsOfError(MonitorError, ValueError):
+    """An as-of day before the watermark day: the state keeps no history to answer it."""
+
+
+# --------------------------------------------------------------------------------------------
+# small conversions shared with the reference implementation
+# --------------------------------------------------------------------------------------------
+
+
+def epoch_seconds(t: datetime) -> int:
+    """Whole seconds since the Unix epoch (floor) of a timezone-aware datetime.
+
+    Raises ``ValueError`` for a naive datetime (the contract never produces one).
+    """
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError("naive datetime: a timezone-aware (UTC) datetime is required")
+    return math.floor(t.timestamp())
+
+
+def day_of(t_s: int) -> int:
+    """The UTC calendar day number of epoch seconds ``t_s`` (``t_s // 86400``)."""
+    return t_s // _k.SECONDS_PER_DAY
+
+
+def minutes_to_ms(minutes: float) -> int:
+    """Care minutes -> integer milliseconds, rounded half to even (as the kernels do)."""
+    return round(minutes * _k.MS_PER_MINUTE)
+
+
+def id_hash(prefix: str, identifier: str) -> int:
+    """Stable non-zero 64-bit hash of an event id (blake2b; same in every process)."""
+    digest = hashlib.blake2b(f"{prefix}:{identifier}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def iso_utc(t_s: int) -> str:
+    """Epoch seconds -> ISO 8601 UTC with ``Z`` (second precision)."""
+    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SupportConfig:
+    """Windows and dimensions of the support state (all windows in UTC calendar days).
+
+    ``coverage_days`` (<= 64) is the window of ``covered``, care minutes, contact days and readings
+    received; ``active_days`` the window of an active carer; ``lapse_days`` (<= 64) the contact gap
+    that makes a network lapse. ``dimensions`` is a subset of :data:`DIMENSIONS`;
+    ``ordered_dimensions`` those with a natural order (rank = group value, 1 = most deprived).
+    Raises ``ValueError`` on invalid values.
+    """
+
+    coverage_days: int = 7
+    active_days: int = 28
+    lapse_days: int = 14
+    dimensions: tuple[str, ...] = DIMENSIONS
+    ordered_dimensions: tuple[str, ...] = ("deprivation_quintile",)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.coverage_days <= 64:
+            raise ValueError("coverage_days must be in 1..64")
+        if not 1 <= self.lapse_days <= 64:
+            raise ValueError("lapse_days must be in 1..64")
+        if not 1 <= self.active_days <= 100_000:
+            raise ValueError("active_days must be in 1..100000")
+        unknown = set(self.dimensions) - set(DIMENSIONS)
+        if unknown or not self.dimensions:
+            raise ValueError(f"dimensions must be a non-empty subset of {DIMENSIONS}")
+        if set(self.ordered_dimensions) - set(self.dimensions):
+            raise ValueError("ordered_dimensions must be a subset of dimensions")
+
+    @property
+    def ring_days(self) -> int:
+        """Cells of the per-patient day ring: the smallest power of two >= ``coverage_days``."""
+        return 1 << (self.coverage_days - 1).bit_length()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupportConfig:
+        d = dict(data)
+        d["dimensions"] = tuple(d["dimensions"])
+        d["ordered_dimensions"] = tuple(d["ordered_dimensions"])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    """A registry upsert. ``expected_micro_per_day``: planned readings per day, all kinds, in
+    micro-readings (``round(sum(plan) * 10**6)``); ``version``: ``(registered_at seconds or
+    NO_TIME, content hash)`` - the larger version wins whatever the arrival order."""
+
+    patient_slot: int
+    region: str
+    deprivation_quintile: int
+    age_band: str
+    expected_micro_per_day: int
+    version: tuple[int, int]
+
+    def group(self, dimension: str) -> str:
+        return str(getattr(self, dimension))
+
+
+def _arr(values: Any, dtype: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=dtype))
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Columnar canonical events of one batch (one numpy array per field, equal lengths per kind).
+
+    Activities: ``activity_patient`` / ``activity_carer`` (int32 slots), ``activity_start_s``
+    (int64 epoch seconds UTC), ``activity_minutes`` (float64, 0 < m <= 1440),
+    ``activity_id_hash`` (uint64, non-zero, see :func:`id_hash`). Care links: ``link_patient``,
+    ``link_carer``, ``link_t`` (effective_at, epoch seconds), ``link_action`` (int8 +1 join,
+    -1 leave). Readings: ``reading_patient``, ``reading_kind`` (int8 code in
+    :data:`READING_KINDS`), ``reading_t`` (measured_at), ``reading_id_hash``. ``patients``:
+    registry upserts. ``skipped_after_until``: events left out by :func:`batch_from_documents`
+    because they fall after its ``until`` day.
+    """
+
+    activity_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    activity_carer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    activity_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    activity_minutes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    activity_id_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    link_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    link_carer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    link_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    link_action: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    reading_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    reading_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    reading_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reading_id_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    patients: tuple[PatientRecord, ...] = ()
+    skipped_after_until: int = 0
+
+    _DTYPES = {
+        "activity_patient": np.int32, "activity_carer": np.int32, "activity_start_s": np.int64,
+        "activity_minutes": np.float64, "activity_id_hash": np.uint64,
+        "link_patient": np.int32, "link_carer": np.int32, "link_t": np.int64,
+        "link_action": np.int8,
+        "reading_patient": np.int32, "reading_kind": np.int8, "reading_t": np.int64,
+        "reading_id_hash": np.uint64,
+    }
+
+    @classmethod
+    def from_columns(cls, **columns: Any) -> EventBatch:
+        """Build a batch from any array-likes, converting each to its dtype (missing -> empty)."""
+        conv = {name: _arr(columns.pop(name, ()), dt) for name, dt in cls._DTYPES.items()}
+        return cls(**conv, **columns)
+
+    @property
+    def n_activities(self) -> int:
+        return int(self.activity_patient.shape[0])
+
+    @property
+    def n_links(self) -> int:
+        return int(self.link_patient.shape[0])
+
+    @property
+    def n_readings(self) -> int:
+        return int(self.reading_patient.shape[0])
+
+    def __len__(self) -> int:
+        return self.n_activities + self.n_links + self.n_readings + len(self.patients)
+
+    def check(self, n_patients: int, n_carers: int) -> None:
+        """Raise ``ValueError`` if dtypes, lengths or slots are invalid (before any kernel runs)."""
+        for name, dt in self._DTYPES.items():
+            a = getattr(self, name)
+            if a.dtype != dt or a.ndim != 1 or not a.flags.c_contiguous:
+                raise ValueError(f"EventBatch.{name} must be a contiguous 1-d {np.dtype(dt)} array")
+        for prefix, cols in (
+            ("activity", ("patient", "carer", "start_s", "minutes", "id_hash")),
+            ("link", ("patient", "carer", "t", "action")),
+            ("reading", ("patient", "kind", "t", "id_hash")),
+        ):
+            lengths = {getattr(self, f"{prefix}_{c}").shape[0] for c in cols}
+            if len(lengths) != 1:
+                raise ValueError(f"EventBatch {prefix} columns have different lengths")
+        for name in ("activity_patient", "link_patient", "reading_patient"):
+            a = getattr(self, name)
+            if a.size and (a.min() < 0 or a.max() >= n_patients):
+                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_patients - 1}")
+        for name in ("activity_carer", "link_carer"):
+            a = getattr(self, name)
+            if a.size and (a.min() < 0 or a.max() >= n_carers):
+                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_carers - 1}")
+        m = self.activity_minutes
+        if m.size and not (np.all(np.isfinite(m)) and m.min() > 0 and m.max() <= 1440):
+            raise ValueError("EventBatch.activity_minutes must be in (0, 1440]")
+        if self.link_action.size and not np.all(np.abs(self.link_action) == 1):
+            raise ValueError("EventBatch.link_action must be +1 (join) or -1 (leave)")
+        for name in ("activity_id_hash", "reading_id_hash"):
+            if np.any(getattr(self, name) == 0):
+                raise ValueError(f"EventBatch.{name} must be non-zero")
+        for rec in self.patients:
+            if not 0 <= rec.patient_slot < n_patients:
+                raise ValueError("EventBatch.patients has a slot outside the state")
+
+    def times(self) -> np.ndarray:
+        """Every event time of the batch (epoch seconds), for the watermark."""
+        return np.concatenate((self.activity_start_s, self.link_t, self.reading_t))
+
+
+def patient_record(slot: int, doc: Any) -> PatientRecord:
+    """A :class:`PatientRecord` from a contract ``Patient`` (duck-typed: attributes only)."""
+    plan = {str(getattr(k, "value", k)): float(v) for k, v in dict(doc.monitoring_plan).items()}
+    expected = round(sum(plan[k] for k in sorted(plan)) * MICRO)
+    content = json.dumps(
+        [doc.region, int(doc.deprivation_quintile), doc.age_band, sorted(plan.items())],
+        separators=(",", ":"),
+    )
+    reg = doc.registered_at
+    version = (epoch_seconds(reg) if reg is not None else int(_k.NO_TIME), id_hash("p", content))
+    return PatientRecord(slot, str(doc.region), int(doc.deprivation_quintile), str(doc.age_band),
+                         int(expected), version)
+
+
+def batch_from_documents(
+    state: SupportState, docs: Iterable[Any], *, until: datetime | None = None
+) -> EventBatch:
+    """Convert validated contract documents into an :class:`EventBatch`, assigning slots in ``state``.
+
+    Documents are recognised by their fields (``core`` does not import the pydantic models):
+    ``Reading``, ``GatewayBatch`` (its readings), ``CarerActivity``, ``CareLink``, ``Patient``.
+    With ``until``, events on a UTC day after ``until``'s day are left out (counted in
+    ``skipped_after_until``; no slot is assigned for them) - replay uses this for an as-of in the
+    past. Raises ``TypeError`` for an object that is not a contract document. Never logs ids.
+    """
+    until_day = day_of(epoch_seconds(until)) if until is not None else None
+    a_p: list[int] = []
+    a_c: list[int] = []
+    a_t: list[int] = []
+    a_m: list[float] = []
+    a_h: list[int] = []
+    l_p: list[int] = []
+    l_c: list[int] = []
+    l_t: list[int] = []
+    l_a: list[int] = []
+    r_p: list[int] = []
+    r_k: list[int] = []
+    r_t: list[int] = []
+    r_h: list[int] = []
+    patients: list[PatientRecord] = []
+    skipped = 0
+
+    def add_reading(r: Any) -> None:
+        nonlocal skipped
+        t = epoch_seconds(r.measured_at)
+        if until_day is not None and day_of(t) > until_day:
+            skipped += 1
+            return
+        r_p.append(state.patient_slot(r.patient_id))
+        r_k.append(_KIND_CODE.get(str(getattr(r.kind, "value", r.kind)), -1))
+        r_t.append(t)
+        r_h.append(id_hash("r", r.reading_id))
+
+    for doc in docs:
+        if hasattr(doc, "readings"):
+            for r in doc.readings:
+                add_reading(r)
+        elif hasattr(doc, "reading_id"):
+            add_reading(doc)
+        elif hasattr(doc, "activity_id"):
+            t = epoch_seconds(doc.started_at)
+            if until_day is not None and day_of(t) > until_day:
+                skipped += 1
+                continue
+            a_p.append(state.patient_slot(doc.patient_id))
+            a_c.append(state.carer_slot(doc.carer_id))
+            a_t.append(t)
+            a_m.append(float(doc.duration_minutes))
+            a_h.append(id_hash("a", doc.activity_id))
+        elif hasattr(doc, "effective_at"):
+            t = epoch_seconds(doc.effective_at)
+            if until_day is not None and day_of(t) > until_day:
+                skipped += 1
+                continue
+            l_p.append(state.patient_slot(doc.patient_id))
+            l_c.append(state.carer_slot(doc.carer_id))
+            l_t.append(t)
+            l_a.append(1 if str(getattr(doc.action, "value", doc.action)) == "join" else -1)
+        elif hasattr(doc, "deprivation_quintile"):
+            patients.append(patient_record(state.patient_slot(doc.patient_id), doc))
+        else:
+            raise TypeError(f"not a contract document: {type(doc).__name__}")
+    return EventBatch.from_columns(
+        activity_patient=a_p, activity_carer=a_c, activity_start_s=a_t, activity_minutes=a_m,
+        activity_id_hash=a_h, link_patient=l_p, link_carer=l_c, link_t=l_t, link_action=l_a,
+        reading_patient=r_p, reading_kind=r_k, reading_t=r_t, reading_id_hash=r_h,
+        patients=tuple(patients), skipped_after_until=skipped,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation and summaries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per-patient metrics as of ``as_of_s`` (epoch seconds UTC; day resolution ``as_of_day``).
+
+    Arrays are indexed by patient slot (length ``n``): ``active_carers``, ``registered_carers``,
+    ``care_ms`` (care milliseconds in the coverage window), ``contact_days``, ``readings_received``,
+    ``readings_expected_micro`` (expected readings in the coverage window x 10**6), ``flags``
+    (bit set, see :data:`FLAG_NAMES`), ``covered``, ``last_contact_s`` / ``last_reading_s``
+    (epoch seconds, ``NO_TIME`` if none).
+    """
+
+    as_of_s: int
+    as_of_day: int
+    patient_ids: Sequence[str]
+    active_carers: np.ndarray
+    registered_carers: np.ndarray
+    care_ms: np.ndarray
+    contact_days: np.ndarray
+    readings_received: np.ndarray
+    readings_expected_micro: np.ndarray
+    flags: np.ndarray
+    covered: np.ndarray
+    last_contact_s: np.ndarray
+    last_reading_s: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.flags.shape[0])
+
+    def flag_names(self, slot: int) -> list[str]:
+        f = int(self.flags[slot])
+        return [name for bit, name in FLAG_NAMES if f & bit]
+
+    def patient(self, slot: int) -> dict[str, Any]:
+        """The JSON-ready metrics of one patient (the replay output shape)."""
+        return {
+            "flags": self.flag_names(slot),
+            "active_carers_28d": int(self.active_carers[slot]),
+            "care_minutes_7d": int(self.care_ms[slot]) / _k.MS_PER_MINUTE,
+            "contact_days_7d": int(self.contact_days[slot]),
+            "readings_expected_7d": int(self.readings_expected_micro[slot]) / MICRO,
+            "readings_received_7d": int(self.readings_received[slot]),
+        }
+
+    def patients(self) -> dict[str, dict[str, Any]]:
+        return {pid: self.patient(i) for i, pid in enumerate(self.patient_ids)}
+
+    def last_times(self, slot: int) -> dict[str, str | None]:
+        """``last_contact_at`` / ``last_reading_at`` as ISO 8601 UTC (None if never)."""
+        c, r = int(self.last_contact_s[slot]), int(self.last_reading_s[slot])
+        return {
+            "last_contact_at": None if c == _k.NO_TIME else iso_utc(c),
+            "last_reading_at": None if r == _k.NO_TIME else iso_utc(r),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """Exactly mergeable integer sums of one group (see :data:`monitor.core.support.GROUP_COLUMNS`)."""
+
+    patients: int = 0
+    covered: int = 0
+    no_support_network: int = 0
+    support_lapsed: int = 0
+    single_carer: int = 0
+    care_ms_7d: int = 0
+    readings_received_7d: int = 0
+    readings_received_capped_micro: int = 0
+    readings_expected_micro: int = 0
+
+    def __add__(self, other: GroupCounts) -> GroupCounts:
+        return GroupCounts(*(getattr(self, f) + getattr(other, f) for f in _k.GROUP_COLUMNS))
+
+    def indicators(self) -> dict[str, float | int | None]:
+        """``patients`` and the four group indicators (None when the denominator is 0).
+
+        ``pct_covered`` (favourable), ``pct_no_support_network`` (adverse),
+        ``mean_care_minutes_per_week`` (care minutes in the 7-day window per patient),
+        ``pct_readings_received`` (received / expected, each patient capped at its expectation).
+        """
+        n = self.patients
+        return {
+            "patients": n,
+            "pct_covered": 100 * self.covered / n if n else None,
+            "pct_no_support_network": 100 * self.no_support_network / n if n else None,
+            "mean_care_minutes_per_week": self.care_ms_7d / _k.MS_PER_MINUTE / n if n else None,
+            "pct_readings_received": (
+                100 * self.readings_received_capped_micro / self.readings_expected_micro
+                if self.readings_expected_micro else None
+            ),
+        }
+
+
+INDICATORS: tuple[tuple[str, bool, str], ...] = (
+    ("pct_covered", True, "logit"),
+    ("pct_no_support_network", False, "logit"),
+    ("mean_care_minutes_per_week", True, "linear"),
+    ("pct_readings_received", True, "logit"),
+)
+"""Group indicators for the equity measures: (name, favourable, SII method). Minutes are not a
+proportion, so their SII/RII use the linear (PHE) method."""
+
+
+INDIVIDUAL_SCALARS: tuple[str, ...] = (
+    "gini", "gini_corrected", "theil_t", "mld", "ge2", "atkinson_0_5", "atkinson_1",
+    "atkinson_2", "cv",
+)
+"""Individual-level measures reported for care minutes (``None`` when there is no patient)."""
+
+
+@dataclass(frozen=True)
+class PartialSummary:
+    """Sufficient statistics of one worker's patients as of one UTC day; merge is exact.
+
+    ``groups``: dimension -> group name -> :class:`GroupCounts` (integers). ``care_ms_values`` /
+    ``care_ms_counts``: the exact histogram of per-patient care milliseconds in the coverage window
+    (sorted distinct values, patient counts), from which individual-level measures are computed.
+    Merging workers with disjoint patients gives exactly the single-worker summary.
+    """
+
+    as_of_day: int
+    groups: Mapping[str, Mapping[str, GroupCounts]]
+    care_ms_values: np.ndarray
+    care_ms_counts: np.ndarray
+
+    @staticmethod
+    def merge(a: PartialSummary, b: PartialSummary) -> PartialSummary:
+        """Exact merge of two summaries of the same as-of day (``ValueError`` otherwise)."""
+        if a.as_of_day != b.as_of_day:
+            raise ValueError(f"cannot merge summaries of days {a.as_of_day} and {b.as_of_day}")
+        groups: dict[str, dict[str, GroupCounts]] = {}
+        for dim in sorted(set(a.groups) | set(b.groups)):
+            ga, gb = a.groups.get(dim, {}), b.groups.get(dim, {})
+            groups[dim] = {
+                g: ga.get(g, GroupCounts()) + gb.get(g, GroupCounts())
+                for g in sorted(set(ga) | set(gb))
+            }
+        values, counts = _merge_hist(
+            np.concatenate((a.care_ms_values, b.care_ms_values)),
+            np.concatenate((a.care_ms_counts, b.care_ms_counts)),
+        )
+        return PartialSummary(a.as_of_day, groups, values, counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (integers only), e.g. to send to a coordinator."""
+        return {
+            "as_of_day": self.as_of_day,
+            "groups": {
+                d: {g: [getattr(c, f) for f in _k.GROUP_COLUMNS] for g, c in gs.items()}
+                for d, gs in self.groups.items()
+            },
+            "care_ms_values": self.care_ms_values.tolist(),
+            "care_ms_counts": self.care_ms_counts.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PartialSummary:
+        return cls(
+            int(data["as_of_day"]),
+            {d: {g: GroupCounts(*map(int, v)) for g, v in gs.items()}
+             for d, gs in data["groups"].items()},
+            np.asarray(data["care_ms_values"], dtype=np.int64),
+            np.asarray(data["care_ms_counts"], dtype=np.int64),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PartialSummary):
+            return NotImplemented
+        return (self.as_of_day == other.as_of_day
+                and {d: dict(g) for d, g in self.groups.items()}
+                == {d: dict(g) for d, g in other.groups.items()}
+                and np.array_equal(self.care_ms_values, other.care_ms_values)
+                and np.array_equal(self.care_ms_counts, other.care_ms_counts))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _merge_hist(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact merge of (value, count) histograms: distinct sorted values, integer count sums."""
+    uniq, inv = np.unique(values, return_inverse=True)
+    out = np.zeros(uniq.shape[0], dtype=np.int64)
+    np.add.at(out, inv.reshape(-1), counts.astype(np.int64))
+    return uniq.astype(np.int64), out
+
+
+def _group_sort_key(dimension: str, ordered: bool) -> Any:
+    def key(g: str) -> Any:
+        if ordered:
+            try:
+                return (0, int(g), g)
+            except ValueError:
+                return (1, 0, g)
+        return (0, 0, g)
+    return key
+
+
+def equity_from_summary(
+    summary: PartialSummary, config: SupportConfig | None = None, *, lorenz: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Inequality measures of a (merged) summary: ``{dimension: {indicator: {measure: value}}}``.
+
+    Group level: for each dimension in the summary and each indicator in :data:`INDICATORS`,
+    :func:`monitor.equity.grouped_measures` over the known groups (the ``unknown`` group and
+    groups without a defined estimate are left out), with ``order`` = the quintile (1 = most
+    deprived) for ordered dimensions and no reference group otherwise. A dimension with no group
+    gives ``None`` for every measure. Individual level: under the key ``"individual"``,
+    ``{"care_minutes_7d": individual_measures(...)}`` over the exact histogram of per-patient care
+    minutes (frequency weights, so it equals the measures of the full patient list; Lorenz points
+    only with ``lorenz=True``). Values are plain floats or ``None``.
+    """
+    from monitor import equity  # the public API; imported lazily to keep core importable alone
+
+    config = config or SupportConfig()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dim in sorted(summary.groups):
+        ordered = dim in config.ordered_dimensions
+        names = sorted((g for g in summary.groups[dim] if g != UNKNOWN_GROUP),
+                       key=_group_sort_key(dim, ordered))
+        if ordered:
+            names = [g for g in names if g.lstrip("-").isdigit()]
+        per_ind: dict[str, dict[str, Any]] = {}
+        for ind, favourable, sii in INDICATORS:
+            est: list[float] = []
+            pop: list[float] = []
+            rank: list[float] = []
+            for g in names:
+                c = summary.groups[dim][g]
+                v = c.indicators()[ind]
+                if v is None or c.patients == 0:
+                    continue
+                est.append(float(v))
+                pop.append(float(c.patients))
+                rank.append(float(int(g)) if ordered else 0.0)
+            if not est:
+                per_ind[ind] = dict.fromkeys(equity.GROUP_MEASURES)
+                continue
+            per_ind[ind] = equity.grouped_measures(
+                est, pop, order=rank if ordered else None, favourable=favourable,
+                scale=100, sii_method=sii,
+            )
+        out[dim] = per_ind
+    if summary.care_ms_counts.size and summary.care_ms_counts.sum() > 0:
+        ind_m = equity.individual_measures(
+            summary.care_ms_values / _k.MS_PER_MINUTE, summary.care_ms_counts.astype(np.float64)
+        )
+        if not lorenz:
+            ind_m.pop("lorenz_p", None)
+            ind_m.pop("lorenz_l", None)
+    else:
+        ind_m = dict.fromkeys(INDIVIDUAL_SCALARS)
+    out["individual"] = {"care_minutes_7d": ind_m}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the logic object
+# --------------------------------------------------------------------------------------------
+
+_PATIENT_ARRAYS: dict[str, tuple[Any, Any]] = {
+    # name: (dtype, fill)
+    "contact_last_day": (np.int32, _k.NO_DAY),
+    "contact_bits": (np.uint64, 0),
+    "last_contact_s": (np.int64, _k.NO_TIME),
+    "last_reading_s": (np.int64, _k.NO_TIME),
+    "registered": (np.bool_, False),
+    "expected_micro_per_day": (np.int64, 0),
+    "version_t": (np.int64, _k.NO_TIME),
+    "version_h": (np.uint64, 0),
+    "code_region": (np.int32, -1),
+    "code_deprivation_quintile": (np.int32, -1),
+    "code_age_band": (np.int32, -1),
+}
+_RING_ARRAYS: dict[str, tuple[Any, Any]] = {
+    "ring_tag": (np.int32, _k.NO_DAY),
+    "ring_ms": (np.int64, 0),
+    "ring_reads": (np.int32, 0),
+}
+_PAIR_ARRAYS: dict[str, tuple[Any, Any]] = {
+    "pair_keys": (np.uint64, 0),
+    "pair_last_day": (np.int32, _k.NO_DAY),
+    "pair_link_t": (np.int64, _k.NO_TIME),
+    "pair_link_action": (np.int8, 0),
+}
+_DEDUP_ARRAYS: dict[str, tuple[Any, Any]] = {
+    "dedup_keys": (np.uint64, 0),
+    "dedup_days": (np.uint8, 0),
+}
+
+
+MAX_LOAD = 0.7
+"""Largest fill ratio of the open-addressing tables (linear probing) before they grow."""
+
+
+def _pow2_at_least(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _capacity_for(entries: int) -> int:
+    """Power-of-two table size holding ``entries`` at most :data:`MAX_LOAD` full."""
+    return _pow2_at_least(math.ceil(entries / MAX_LOAD) + 1, 1024)
+
+
+def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray:
+    dtype, fill = spec
+    shape = (n,) if width is None else (n, width)
+    return np.full(shape, fill, dtype=dtype)
+
+
+class SupportState:
+    """Per-patient support state (numpy arrays, one dense slot per patient and per carer).
+
+    Build with a :class:`SupportConfig`; feed :class:`EventBatch` objects with :meth:`apply`
+    (usually built by :func:`batch_from_documents`); read with :meth:`evaluate`,
+    :meth:`partial_summary`; persist with :meth:`snapshot` / :meth:`restore`. Not thread-safe:
+    one driver thread owns a state. ``expected_patients`` / ``expected_pairs`` /
+    ``expected_window_events`` pre-size the arrays (they grow by doubling anyway).
+    """
+
+    def __init__(
+        self, config: SupportConfig | None = None, *, expected_patients: int = 0,
+        expected_pairs: int = 0, expected_window_events: int = 0,
+    ) -> None:
+        self.config = config or SupportConfig()
+        self.patient_ids: list[str] = []
+        self._patient_index: dict[str, int] = {}
+        self.carer_ids: list[str] = []
+        self._carer_index: dict[str, int] = {}
+        self.categories: dict[str, list[str]] = {d: [] for d in DIMENSIONS}
+        self._category_index: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
+        self.watermark_s: int | None = None
+        self.stats: dict[str, int] = {"duplicates": 0, "stale": 0, "events": 0}
+        self._dedup_count = 0
+        self._dedup_min_day = int(_k.NO_DAY)
+        self._pair_count = 0
+        cap = _pow2_at_least(expected_patients, 1024)
+        self._arrays: dict[str, np.ndarray] = {n: _full(cap, s) for n, s in _PATIENT_ARRAYS.items()}
+        for n, s in _RING_ARRAYS.items():
+            self._arrays[n] = _full(cap, s, self.config.ring_days)
+        pcap = _capacity_for(expected_pairs)
+        for n, s in _PAIR_ARRAYS.items():
+            self._arrays[n] = _full(pcap, s)
+        dcap = _capacity_for(expected_window_events)
+        for n, s in _DEDUP_ARRAYS.items():
+            self._arrays[n] = _full(dcap, s)
+
+    # -- slots ------------------------------------------------------------------------------
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def n_carers(self) -> int:
+        return len(self.carer_ids)
+
+    @property
+    def watermark(self) -> datetime | None:
+        """The latest event time applied (UTC), or None before any event."""
+        return None if self.watermark_s is None else datetime.fromtimestamp(self.watermark_s, UTC)
+
+    def patient_slot(self, patient_id: str) -> int:
+        """The dense slot of a patient id, assigned (and arrays grown) on first sight."""
+        slot = self._patient_index.get(patient_id)
+        if slot is None:
+            slot = len(self.patient_ids)
+            self._patient_index[patient_id] = slot
+            self.patient_ids.append(patient_id)
+            if slot >= self._arrays["registered"].shape[0]:
+                self._grow_patients(2 * (slot + 1))
+        return slot
+
+    def carer_slot(self, carer_id: str) -> int:
+        """The dense slot of a carer id, assigned on first sight."""
+        slot = self._carer_index.get(carer_id)
+        if slot is None:
+            slot = len(self.carer_ids)
+            self._carer_index[carer_id] = slot
+            self.carer_ids.append(carer_id)
+        return slot
+
+    def add_patients(self, n: int) -> range:
+        """Append ``n`` anonymous patients (ids ``"#<slot>"``); for benchmarks and tests."""
+        start = self.n_patients
+        self._grow_patients(start + n)
+        for i in range(start, start + n):
+            pid = f"#{i}"
+            self._patient_index[pid] = i
+            self.patient_ids.append(pid)
+        return range(start, start + n)
+
+    def add_carers(self, n: int) -> range:
+        """Append ``n`` anonymous carers (ids ``"#<slot>"``); for benchmarks and tests."""
+        start = self.n_carers
+        for i in range(start, start + n):
+            cid = f"#{i}"
+            self._carer_index[cid] = i
+            self.carer_ids.append(cid)
+        return range(start, start + n)
+
+    def _grow_patients(self, need: int) -> None:
+        cap = self._arrays["registered"].shape[0]
+        if need <= cap:
+            return
+        new_cap = _pow2_at_least(need)
+        for name, spec in _PATIENT_ARRAYS.items():
+            new = _full(new_cap, spec)
+            new[:cap] = self._arrays[name]
+            self._arrays[name] = new
+        for name, spec in _RING_ARRAYS.items():
+            new = _full(new_cap, spec, self.config.ring_days)
+            new[:cap] = self._arrays[name]
+            self._arrays[name] = new
+
+    def _ensure_pairs(self, incoming: int) -> None:
+        """Keep the pair table at most :data:`MAX_LOAD` full for ``incoming`` more pairs."""
+        a = self._arrays
+        need = self._pair_count + incoming
+        if need <= MAX_LOAD * a["pair_keys"].shape[0]:
+            return
+        new = {n: _full(_capacity_for(need), s) for n, s in _PAIR_ARRAYS.items()}
+        _k.rehash_pairs(a["pair_keys"], a["pair_last_day"], a["pair_link_t"],
+                        a["pair_link_action"], new["pair_keys"], new["pair_last_day"],
+                        new["pair_link_t"], new["pair_link_action"])
+        a.update(new)
+
+    def _min_sum_day(self) -> int:
+        """Oldest day whose sums can still be evaluated: watermark day - coverage_days + 1."""
+        if self.watermark_s is None:
+            return int(_k.NO_DAY)
+        return day_of(self.watermark_s) - self.config.coverage_days + 1
+
+    def _ensure_dedup(self, incoming: int) -> None:
+        """Purge ids older than the sum horizon when it moved, and keep the table <= 70 % full.
+
+        Invariant: every entry has a day in ``[m, m + coverage_days - 1]`` for the
+        ``_dedup_min_day`` m in force when it was inserted, and m only moves forward here (with a
+        purge), so entries are less than ``2 * coverage_days`` <= 128 days old at any purge and
+        the 1-byte ``day mod 256`` tag is unambiguous. A jump of a whole window clears the table.
+        """
+        a = self._arrays
+        cov = self.config.coverage_days
+        min_day = self._min_sum_day()
+        advanced = min_day > self._dedup_min_day
+        if advanced and self._dedup_count == 0:
+            self._dedup_min_day = min_day
+            advanced = False
+        need = self._dedup_count + incoming
+        cap = a["dedup_keys"].shape[0]
+        if not advanced and need <= MAX_LOAD * cap:
+            return
+        if advanced and min_day - self._dedup_min_day >= cov:  # nothing can survive
+            new = {n: _full(_capacity_for(incoming), s) for n, s in _DEDUP_ARRAYS.items()}
+            self._dedup_count = 0
+        else:
+            new = {n: _full(_capacity_for(need), s) for n, s in _DEDUP_ARRAYS.items()}
+            self._dedup_count = int(_k.rehash_dedup(
+                a["dedup_keys"], a["dedup_days"], np.int64(min_day + cov - 1), np.int64(cov),
+                new["dedup_keys"], new["dedup_days"]))
+        self._dedup_min_day = max(self._dedup_min_day, min_day)
+        a.update(new)
+
+    # -- updates ----------------------------------------------------------------------------
+
+    def apply(self, batch: EventBatch) -> dict[str, int]:
+        """Apply one batch; returns ``{"duplicates": n, "stale": n}`` for this batch.
+
+        Order: registry upserts (Python), then the watermark advances to the batch's latest event
+        time, then links, activities and readings (kernels). The result is independent of the order
+        of events within and across batches (see the module docstring). Raises ``ValueError`` on
+        a malformed batch, before anything is changed.
+        """
+        batch.check(self.n_patients, self.n_carers)
+        for rec in batch.patients:
+            self._upsert_patient(rec)
+        times = batch.times()
+        if times.size:
+            t_max = int(times.max())
+            if self.watermark_s is None or t_max > self.watermark_s:
+                self.watermark_s = t_max
+        a = self._arrays
+        if batch.n_links:
+            self._ensure_pairs(batch.n_links)
+            self._pair_count += int(_k.apply_links(
+                batch.link_patient, batch.link_carer, batch.link_t, batch.link_action,
+                a["pair_keys"], a["pair_link_t"], a["pair_link_action"]))
+        min_day = np.int64(self._min_sum_day())
+        dup = stale = 0
+        if batch.n_activities:
+            self._ensure_pairs(batch.n_activities)
+            self._ensure_dedup(batch.n_activities)
+            new_pairs, new_dedup, d, s = _k.apply_activities(
+                batch.activity_patient, batch.activity_carer, batch.activity_start_s,
+                batch.activity_minutes, batch.activity_id_hash, min_day,
+                a["contact_last_day"], a["contact_bits"], a["last_contact_s"],
+                a["ring_tag"], a["ring_ms"], a["ring_reads"],
+                a["pair_keys"], a["pair_last_day"], a["dedup_keys"], a["dedup_days"])
+            self._pair_count += int(new_pairs)
+            self._dedup_count += int(new_dedup)
+            dup += int(d)
+            stale += int(s)
+        if batch.n_readings:
+            self._ensure_dedup(batch.n_readings)
+            new_dedup, d, s = _k.apply_readings(
+                batch.reading_patient, batch.reading_t, batch.reading_id_hash, min_day,
+                a["last_reading_s"], a["ring_tag"], a["ring_ms"], a["ring_reads"],
+                a["dedup_keys"], a["dedup_days"])
+            self._dedup_count += int(new_dedup)
+            dup += int(d)
+            stale += int(s)
+        self.stats["duplicates"] += dup
+        self.stats["stale"] += stale
+        self.stats["events"] += batch.n_activities + batch.n_links + batch.n_readings
+        return {"duplicates": dup, "stale": stale}
+
+    def _category_code(self, dimension: str, group: str) -> int:
+        index = self._category_index[dimension]
+        code = index.get(group)
+        if code is None:
+            code = len(self.categories[dimension])
+            index[group] = code
+            self.categories[dimension].append(group)
+        return code
+
+    def _upsert_patient(self, rec: PatientRecord) -> None:
+        a = self._arrays
+        s = rec.patient_slot
+        version = (int(rec.version[0]), int(rec.version[1]))
+        if a["registered"][s] and version <= (int(a["version_t"][s]), int(a["version_h"][s])):
+            return
+        a["registered"][s] = True
+        a["version_t"][s] = version[0]
+        a["version_h"][s] = np.uint64(version[1])
+        a["expected_micro_per_day"][s] = rec.expected_micro_per_day
+        for dim in DIMENSIONS:
+            a[f"code_{dim}"][s] = self._category_code(dim, rec.group(dim))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _as_of_seconds(self, as_of: datetime | int | None) -> int:
+        if as_of is None:
+            return self.watermark_s if self.watermark_s is not None else 0
+        t = as_of if isinstance(as_of, int) else epoch_seconds(as_of)
+        if self.watermark_s is not None and day_of(t) < day_of(self.watermark_s):
+            raise StaleAsOfError(
+                "as_of is on a day before the watermark day; the state keeps no history "
+                "(replay with events filtered to the as-of day instead)")
+        return t
+
+    def evaluate(self, as_of: datetime | int | None = None) -> Evaluation:
+        """Per-patient metrics and flags as of ``as_of`` (datetime or epoch seconds; default: the
+        watermark, or the epoch before any event). Day resolution: see the module docstring.
+
+        Raises :class:`StaleAsOfError` if ``as_of`` is on a UTC day before the watermark day.
+        """
+        t = self._as_of_seconds(as_of)
+        day = day_of(t)
+        n = self.n_patients
+        a = self._arrays
+        cfg = self.config
+        active = np.zeros(n, np.int32)
+        registered = np.zeros(n, np.int32)
+        care_ms = np.zeros(n, np.int64)
+        contact_days = np.zeros(n, np.int32)
+        readings = np.zeros(n, np.int64)
+        flags = np.zeros(n, np.uint8)
+        covered = np.zeros(n, np.bool_)
+        _k.evaluate(np.int64(n), np.int64(day), np.int64(cfg.coverage_days),
+                    np.int64(cfg.active_days), np.int64(cfg.lapse_days),
+                    a["contact_last_day"], a["contact_bits"],
+                    a["ring_tag"], a["ring_ms"], a["ring_reads"],
+                    a["pair_keys"], a["pair_last_day"], a["pair_link_t"], a["pair_link_action"],
+                    active, registered, care_ms, contact_days, readings, flags, covered)
+        expected = a["expected_micro_per_day"][:n] * cfg.coverage_days
+        return Evaluation(
+            as_of_s=t, as_of_day=day, patient_ids=tuple(self.patient_ids),
+            active_carers=active, registered_carers=registered, care_ms=care_ms,
+            contact_days=contact_days, readings_received=readings,
+            readings_expected_micro=expected, flags=flags, covered=covered,
+            last_contact_s=a["last_contact_s"][:n].copy(),
+            last_reading_s=a["last_reading_s"][:n].copy(),
+        )
+
+    def group_codes(self, dimension: str) -> tuple[np.ndarray, list[str]]:
+        """Per-patient group codes (-1 = not registered) and the group names of a dimension."""
+        return self._arrays[f"code_{dimension}"][: self.n_patients], list(self.categories[dimension])
+
+    def partial_summary(
+        self, evaluation: Evaluation | None = None, as_of: datetime | int | None = None
+    ) -> PartialSummary:
+        """Exactly mergeable sufficient statistics of this state's patients (see PartialSummary)."""
+        ev = evaluation if evaluation is not None else self.evaluate(as_of)
+        groups: dict[str, dict[str, GroupCounts]] = {}
+        for dim in self.config.dimensions:
+            codes, names = self.group_codes(dim)
+            sums = _k.group_sums(codes, np.int64(len(names)), ev.flags, ev.covered, ev.care_ms,
+                                 ev.readings_received, ev.readings_expected_micro)
+            per: dict[str, GroupCounts] = {}
+            for i, g in enumerate([*names, UNKNOWN_GROUP]):
+                if sums[i, 0]:
+                    per[g] = GroupCounts(*(int(v) for v in sums[i]))
+            groups[dim] = dict(sorted(per.items()))
+        values, counts = np.unique(ev.care_ms, return_counts=True)
+        return PartialSummary(ev.as_of_day, groups, values.astype(np.int64),
+                              counts.astype(np.int64))
+
+    def bytes_per_patient(self) -> float:
+        """Bytes of numpy state (allocated, incl. hash-table slack) per patient; ids excluded."""
+        total = sum(arr.nbytes for arr in self._arrays.values())
+        return total / max(1, self.n_patients)
+
+    def state_bytes(self) -> dict[str, int]:
+        """Allocated bytes per array (for diagnostics)."""
+        return {n: int(a.nbytes) for n, a in self._arrays.items()}
+
+    # -- durability ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Versioned, self-contained bytes of the full state (restore with :meth:`restore`).
+
+        Layout: ``b"CMSUPPORT"`` + version (uint16 little endian) + an uncompressed ``.npz``
+        holding every array (patient arrays trimmed to the patients in use) and a JSON header
+        (config, ids, group categories, watermark, counters). No pickle is used.
+        """
+        n = self.n_patients
+        arrays: dict[str, np.ndarray] = {}
+        for name, arr in self._arrays.items():
+            arrays[name] = arr[:n] if name in _PATIENT_ARRAYS or name in _RING_ARRAYS else arr
+        header = {
+            "config": self.config.to_dict(),
+            "patient_ids": self.patient_ids,
+            "carer_ids": self.carer_ids,
+            "categories": self.categories,
+            "watermark_s": self.watermark_s,
+            "stats": self.stats,
+            "dedup_count": self._dedup_count,
+            "dedup_min_day": self._dedup_min_day,
+            "pair_count": self._pair_count,
+        }
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return SNAPSHOT_MAGIC + SNAPSHOT_VERSION.to_bytes(2, "little") + buf.getvalue()
+
+    @classmethod
+    def restore(cls, data: bytes) -> SupportState:
+        """Rebuild a state from :meth:`snapshot` bytes; raises :class:`SnapshotError` if invalid."""
+        m = len(SNAPSHOT_MAGIC)
+        if not data.startswith(SNAPSHOT_MAGIC) or len(data) < m + 2:
+            raise SnapshotError("not a support-state snapshot")
+        version = int.from_bytes(data[m:m + 2], "little")
+        if version != SNAPSHOT_VERSION:
+            raise SnapshotError(f"unsupported snapshot version {version}")
+        try:
+            with np.load(io.BytesIO(data[m + 2:]), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(arrays.pop("header").tobytes().decode())
+            state = cls(SupportConfig.from_dict(header["config"]))
+            state.patient_ids = list(header["patient_ids"])
+            state._patient_index = {p: i for i, p in enumerate(state.patient_ids)}
+            state.carer_ids = list(header["carer_ids"])
+            state._carer_index = {c: i for i, c in enumerate(state.carer_ids)}
+            state.categories = {d: list(v) for d, v in header["categories"].items()}
+            state._category_index = {d: {g: i for i, g in enumerate(v)}
+                                     for d, v in state.categories.items()}
+            state.watermark_s = header["watermark_s"]
+            state.stats = dict(header["stats"])
+            state._dedup_count = int(header["dedup_count"])
+            state._dedup_min_day = int(header["dedup_min_day"])
+            state._pair_count = int(header["pair_count"])
+            n = len(state.patient_ids)
+            state._grow_patients(n)
+            for name in (*_PATIENT_ARRAYS, *_RING_ARRAYS):
+                arr = arrays[name]
+                target = state._arrays[name]
+                if arr.shape[0] != n or arr.dtype != target.dtype or arr.shape[1:] != target.shape[1:]:
+                    raise SnapshotError(f"snapshot array {name} has the wrong shape or dtype")
+                target[:n] = arr
+            for name, spec in (*_PAIR_ARRAYS.items(), *_DEDUP_ARRAYS.items()):
+                arr = arrays[name]
+                if arr.dtype != np.dtype(spec[0]) or arr.ndim != 1 or arr.shape[0] & (arr.shape[0] - 1):
+                    raise SnapshotError(f"snapshot table {name} is corrupt")
+                state._arrays[name] = np.ascontiguousarray(arr)
+        except SnapshotError:
+            raise
+        except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise SnapshotError(f"corrupt snapshot: {type(exc).__name__}") from None
+        return state
