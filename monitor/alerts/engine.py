@@ -1,0 +1,679 @@
+"""The alert engine: episode lifecycle per patient and rule, driven by event time (pure, no I/O).
+
+Feed it patients (:meth:`AlertEngine.on_patient`), batches of canonical readings
+(:meth:`AlertEngine.on_readings`) and clock ticks (:meth:`AlertEngine.tick`); each call returns
+the :class:`AlertEvent` transitions it caused, which the caller publishes (Kafka topic,
+Alertmanager). The same calls with the same inputs give the same events, so the replay driver and
+the faust worker agree by construction.
+
+Episodes
+    One episode per ``(patient, rule, kind)`` at a time (``kind`` only matters for
+    ``missed_readings``, which applies to each planned kind separately). An episode **opens**
+    (``notification="firing"``) on the triggering reading, **re-notifies** (``"renotify"``) from
+    :meth:`~AlertEngine.tick` every ``repeat_interval`` while it is still firing, and **resolves**
+    (``"resolved"``) on the next *newer* reading of that kind outside the rule's range (for
+    ``missed_readings``: when data of that kind returns, or the kind leaves the plan).
+Late, replayed, backfilled and duplicated readings
+    Per ``(patient, kind)`` the engine keeps the latest ``measured_at`` seen. A reading older than
+    that - or older than the newest reading of its kind **in the same batch** - never opens an
+    episode and never resolves one (a gateway that uploads six hours of backfill does not page
+    anyone for a value that is hours old); it still counts as a body-weight baseline. A reading
+    with exactly the latest time may open an episode but never resolves one, so the outcome does not
+    depend on the order of equal-time readings. Exact duplicates (same ``dedup_key`` or same
+    content) of a reading at the latest time are dropped; older duplicates are old by definition.
+    Optionally (``AlertConfig.stale_after``) a reading older than the tick watermark minus that
+    age opens nothing either.
+Compound risk
+    A patient whose support flags (passed in by the caller, per call) include
+    ``no_support_network`` or ``support_lapsed`` gets alerts one level higher (warning ->
+    critical -> emergency) with ``unsupported=True``. If a patient becomes unsupported while an
+    episode is firing, the episode is escalated once and re-notified immediately with
+    ``escalated_from`` set; an episode is never de-escalated (it resolves instead).
+Time
+    Event time drives everything. All datetimes are timezone-aware UTC; a naive datetime raises
+    ``ValueError``. ``missed_readings`` is evaluated only by :meth:`~AlertEngine.tick` (a clock,
+    not data arrival): for a kind planned ``n`` times a day the interval is ``24 h / n`` and the
+    episode opens at ``last reading + factor x interval`` (the moment the gap began, so its
+    ``alert_id`` does not depend on how often ticks come). Without any reading the reference is the
+    patient's ``registered_at``, else the first tick after the plan was seen.
+Identity and recovery
+    ``alert_id`` is a hash of patient, rule, kind and ``opened_at``: stable across restarts and
+    replays. :meth:`~AlertEngine.snapshot` / :meth:`~AlertEngine.restore` carry every piece of
+    state (latest times, duplicate keys, weights, episodes with their last notification time), so a
+    restarted worker that sees a redelivered reading sends no second notification.
+
+Logging never includes patient identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from monitor.alerts.rules import (
+    RULES_BY_ID,
+    Evaluation,
+    Severity,
+    effective_thresholds,
+    escalate,
+    evaluate,
+    is_unsupported,
+)
+from monitor.contract.models import Patient
+from monitor.errors import MonitorError
+from monitor.intake.canonical import CanonicalReading
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 1
+MISSED = "missed_readings"
+WEIGHT_GAIN = "weight_gain"
+
+Notification = Literal["firing", "renotify", "resolved"]
+Status = Literal["firing", "resolved"]
+SupportFlags = Mapping[str, Collection[str]]
+"""patient_id -> the patient's current support flags (e.g. ``{"support_lapsed"}``)."""
+
+
+class AlertStateError(MonitorError, ValueError):
+    """A snapshot could not be restored (wrong version, malformed bytes)."""
+
+
+def _require_utc(ts: datetime, name: str) -> datetime:
+    if not isinstance(ts, datetime):
+        raise TypeError(f"{name} must be a datetime")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC)")
+    return ts.astimezone(UTC)
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else _require_utc(datetime.fromisoformat(text), "snapshot time")
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def alert_id_for(patient_id: str, rule: str, kind: str, opened_at: datetime) -> str:
+    """The deterministic id of an episode: a hash of patient, rule, kind and ``opened_at`` (UTC)."""
+    return _digest(patient_id, rule, kind, _iso(_require_utc(opened_at, "opened_at")) or "")
+
+
+def _key_strings(r: CanonicalReading) -> tuple[str, ...]:
+    def enc(key: tuple[Any, ...]) -> str:
+        text = json.dumps(list(key), default=lambda o: _iso(o) if isinstance(o, datetime) else str(o))
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+    keys = {enc(r.content_key), enc(r.dedup_key)}
+    return tuple(sorted(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """Engine settings (all durations positive).
+
+    ``repeat_interval``: re-notify a firing episode this long after its last notification.
+    ``weight_window``: ``weight_gain`` compares with the lowest weight in this window before a reading.
+    ``stale_after``: if set, a reading older than the tick watermark minus this opens no episode.
+    ``retain_resolved``: resolved episodes stay listed by :meth:`AlertEngine.episodes` this long
+    (event time, measured from the latest tick).
+    """
+
+    repeat_interval: timedelta = timedelta(hours=1)
+    weight_window: timedelta = timedelta(days=3)
+    stale_after: timedelta | None = None
+    retain_resolved: timedelta = timedelta(days=7)
+
+    def __post_init__(self) -> None:
+        for name in ("repeat_interval", "weight_window", "retain_resolved", "stale_after"):
+            value = getattr(self, name)
+            if value is not None and value <= timedelta(0):
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One episode transition, ready to publish.
+
+    ``value`` and ``threshold`` are in ``unit`` (the rule's canonical unit; for ``weight_gain`` the
+    gain in kg, for ``missed_readings`` the gap and the allowed gap in hours). ``event_at`` is the
+    event time of this notification; ``event_id`` is a hash of ``alert_id``, ``notification`` and
+    ``event_at`` (for consumers that drop redelivered events). ``escalated_from`` is set on the
+    re-notification that escalates a firing episode of a patient who became unsupported.
+    """
+
+    alert_id: str
+    event_id: str
+    patient_id: str
+    rule: str
+    kind: str
+    severity: str
+    status: Status
+    notification: Notification
+    unsupported: bool
+    value: float | None
+    threshold: float
+    unit: str
+    opened_at: datetime
+    resolved_at: datetime | None
+    event_at: datetime
+    region: str | None = None
+    escalated_from: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; datetimes as ISO 8601 UTC with ``Z``."""
+        data = asdict(self)
+        for name in ("opened_at", "resolved_at", "event_at"):
+            data[name] = _iso(data[name])
+        return data
+
+
+@dataclass(slots=True)
+class _Episode:
+    alert_id: str
+    patient_id: str
+    rule: str
+    kind: str
+    severity: str
+    unsupported: bool
+    value: float | None
+    threshold: float
+    unit: str
+    opened_at: datetime
+    resolved_at: datetime | None
+    last_notified_at: datetime
+    notifications: int = 1
+
+    def to_state(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("opened_at", "resolved_at", "last_notified_at"):
+            data[name] = _iso(data[name])
+        return data
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> _Episode:
+        values = dict(data)
+        for name in ("opened_at", "resolved_at", "last_notified_at"):
+            values[name] = _parse(values[name])
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class _PatientInfo:
+    region: str | None
+    overrides: dict[str, float]
+    thresholds: dict[str, float]
+    plan: dict[str, float]
+    registered_at: datetime | None
+    plan_seen_at: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Stream:
+    """Per (patient, kind): the latest event time, the keys of readings at that time, weights."""
+
+    latest: datetime | None = None
+    latest_keys: set[str] = field(default_factory=set)
+    weights: list[tuple[datetime, float]] = field(default_factory=list)
+
+
+class AlertEngine:
+    """Rules and episode lifecycle for all patients of a worker (see the module docstring).
+
+    ``clock`` returns the current time (aware UTC) and is used only where no time is passed:
+    :meth:`tick` without ``now`` and :meth:`episodes`. Not thread-safe: one engine per worker/partition.
+    """
+
+    def __init__(
+        self, config: AlertConfig | None = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.config = config or AlertConfig()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._patients: dict[str, _PatientInfo] = {}
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._open: dict[tuple[str, str, str], _Episode] = {}
+        self._resolved: list[_Episode] = []
+        self._watermark: datetime | None = None
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def on_patient(self, patient: Patient) -> None:
+        """Register or update a patient: region, threshold overrides, monitoring plan.
+
+        Unknown rule ids or non-finite values in ``patient.thresholds`` are ignored (logged without
+        the patient id). New thresholds apply from the next reading; open episodes stay open until
+        a reading or tick decides them.
+        """
+        thresholds, ignored = effective_thresholds(patient.thresholds)
+        if ignored:
+            log.warning("ignored %d threshold override(s) with keys %s", len(ignored), ignored)
+        previous = self._patients.get(patient.patient_id)
+        plan = {str(getattr(k, "value", k)): float(v) for k, v in patient.monitoring_plan.items()}
+        self._patients[patient.patient_id] = _PatientInfo(
+            region=patient.region,
+            overrides={k: thresholds[k] for k in (patient.thresholds or {}) if k not in ignored},
+            thresholds=thresholds,
+            plan=plan,
+            registered_at=patient.registered_at,
+            plan_seen_at={k: v for k, v in (previous.plan_seen_at if previous else {}).items() if k in plan},
+        )
+
+    def on_readings(
+        self, readings: Sequence[CanonicalReading], support_flags: SupportFlags | None = None
+    ) -> list[AlertEvent]:
+        """Apply a batch of canonical readings; return the transitions (firing / resolved / renotify).
+
+        Within a batch, only the newest reading(s) of each ``(patient, kind)`` are evaluated; older
+        ones are backfill (see the module docstring). The result does not depend on the order of
+        readings inside the batch. ``support_flags`` gives each patient's current support flags
+        (absent patient: no flags). Readings without the value(s) their kind needs are skipped.
+        """
+        flags = support_flags or {}
+        groups: dict[tuple[str, str], list[CanonicalReading]] = {}
+        for r in readings:
+            groups.setdefault((r.patient_id, r.kind), []).append(r)
+        events: list[AlertEvent] = []
+        skipped = 0
+        for (patient_id, kind), group in sorted(groups.items()):
+            usable = [r for r in group if _has_values(r)]
+            skipped += len(group) - len(usable)
+            if usable:
+                events.extend(self._apply_group(patient_id, kind, usable, flags))
+        if skipped:
+            log.warning("skipped %d reading(s) without the values of their kind", skipped)
+        return events
+
+    def tick(
+        self, now: datetime | None = None, support_flags: SupportFlags | None = None
+    ) -> list[AlertEvent]:
+        """Advance the clock to ``now`` (aware; default: the injected clock) and evaluate timers.
+
+        Opens ``missed_readings`` episodes for overdue planned kinds, resolves those of kinds no
+        longer planned, escalates firing episodes of patients who became unsupported, re-notifies
+        episodes whose last notification is at least ``repeat_interval`` old, and forgets resolved
+        episodes older than ``retain_resolved``. A ``now`` earlier than a previous tick is raised to
+        that tick (time never runs backwards). Naive ``now`` raises ``ValueError``.
+        """
+        now = _require_utc(self._clock() if now is None else now, "now")
+        if self._watermark is not None and now < self._watermark:
+            now = self._watermark
+        self._watermark = now
+        flags = support_flags or {}
+        events: list[AlertEvent] = []
+        events.extend(self._evaluate_missed(now, flags))
+        for key in sorted(self._open):
+            ep = self._open[key]
+            ev = self._maybe_escalate(ep, is_unsupported(flags.get(ep.patient_id)), now)
+            if ev is not None:
+                events.append(ev)
+            elif now - ep.last_notified_at >= self.config.repeat_interval:
+                ep.last_notified_at = now
+                ep.notifications += 1
+                events.append(self._event(ep, "renotify", now))
+        horizon = now - self.config.retain_resolved
+        self._resolved = [e for e in self._resolved if e.resolved_at is not None and e.resolved_at >= horizon]
+        return events
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def episodes(self) -> list[dict[str, Any]]:
+        """Every known episode (firing, and resolved within ``retain_resolved``) as JSON-ready dicts.
+
+        Fields: ``alert_id, patient_id, rule, kind, severity, status, unsupported, value, threshold,
+        unit, opened_at, resolved_at, region, last_notified_at, notifications``; ``status`` is the
+        status as of now (``firing`` until resolved). Sorted by ``opened_at``, then patient, rule.
+        """
+        rows = []
+        for ep in [*self._open.values(), *self._resolved]:
+            row = ep.to_state()
+            row["status"] = "firing" if ep.resolved_at is None else "resolved"
+            info = self._patients.get(ep.patient_id)
+            row["region"] = info.region if info else None
+            rows.append(row)
+        rows.sort(key=lambda d: (d["opened_at"], d["patient_id"], d["rule"], d["kind"]))
+        return rows
+
+    def firing(self) -> list[AlertEvent]:
+        """The current state of every firing episode as ``renotify``-style events (no state change).
+
+        For refreshing an external system (e.g. re-posting to Alertmanager after a restart).
+        """
+        now = self._watermark or self._clock()
+        return [self._event(self._open[k], "renotify", now) for k in sorted(self._open)]
+
+    # --- recovery ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole engine state as UTF-8 JSON bytes (versioned)."""
+        state = {
+            "version": SNAPSHOT_VERSION,
+            "watermark": _iso(self._watermark),
+            "patients": {
+                pid: {
+                    "region": p.region,
+                    "overrides": p.overrides,
+                    "plan": p.plan,
+                    "registered_at": _iso(p.registered_at),
+                    "plan_seen_at": {k: _iso(v) for k, v in p.plan_seen_at.items()},
+                }
+                for pid, p in sorted(self._patients.items())
+            },
+            "streams": [
+                {
+                    "patient_id": pid,
+                    "kind": kind,
+                    "latest": _iso(s.latest),
+                    "latest_keys": sorted(s.latest_keys),
+                    "weights": [[_iso(t), w] for t, w in s.weights],
+                }
+                for (pid, kind), s in sorted(self._streams.items())
+            ],
+            "open": [self._open[k].to_state() for k in sorted(self._open)],
+            "resolved": [e.to_state() for e in self._resolved],
+        }
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a :meth:`snapshot`. Raises :class:`AlertStateError` on bad input
+        (the current state is then left unchanged)."""
+        try:
+            state = json.loads(data.decode("utf-8"))
+            if state.get("version") != SNAPSHOT_VERSION:
+                raise AlertStateError(f"unsupported snapshot version {state.get('version')!r}")
+            patients: dict[str, _PatientInfo] = {}
+            for pid, p in state["patients"].items():
+                thresholds, _ = effective_thresholds(p["overrides"])
+                patients[pid] = _PatientInfo(
+                    region=p["region"],
+                    overrides=dict(p["overrides"]),
+                    thresholds=thresholds,
+                    plan={k: float(v) for k, v in p["plan"].items()},
+                    registered_at=_parse(p["registered_at"]),
+                    plan_seen_at={k: _parse(v) for k, v in p["plan_seen_at"].items()},  # type: ignore[misc]
+                )
+            streams: dict[tuple[str, str], _Stream] = {}
+            for s in state["streams"]:
+                streams[(s["patient_id"], s["kind"])] = _Stream(
+                    latest=_parse(s["latest"]),
+                    latest_keys=set(s["latest_keys"]),
+                    weights=[(_parse(t), float(w)) for t, w in s["weights"]],  # type: ignore[misc]
+                )
+            open_eps = {}
+            for e in state["open"]:
+                ep = _Episode.from_state(e)
+                open_eps[(ep.patient_id, ep.rule, ep.kind)] = ep
+            resolved = [_Episode.from_state(e) for e in state["resolved"]]
+            watermark = _parse(state["watermark"])
+        except AlertStateError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise AlertStateError(f"malformed alert engine snapshot: {type(exc).__name__}") from exc
+        self._patients, self._streams = patients, streams
+        self._open, self._resolved, self._watermark = open_eps, resolved, watermark
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _apply_group(
+        self, patient_id: str, kind: str, group: list[CanonicalReading], flags: SupportFlags
+    ) -> list[AlertEvent]:
+        stream = self._streams.setdefault((patient_id, kind), _Stream())
+        fresh: list[tuple[CanonicalReading, tuple[str, ...]]] = []
+        batch_keys: set[str] = set()
+        for r in group:
+            keys = _key_strings(r)
+            if any(k in batch_keys for k in keys):
+                continue  # duplicate inside the batch
+            if (
+                stream.latest is not None
+                and r.measured_at == stream.latest
+                and any(k in stream.latest_keys for k in keys)
+            ):
+                continue  # duplicate of a reading already applied at the latest time
+            batch_keys.update(keys)
+            fresh.append((r, keys))
+        if not fresh:
+            return []
+        if kind == "body_weight":
+            self._add_weights(stream, [r for r, _ in fresh])
+        batch_max = max(r.measured_at for r, _ in fresh)
+        if stream.latest is not None and batch_max < stream.latest:
+            return []  # all backfill: no firing, no resolving
+        newer = stream.latest is None or batch_max > stream.latest
+        if newer:
+            stream.latest = batch_max
+            stream.latest_keys = set()
+        current = [r for r, _ in fresh if r.measured_at == batch_max]
+        for r, keys in fresh:
+            if r.measured_at == batch_max:
+                stream.latest_keys.update(keys)
+
+        events: list[AlertEvent] = []
+        info = self._patients.get(patient_id)
+        unsupported = is_unsupported(flags.get(patient_id))
+        if newer:
+            ev = self._resolve_missed_on_data(patient_id, kind, batch_max, info)
+            if ev is not None:
+                events.append(ev)
+        stale = (
+            self.config.stale_after is not None
+            and self._watermark is not None
+            and batch_max < self._watermark - self.config.stale_after
+        )
+        thresholds = info.thresholds if info else None
+        verdicts: dict[str, list[Evaluation]] = {}
+        for r in current:
+            baseline = self._weight_baseline(stream, r.measured_at) if kind == "body_weight" else None
+            for ev_ in evaluate(
+                kind,
+                value=r.value,
+                systolic=r.systolic,
+                diastolic=r.diastolic,
+                bounded=r.bounded,
+                thresholds=thresholds,
+                weight_baseline=baseline,
+            ):
+                verdicts.setdefault(ev_.rule.rule_id, []).append(ev_)
+        for rule_id in sorted(verdicts):
+            events.extend(
+                self._decide(
+                    patient_id, kind, rule_id, verdicts[rule_id], batch_max, newer, stale, unsupported
+                )
+            )
+        return events
+
+    def _decide(
+        self,
+        patient_id: str,
+        kind: str,
+        rule_id: str,
+        verdicts: list[Evaluation],
+        at: datetime,
+        newer: bool,
+        stale: bool,
+        unsupported: bool,
+    ) -> list[AlertEvent]:
+        rule = RULES_BY_ID[rule_id]
+        key = (patient_id, rule_id, kind)
+        holding = [v for v in verdicts if v.holds and v.value is not None]
+        opening = [v for v in holding if v.opens]
+        pick_min = rule.direction == "low"
+
+        def extreme(vs: list[Evaluation]) -> Evaluation:
+            return sorted(vs, key=lambda v: v.value if pick_min else -v.value)[0]  # type: ignore[operator]
+
+        ep = self._open.get(key)
+        if ep is not None:
+            if holding:
+                ep.value = extreme(holding).value
+                escalated = self._maybe_escalate(ep, unsupported, at)
+                return [escalated] if escalated is not None else []
+            if newer:
+                known = [v for v in verdicts if v.value is not None]
+                return [self._resolve(ep, at, extreme(known).value if known else None)]
+            return []
+        if not opening or stale:
+            return []
+        chosen = extreme(opening)
+        severity = rule.severity
+        if unsupported:
+            severity = escalate(severity)
+        ep = _Episode(
+            alert_id=alert_id_for(patient_id, rule_id, kind, at),
+            patient_id=patient_id,
+            rule=rule_id,
+            kind=kind,
+            severity=str(severity),
+            unsupported=unsupported,
+            value=chosen.value,
+            threshold=chosen.threshold,
+            unit=rule.unit,
+            opened_at=at,
+            resolved_at=None,
+            last_notified_at=at,
+        )
+        self._open[key] = ep
+        return [self._event(ep, "firing", at)]
+
+    def _maybe_escalate(self, ep: _Episode, unsupported: bool, at: datetime) -> AlertEvent | None:
+        if ep.unsupported or not unsupported:
+            return None
+        previous = ep.severity
+        ep.severity = str(escalate(Severity(ep.severity)))
+        ep.unsupported = True
+        at = max(at, ep.last_notified_at)
+        ep.last_notified_at = at
+        ep.notifications += 1
+        return self._event(ep, "renotify", at, escalated_from=previous)
+
+    def _resolve(self, ep: _Episode, at: datetime, value: float | None) -> AlertEvent:
+        ep.resolved_at = max(at, ep.opened_at)
+        ep.value = value
+        del self._open[(ep.patient_id, ep.rule, ep.kind)]
+        self._resolved.append(ep)
+        return self._event(ep, "resolved", ep.resolved_at)
+
+    def _allowed_gap(self, info: _PatientInfo, kind: str) -> timedelta | None:
+        per_day = info.plan.get(kind)
+        if not per_day or per_day <= 0 or not math.isfinite(per_day):
+            return None
+        factor = info.thresholds.get(MISSED, RULES_BY_ID[MISSED].threshold)
+        if factor <= 0:
+            return None
+        return timedelta(seconds=86_400.0 / per_day * factor)
+
+    def _resolve_missed_on_data(
+        self, patient_id: str, kind: str, latest: datetime, info: _PatientInfo | None
+    ) -> AlertEvent | None:
+        ep = self._open.get((patient_id, MISSED, kind))
+        if ep is None:
+            return None
+        allowed = self._allowed_gap(info, kind) if info else None
+        now = max(latest, self._watermark) if self._watermark else latest
+        if allowed is not None and now - latest >= allowed:
+            return None  # the data that came in is itself overdue: the gap persists
+        return self._resolve(ep, latest, 0.0 if allowed is None else _hours(now - latest))
+
+    def _evaluate_missed(self, now: datetime, flags: SupportFlags) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for key in sorted(k for k in self._open if k[1] == MISSED):
+            info = self._patients.get(key[0])
+            if info is None or self._allowed_gap(info, key[2]) is None:
+                events.append(self._resolve(self._open[key], now, None))  # kind left the plan
+        for patient_id in sorted(self._patients):
+            info = self._patients[patient_id]
+            unsupported = is_unsupported(flags.get(patient_id))
+            for kind in sorted(info.plan):
+                allowed = self._allowed_gap(info, kind)
+                if allowed is None:
+                    continue
+                stream = self._streams.get((patient_id, kind))
+                reference = stream.latest if stream and stream.latest else info.registered_at
+                if reference is None:
+                    reference = info.plan_seen_at.setdefault(kind, now)
+                key = (patient_id, MISSED, kind)
+                gap = now - reference
+                if key in self._open:
+                    self._open[key].value = _hours(gap)
+                    continue
+                if gap < allowed:
+                    continue
+                opened_at = reference + allowed
+                severity = RULES_BY_ID[MISSED].severity
+                ep = _Episode(
+                    alert_id=alert_id_for(patient_id, MISSED, kind, opened_at),
+                    patient_id=patient_id,
+                    rule=MISSED,
+                    kind=kind,
+                    severity=str(escalate(severity) if unsupported else severity),
+                    unsupported=unsupported,
+                    value=_hours(gap),
+                    threshold=_hours(allowed),
+                    unit="h",
+                    opened_at=opened_at,
+                    resolved_at=None,
+                    last_notified_at=now,
+                )
+                self._open[key] = ep
+                events.append(self._event(ep, "firing", now))
+        return events
+
+    def _add_weights(self, stream: _Stream, readings: Iterable[CanonicalReading]) -> None:
+        merged = dict(stream.weights)
+        for r in readings:
+            if r.value is None:
+                continue
+            # two weights at the same instant: keep the lower (the conservative baseline)
+            merged[r.measured_at] = min(r.value, merged.get(r.measured_at, r.value))
+        newest = max(merged)
+        horizon = newest - self.config.weight_window - timedelta(days=1)
+        stream.weights = sorted((t, w) for t, w in merged.items() if t >= horizon)
+
+    def _weight_baseline(self, stream: _Stream, at: datetime) -> float | None:
+        start = at - self.config.weight_window
+        window = [w for t, w in stream.weights if start <= t < at]
+        return min(window) if window else None
+
+    def _event(
+        self, ep: _Episode, notification: Notification, at: datetime, *, escalated_from: str | None = None
+    ) -> AlertEvent:
+        info = self._patients.get(ep.patient_id)
+        return AlertEvent(
+            alert_id=ep.alert_id,
+            event_id=_digest(ep.alert_id, notification, _iso(at) or ""),
+            patient_id=ep.patient_id,
+            rule=ep.rule,
+            kind=ep.kind,
+            severity=ep.severity,
+            status="firing" if ep.resolved_at is None else "resolved",
+            notification=notification,
+            unsupported=ep.unsupported,
+            value=ep.value,
+            threshold=ep.threshold,
+            unit=ep.unit,
+            opened_at=ep.opened_at,
+            resolved_at=ep.resolved_at,
+            event_at=at,
+            region=info.region if info else None,
+            escalated_from=escalated_from,
+        )
+
+
+def _hours(delta: timedelta) -> float:
+    return round(delta.total_seconds() / 3600.0, 6)
+
+
+def _has_values(r: CanonicalReading) -> bool:
+    if r.kind == "blood_pressure":
+        return r.systolic is not None and r.diastolic is not None
+    return r.value is not None
