@@ -172,8 +172,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
     from monitor.intake.formats import decode_file_lines
 
-    for item in decode_file_lines(args.file, args.format, datetime.now(UTC)):
+    received_at = args.received_at or datetime.now(UTC)
+    for item in decode_file_lines(args.file, args.format, received_at, patient_id=args.patient):
         sys.stdout.write(json.dumps(item, separators=(",", ":"), default=str) + "\n")
+    return 0
+
+
+def cmd_intake(args: argparse.Namespace) -> int:
+    from monitor.intake.serve import run_intake
+
+    s = _settings()
+    run_intake(s, args.host or s.intake_host, args.port or s.intake_port)
     return 0
 
 
@@ -249,8 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     dc = sub.add_parser("decode", help="decode a file of gateway output to canonical readings")
     dc.add_argument("--format", default="auto",
                     choices=["auto", "native", "fhir", "nightscout", "openmhealth"])
+    dc.add_argument("--patient", default=None,
+                    help="patient id for formats that carry none (Nightscout entries)")
+    dc.add_argument("--received-at", type=_aware, default=None,
+                    help="receive time for the time checks (default: now; for archived files)")
     dc.add_argument("file")
     dc.set_defaults(func=cmd_decode)
+
+    it = sub.add_parser("intake", help="HTTP intake for apps that cannot speak Kafka (bearer token)")
+    it.add_argument("--host", default=None, help="default: MONITOR_INTAKE_HOST")
+    it.add_argument("--port", type=int, default=None, help="default: MONITOR_INTAKE_PORT")
+    it.set_defaults(func=cmd_intake)
     return p
 
 
@@ -266,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

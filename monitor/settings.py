@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     local_kafka_home: Path = Path(".kafka")
     local_kafka_port: int = Field(default=9092, ge=1, le=65535)
     flag_interval_s: float = Field(default=5.0, gt=0)
+    idle_after_s: float = Field(default=60.0, gt=0)
+    oldest_reading_days: float = Field(default=30.0, gt=0)
+    alertmanager_url: str | None = None
+    intake_host: str = "127.0.0.1"
+    intake_port: int = Field(default=8088, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     topics: Topics = Field(default_factory=Topics)

@@ -86,7 +86,10 @@ def test_ordered_row_order_irrelevant(data: tuple[list[float], list[float]], rnd
 
 
 @settings(max_examples=100, deadline=None)
-@given(subgroups(), st.floats(0.01, 100.0), st.booleans())
+# powers of two scale exactly in binary floating point: the logit SII rounds cases = y / scale x N
+# to integers, so an inexact factor can move a .5 across the rounding boundary (a real, but
+# irrelevant, difference)
+@given(subgroups(), st.sampled_from([2.0**k for k in range(-6, 7) if k]), st.booleans())
 def test_group_relative_measures_scale_invariant(
     data: tuple[list[float], list[float]], factor: float, ordered: bool
 ) -> None:

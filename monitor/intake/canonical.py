@@ -1,0 +1,343 @@
+"""The canonical reading every intake decoder produces, and the checks every reading passes.
+
+Whatever a gateway or carer's app sends (the native contract, HL7 FHIR R4, Nightscout, Open mHealth),
+each item ends as exactly one of:
+
+* a :class:`CanonicalReading`: values in the canonical unit of the kind (glucose ``mmol/L``, blood
+  pressure ``mm[Hg]``, rates ``/min``, SpO2 ``%``, temperature ``Cel``, weight ``kg``; see
+  :mod:`monitor.contract.units`), ``measured_at`` a timezone-aware UTC datetime (event time); or
+* a :class:`~monitor.intake.native.Rejection` with a reason code from :data:`REASONS` (codes new to
+  this module) or :data:`monitor.intake.native.REASONS` (shared with the native decoder).
+
+Nothing in the intake decoders raises on bad input, and nothing logs payloads: they carry patient
+identifiers. A ``ValueError`` is raised only for programming errors such as a naive ``received_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from monitor.contract.models import Reading, ReadingKind
+from monitor.contract.units import CANONICAL_UNIT, to_canonical
+from monitor.intake.native import REASONS as NATIVE_REASONS
+from monitor.intake.native import Rejection
+
+REASONS: dict[str, str] = {
+    "implausible_value": "the value is outside the physiologically plausible range of its kind",
+    "future_timestamp": "measured_at is further ahead of the time of receipt than the allowed clock skew",
+    "too_old": "measured_at is older than the oldest horizon accepted at intake",
+    "unsupported_code": "the observation code is not a supported vital sign (LOINC or IEEE 11073 MDC)",
+    "ambiguous_code": "the observation carries codes that map to different kinds of reading",
+    "aggregate_not_spot": "the data point is a statistic over a period (mean, min, ...), not a spot reading",
+    "sensor_error": "the device reported an error code in place of a measurement",
+    "unsupported_format": "the document or entry type is not a format or type the intake decodes",
+    "withdrawn_status": "the source marked the observation entered-in-error or cancelled",
+    "missing_patient": "no patient identifier in the document and none configured for the source",
+    "invalid_identifier": "an identifier is not 1-128 characters of letters, digits and _ . : @ -",
+}
+"""Reason codes added by the canonical intake (decoders also use the native codes)."""
+
+ALL_REASONS: dict[str, str] = {**NATIVE_REASONS, **REASONS}
+"""Every reason code an intake decoder can produce: the native ones and :data:`REASONS`."""
+
+Source = Literal["native", "fhir", "nightscout", "openmhealth"]
+Bounded = Literal["low", "high"]
+_SOURCES = frozenset({"native", "fhir", "nightscout", "openmhealth"})
+_KINDS = frozenset(k.value for k in ReadingKind)
+
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    # Inclusive limits in canonical units. Wide on purpose: they catch unit mix-ups (a glucose in
+    # mg/dL labelled mmol/L), swapped fields and device garbage, not clinically alarming values,
+    # which must reach the alert rules. Sources: meter/CGM reporting ranges (~1.1-33.3 mmol/L),
+    # extremes of survived physiology, and home-device measuring ranges.
+    "glucose": (0.5, 60.0),  # mmol/L (9-1081 mg/dL)
+    "systolic": (40.0, 300.0),  # mm[Hg]
+    "diastolic": (20.0, 200.0),  # mm[Hg]
+    "heart_rate": (20.0, 300.0),  # /min
+    "spo2": (50.0, 100.0),  # %; pulse oximeters are unreliable below ~70 and clip at 100
+    "respiratory_rate": (2.0, 80.0),  # /min
+    "body_temperature": (25.0, 45.0),  # Cel (77-113 [degF])
+    "body_weight": (1.0, 400.0),  # kg
+}
+"""Plausibility limits per kind (and per BP component), inclusive, in canonical units."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalReading:
+    """One reading in canonical form, whatever format it arrived in.
+
+    ``value`` is in ``unit`` (the canonical UCUM unit of ``kind``) for every kind except
+    ``blood_pressure``, which carries ``systolic`` and ``diastolic`` in ``mm[Hg]`` and no value.
+    ``original_unit`` is the unit as the source spelt it; ``original_code`` the recognised code as
+    ``"system|code"`` (FHIR), the Open mHealth schema (``"omh:blood-glucose"``), or ``None`` when the
+    source has none (native readings, Nightscout).
+    ``measured_at`` is the event time as a timezone-aware datetime, normalised to UTC (naive raises
+    ``ValueError``). ``bounded`` marks a CGM reading at the edge of the sensor's range (``"low"``:
+    the true value is at most ``value``; ``"high"``: at least ``value``). ``late`` is set by
+    :func:`validate` when the reading arrived long after it was taken.
+    """
+
+    reading_id: str | None
+    patient_id: str
+    device_id: str | None
+    gateway_id: str | None
+    kind: str
+    value: float | None
+    systolic: float | None
+    diastolic: float | None
+    unit: str
+    original_unit: str
+    original_code: str | None
+    measured_at: datetime
+    source: str
+    bounded: Bounded | None = None
+    late: bool = False
+
+    def __post_init__(self) -> None:
+        if self.measured_at.tzinfo is None or self.measured_at.utcoffset() is None:
+            raise ValueError("measured_at must be timezone-aware")
+        if self.measured_at.tzinfo is not UTC:
+            object.__setattr__(self, "measured_at", self.measured_at.astimezone(UTC))
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}")
+        if self.source not in _SOURCES:
+            raise ValueError(f"unknown source {self.source!r}")
+        if self.bounded not in (None, "low", "high"):
+            raise ValueError(f"bounded must be None, 'low' or 'high', not {self.bounded!r}")
+
+    @property
+    def dedup_key(self) -> tuple[Any, ...]:
+        """``("id", reading_id)`` when the source gave an id, else the content key.
+
+        The content key is ``("content", patient_id, kind, measured_at, value, systolic,
+        diastolic)`` with values rounded to 6 decimals, so the same reading converted from the same
+        unit twice compares equal despite floating-point noise.
+        """
+        if self.reading_id is not None:
+            return ("id", self.reading_id)
+        return self.content_key
+
+    @property
+    def content_key(self) -> tuple[Any, ...]:
+        """The key of what was measured: patient, kind, event time and value(s)."""
+        return (
+            "content",
+            self.patient_id,
+            self.kind,
+            self.measured_at,
+            _round(self.value),
+            _round(self.systolic),
+            _round(self.diastolic),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field; ``measured_at`` as ISO 8601 UTC ending in ``Z``."""
+        return {
+            "reading_id": self.reading_id,
+            "patient_id": self.patient_id,
+            "device_id": self.device_id,
+            "gateway_id": self.gateway_id,
+            "kind": self.kind,
+            "value": self.value,
+            "systolic": self.systolic,
+            "diastolic": self.diastolic,
+            "unit": self.unit,
+            "original_unit": self.original_unit,
+            "original_code": self.original_code,
+            "measured_at": iso_utc(self.measured_at),
+            "bounded": self.bounded,
+            "late": self.late,
+            "source": self.source,
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def iso_utc(ts: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` suffix (``2024-03-05T08:30:00Z``)."""
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _require_aware(received_at: datetime) -> None:
+    if received_at.tzinfo is None or received_at.utcoffset() is None:
+        raise ValueError("received_at must be a timezone-aware datetime")
+
+
+# --- helpers shared by the decoders (pure, never raise on input) ------------------------------
+
+
+def load_json(raw: bytes) -> Any | Rejection:
+    """Bytes -> any JSON value, or a rejection (``not_utf8``, ``malformed_json``). Never raises."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("not_utf8", f"byte {exc.start}: {exc.reason}")
+    try:
+        return json.loads(text.removeprefix("\ufeff"))  # tolerate a byte-order mark
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        return Rejection("malformed_json", str(exc)[:200])
+
+
+def as_number(x: Any, field: str) -> float | Rejection:
+    """A finite JSON number (``bool`` excluded) as float, or ``invalid_value``/``missing_field``."""
+    if x is None:
+        return Rejection("missing_field", f"{field}: missing")
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return Rejection("invalid_value", f"{field}: not a number ({type(x).__name__})")
+    try:
+        value = float(x)
+    except OverflowError:
+        return Rejection("invalid_value", f"{field}: number out of range")
+    if not math.isfinite(value):
+        return Rejection("invalid_value", f"{field}: not a finite number")
+    return value
+
+
+def parse_timestamp(text: Any, field: str) -> datetime | Rejection:
+    """An ISO 8601 date-time **with** offset -> aware UTC datetime.
+
+    Rejections: ``missing_field`` (absent), ``invalid_timestamp`` (not a string, not ISO 8601, or a
+    date without a time of day), ``naive_timestamp`` (no offset). Never raises.
+    """
+    if text is None:
+        return Rejection("missing_field", f"{field}: missing")
+    if not isinstance(text, str) or len(text) > 64:
+        return Rejection("invalid_timestamp", f"{field}: not an ISO 8601 string")
+    stripped = text.strip()
+    if len(stripped) <= 10 or stripped[10] not in "Tt ":
+        return Rejection("invalid_timestamp", f"{field}: a date-time with a time of day is required")
+    try:
+        ts = datetime.fromisoformat(stripped)
+    except ValueError:
+        return Rejection("invalid_timestamp", f"{field}: not ISO 8601")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        return Rejection("naive_timestamp", f"{field}: no UTC offset")
+    try:
+        return ts.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return Rejection("invalid_timestamp", f"{field}: out of range")
+
+
+def from_epoch_ms(ms: Any, field: str) -> datetime | Rejection:
+    """Milliseconds since 1970-01-01T00:00Z (a number or a string of digits) -> aware UTC datetime."""
+    if isinstance(ms, str) and re.fullmatch(r"-?\d{1,16}(\.\d+)?", ms.strip()):
+        ms = float(ms)
+    number = as_number(ms, field)
+    if isinstance(number, Rejection):
+        return Rejection(
+            "missing_field" if number.reason == "missing_field" else "invalid_timestamp", number.detail
+        )
+    try:
+        return datetime.fromtimestamp(number / 1000.0, UTC)
+    except (OverflowError, OSError, ValueError):
+        return Rejection("invalid_timestamp", f"{field}: epoch milliseconds out of range")
+
+
+def check_identifier(value: Any, field: str) -> str | Rejection:
+    """An opaque identifier of the contract's shape (1-128 of ``A-Za-z0-9_.:@-``) or a rejection."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return Rejection("invalid_identifier", f"{field}: not a string")
+    text = str(value).strip()
+    if not _IDENTIFIER.fullmatch(text):
+        return Rejection("invalid_identifier", f"{field}: not 1-128 of letters, digits, _ . : @ -")
+    return text
+
+
+# --- native readings and validation ------------------------------------------------------------
+
+
+def canonicalize(
+    reading: Reading, *, received_at: datetime, source: Source = "native", **limits: timedelta
+) -> CanonicalReading | Rejection:
+    """A validated native contract :class:`~monitor.contract.models.Reading` -> a canonical reading.
+
+    Converts the value to the canonical unit of the kind, then applies :func:`validate` (plausibility
+    and event-time horizons relative to ``received_at``, which must be timezone-aware); ``limits``
+    (``max_future``, ``oldest``, ``late_after``) are passed on to it.
+    """
+    _require_aware(received_at)
+    kind = reading.kind.value
+    try:
+        value = None if reading.value is None else to_canonical(kind, reading.value, reading.unit)
+    except ValueError as exc:
+        return Rejection("invalid_unit", str(exc))
+    canonical = CanonicalReading(
+        reading_id=reading.reading_id,
+        patient_id=reading.patient_id,
+        device_id=reading.device_id,
+        gateway_id=reading.gateway_id,
+        kind=kind,
+        value=value,
+        systolic=reading.systolic,
+        diastolic=reading.diastolic,
+        unit=CANONICAL_UNIT[kind],
+        original_unit=reading.unit,
+        original_code=None,
+        measured_at=reading.measured_at,
+        source=source,
+    )
+    return validate(canonical, received_at=received_at, **limits)
+
+
+def _outside(name: str, x: float | None, bounded: Bounded | None = None) -> Rejection | None:
+    low, high = PLAUSIBLE_RANGES[name]
+    if x is None:
+        return Rejection("missing_field", f"{name}: missing")
+    if not math.isfinite(x):
+        return Rejection("invalid_value", f"{name}: not a finite number")
+    # A bounded CGM reading carries the sensor's limit: only the side it is bounded on is unknown.
+    too_low = x < low and bounded != "low"
+    too_high = x > high and bounded != "high"
+    if too_low or too_high:
+        return Rejection("implausible_value", f"{name} {x:g} is outside [{low:g}, {high:g}]")
+    return None
+
+
+def validate(
+    c: CanonicalReading,
+    *,
+    received_at: datetime,
+    max_future: timedelta = timedelta(minutes=10),
+    oldest: timedelta = timedelta(days=30),
+    late_after: timedelta = timedelta(hours=1),
+) -> CanonicalReading | Rejection:
+    """Plausibility and event-time checks of a canonical reading.
+
+    * Values outside :data:`PLAUSIBLE_RANGES` -> ``implausible_value`` (blood pressure also when
+      systolic <= diastolic). A ``bounded`` reading skips the limit on its bounded side.
+    * ``measured_at`` more than ``max_future`` after ``received_at`` (device clock wrong, time zone
+      applied twice) -> ``future_timestamp``; more than ``oldest`` before it -> ``too_old``.
+    * Older than ``late_after`` -> returned with ``late=True`` (kept, but alert rules can tell a
+      backfilled value from a live one).
+
+    ``received_at`` must be timezone-aware (``ValueError`` otherwise: a programming error).
+    """
+    _require_aware(received_at)
+    if c.kind == "blood_pressure":
+        for name, x in (("systolic", c.systolic), ("diastolic", c.diastolic)):
+            problem = _outside(name, x)
+            if problem is not None:
+                return problem
+        assert c.systolic is not None and c.diastolic is not None  # checked just above
+        if c.systolic <= c.diastolic:
+            return Rejection("implausible_value", f"systolic {c.systolic:g} <= diastolic {c.diastolic:g}")
+    else:
+        problem = _outside(c.kind, c.value, c.bounded)
+        if problem is not None:
+            return problem
+    age = received_at - c.measured_at
+    if -age > max_future:
+        return Rejection("future_timestamp", f"measured_at is {-age} after receipt (max {max_future})")
+    if age > oldest:
+        return Rejection("too_old", f"measured_at is {age} before receipt (max {oldest})")
+    late = age > late_after
+    return replace(c, late=True) if late and not c.late else c
