@@ -23,9 +23,9 @@ import base64
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,8 @@ from monitor.core.state import (
     SupportState,
     batch_from_documents,
 )
+from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
+from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 
 Clock = Callable[[], datetime]
@@ -73,25 +75,57 @@ class Counts:
     readings: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     flags_published: Counter[str] = field(default_factory=Counter)
+    alerts_published: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    messages: int = 0
+    rejected_messages: int = 0
 
     @property
     def inputs(self) -> int:
-        return sum(self.processed.values()) + sum(self.dead_letters.values())
+        """Input messages accounted for: each was applied (``processed``) or dead-lettered whole
+        (``rejected_messages``). Readings rejected inside an applied gateway batch are dead-lettered
+        individually and counted in ``dead_letters`` too."""
+        return self.messages
 
     def to_dict(self) -> dict[str, Any]:
         return {"processed": dict(self.processed), "readings": self.readings,
-                "dead_letters": dict(self.dead_letters), "flags_published": dict(self.flags_published)}
+                "dead_letters": dict(self.dead_letters), "flags_published": dict(self.flags_published),
+                "alerts_published": dict(self.alerts_published), "duplicates": self.duplicates,
+                "messages": self.messages, "rejected_messages": self.rejected_messages}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Counts:
         return cls(Counter(d["processed"]), int(d["readings"]), Counter(d["dead_letters"]),
-                   Counter(d["flags_published"]))
+                   Counter(d["flags_published"]), Counter(d.get("alerts_published", {})),
+                   int(d.get("duplicates", 0)), int(d.get("messages", 0)),
+                   int(d.get("rejected_messages", 0)))
+
+    def add(self, other: Counts) -> None:
+        self.processed.update(other.processed)
+        self.readings += other.readings
+        self.dead_letters.update(other.dead_letters)
+        self.flags_published.update(other.flags_published)
+        self.alerts_published.update(other.alerts_published)
+        self.duplicates += other.duplicates
+        self.messages += other.messages
+        self.rejected_messages += other.rejected_messages
 
 
 @dataclass
 class BatchResult:
+    """What one ingested batch asks the driver to publish."""
+
     dead_letters: list[DeadLetter]
     documents: int
+    alerts: list[AlertEvent] = field(default_factory=list)
+
+
+@dataclass
+class TickResult:
+    """What one timer evaluation asks the driver to publish."""
+
+    flags: list[FlagEvent]
+    alerts: list[AlertEvent]
 
 
 def dead_letter(raw: bytes | None, reason: str, detail: str, *, topic: str, partition: int,
@@ -120,13 +154,23 @@ class PartitionState:
 
     MAGIC = b"CMPART1\n"
 
-    def __init__(self, partition: int, config: SupportConfig | None = None) -> None:
+    def __init__(self, partition: int, config: SupportConfig | None = None,
+                 alert_config: AlertConfig | None = None) -> None:
         self.partition = partition
         self.support = SupportState(config)
+        self.alerts = AlertEngine(alert_config)
         self.offsets: dict[str, int] = {}
         self.counts = Counts()
         self.published = np.zeros(0, dtype=np.uint8)
+        self.current = np.zeros(0, dtype=np.uint8)  # every flag bit of the latest evaluation
         self.patients: dict[str, Patient] = {}
+        self.last_arrival: datetime | None = None  # wall clock of the latest applied event
+
+    def support_flags(self) -> dict[str, list[str]]:
+        """Patient id -> current support flags (latest evaluation) of patients with any flag."""
+        ids = self.support.patient_ids
+        return {ids[slot]: [n for b, n in _FLAG_BITS if int(self.current[slot]) & int(b)]
+                for slot in np.nonzero(self.current)[0].tolist()}
 
     def snapshot(self) -> bytes:
         """Self-contained bytes (restore with :meth:`restore`)."""
@@ -135,7 +179,10 @@ class PartitionState:
             "offsets": self.offsets,
             "counts": self.counts.to_dict(),
             "published": base64.b64encode(self.published.tobytes()).decode(),
+            "current": base64.b64encode(self.current.tobytes()).decode(),
             "patients": [p.model_dump_json() for p in self.patients.values()],
+            "alerts": base64.b64encode(self.alerts.snapshot()).decode(),
+            "last_arrival": self.last_arrival.isoformat() if self.last_arrival else None,
         }
         head = json.dumps(header).encode()
         return self.MAGIC + len(head).to_bytes(8, "little") + head + self.support.snapshot()
@@ -152,7 +199,11 @@ class PartitionState:
         st.offsets = {k: int(v) for k, v in header["offsets"].items()}
         st.counts = Counts.from_dict(header["counts"])
         st.published = np.frombuffer(base64.b64decode(header["published"]), dtype=np.uint8).copy()
+        st.current = np.frombuffer(base64.b64decode(header["current"]), dtype=np.uint8).copy()
         st.patients = {p.patient_id: p for p in (Patient.model_validate_json(s) for s in header["patients"])}
+        st.alerts.restore(base64.b64decode(header["alerts"]))
+        if header["last_arrival"]:
+            st.last_arrival = datetime.fromisoformat(header["last_arrival"])
         return st
 
     def registered_mask(self) -> np.ndarray:
@@ -163,14 +214,24 @@ class PartitionState:
 class Pipeline:
     """Decode, validate and apply batches of raw records; emit flag transitions.
 
-    ``reported_flags`` restricts which support flags are published as coordinator notifications
-    (default: all of ``no_support_network``, ``single_carer``, ``support_lapsed``).
+    ``reported_flags`` are the support flags published as coordinator notifications.
+    ``oldest_reading`` is the oldest-accepted horizon of readings (relative to the receive time).
+    ``idle_after``: when a partition has received no event for this long (wall clock), its
+    evaluation time advances with the clock (event-time watermark + idle time), so time-based
+    conditions (missed readings, lapsed support) fire with no new input; while data flows, only
+    event time counts, so a replay and a live run of the same events agree.
     """
 
     def __init__(self, *, clock: Clock = utc_now, config: SupportConfig | None = None,
-                 reported_flags: Iterable[str] = ("no_support_network",)) -> None:
+                 alert_config: AlertConfig | None = None,
+                 reported_flags: Iterable[str] = ("no_support_network", "support_lapsed", "single_carer"),
+                 oldest_reading: timedelta = timedelta(days=30),
+                 idle_after: timedelta = timedelta(seconds=60)) -> None:
         self.clock = clock
         self.config = config
+        self.alert_config = alert_config
+        self.oldest_reading = oldest_reading
+        self.idle_after = idle_after
         self.partitions: dict[int, PartitionState] = {}
         self.reported_bits = np.uint8(sum(int(b) for b, n in _FLAG_BITS if n in set(reported_flags)))
 
@@ -179,7 +240,7 @@ class Pipeline:
     def partition(self, p: int) -> PartitionState:
         st = self.partitions.get(p)
         if st is None:
-            st = self.partitions[p] = PartitionState(p, self.config)
+            st = self.partitions[p] = PartitionState(p, self.config, self.alert_config)
         return st
 
     def adopt(self, state: PartitionState) -> None:
@@ -200,7 +261,8 @@ class Pipeline:
         """
         received_at = self.clock()
         dead: list[DeadLetter] = []
-        by_partition: dict[int, list[_Document]] = {}
+        by_partition: dict[int, list[Any]] = {}
+        readings_by_partition: dict[int, list[CanonicalReading]] = {}
         docs = 0
         for rec in records:
             st = self.partition(max(rec.partition, 0))
@@ -209,29 +271,79 @@ class Pipeline:
             if rec.offset >= 0 and rec.partition >= 0:
                 st.offsets[rec.topic] = rec.offset
             exp = expected.get(rec.topic)
+            st.counts.messages += 1
             if rec.value is None:
                 result: _Document | Rejection = Rejection("empty_message", "the message has no value")
             else:
                 result = decode(rec.value, exp)
             if isinstance(result, Rejection):
                 st.counts.dead_letters[result.reason] += 1
+                st.counts.rejected_messages += 1
                 dead.append(dead_letter(rec.value, result.reason, result.detail, topic=rec.topic,
                                         partition=rec.partition, offset=rec.offset,
                                         received_at=received_at))
                 continue
             st.counts.processed[type(result).__name__] += 1
-            if isinstance(result, Reading):
-                st.counts.readings += 1
-            elif isinstance(result, GatewayBatch):
-                st.counts.readings += len(result.readings)
-            elif isinstance(result, Patient):
-                st.patients[result.patient_id] = result
-            by_partition.setdefault(st.partition, []).append(result)
             docs += 1
+            if isinstance(result, Reading | GatewayBatch):
+                items = [result] if isinstance(result, Reading) else list(result.readings)
+                accepted = readings_by_partition.setdefault(st.partition, [])
+                for r in items:
+                    c = canonicalize(r, received_at=received_at, oldest=self.oldest_reading)
+                    if isinstance(c, Rejection):
+                        st.counts.dead_letters[c.reason] += 1
+                        dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
+                                                topic=rec.topic, partition=rec.partition,
+                                                offset=rec.offset, received_at=received_at))
+                        continue
+                    accepted.append(c)
+                    by_partition.setdefault(st.partition, []).append(c)
+                continue
+            if isinstance(result, Patient):
+                st.patients[result.patient_id] = result
+                st.alerts.on_patient(result)
+            by_partition.setdefault(st.partition, []).append(result)
+        alerts: list[AlertEvent] = []
         for p, items in by_partition.items():
             st = self.partitions[p]
-            st.support.apply(batch_from_documents(st.support, items))
-        return BatchResult(dead_letters=dead, documents=docs)
+            outcome = st.support.apply(batch_from_documents(st.support, items))
+            st.counts.duplicates += int(outcome.get("duplicates", 0))
+            st.last_arrival = received_at
+            readings = readings_by_partition.get(p, [])
+            st.counts.readings += len(readings)
+            if readings:
+                events = st.alerts.on_readings(readings, _LazyFlags(self, st))
+                for e in events:
+                    st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
+                alerts.extend(events)
+        return BatchResult(dead_letters=dead, documents=docs, alerts=alerts)
+
+    def effective_time(self, st: PartitionState) -> int | None:
+        """Evaluation time of a partition (epoch s): its watermark, advanced by idle wall time."""
+        wm = st.support.watermark_s
+        if wm is None:
+            return None
+        if st.last_arrival is not None:
+            idle = self.clock() - st.last_arrival
+            if idle > self.idle_after:
+                return wm + int(idle.total_seconds())
+        return wm
+
+    def tick(self) -> TickResult:
+        """The timer: flag transitions and alert timers (missed readings, re-notify) per partition."""
+        flags: list[FlagEvent] = []
+        alerts: list[AlertEvent] = []
+        for p in sorted(self.partitions):
+            st = self.partitions[p]
+            flags.extend(self._partition_transitions(st))
+            t = self.effective_time(st)
+            if t is None:
+                continue
+            events = st.alerts.tick(datetime.fromtimestamp(t, UTC), st.support_flags())
+            for e in events:
+                st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
+            alerts.extend(events)
+        return TickResult(flags, alerts)
 
     # -- flags -------------------------------------------------------------------------------
 
@@ -249,11 +361,13 @@ class Pipeline:
 
     def _partition_transitions(self, st: PartitionState) -> list[FlagEvent]:
         sup = st.support
-        if sup.watermark_s is None:
+        t = self.effective_time(st)
+        if t is None:
             return []
-        ev = sup.evaluate()
+        ev = sup.evaluate(t)
         n = sup.n_patients
-        current = (ev.flags[:n].astype(np.uint8) & self.reported_bits) * st.registered_mask()
+        st.current = ev.flags[:n].astype(np.uint8) * st.registered_mask()
+        current = st.current & self.reported_bits
         if st.published.shape[0] < n:
             st.published = np.concatenate([st.published, np.zeros(n - st.published.shape[0], np.uint8)])
         changed = np.nonzero(current != st.published[:n])[0]
@@ -284,11 +398,15 @@ class Pipeline:
     def counts(self) -> Counts:
         total = Counts()
         for st in self.partitions.values():
-            total.processed.update(st.counts.processed)
-            total.readings += st.counts.readings
-            total.dead_letters.update(st.counts.dead_letters)
-            total.flags_published.update(st.counts.flags_published)
+            total.add(st.counts)
         return total
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Every firing episode (patient-level; for the token-protected endpoint only)."""
+        out = []
+        for st in self.partitions.values():
+            out.extend(e for e in st.alerts.episodes() if e["status"] == "firing")
+        return sorted(out, key=lambda e: (e["patient_id"], e["rule"]))
 
     @property
     def watermark(self) -> datetime | None:
@@ -352,6 +470,36 @@ class Pipeline:
         return dict(sorted(out.items()))
 
 
+class _LazyFlags(Mapping[str, list[str]]):
+    """Support flags of a partition, evaluated once on first access (compound-risk lookups)."""
+
+    def __init__(self, pipeline: Pipeline, st: PartitionState) -> None:
+        self._pipeline, self._st = pipeline, st
+        self._flags: dict[str, list[str]] | None = None
+
+    def _load(self) -> dict[str, list[str]]:
+        if self._flags is None:
+            t = self._pipeline.effective_time(self._st)
+            if t is not None:
+                ev = self._st.support.evaluate(t)
+                n = self._st.support.n_patients
+                self._st.current = ev.flags[:n].astype(np.uint8) * self._st.registered_mask()
+            self._flags = self._st.support_flags()
+        return self._flags
+
+    def __getitem__(self, key: str) -> list[str]:
+        return self._load()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._load().get(key, default)
+
+    def __iter__(self) -> Any:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
 def flag_id(patient_id: str, flag: str, status: str, as_of_day: int) -> str:
     """Deterministic id of a flag transition (a hash: it carries no readable patient id).
 
@@ -367,5 +515,5 @@ def iter_records(values: Iterable[bytes], topic: str) -> list[RawRecord]:
     return [RawRecord(v, topic, -1, -1) for v in values]
 
 
-__all__ = ["BatchResult", "Counts", "PartitionState", "Pipeline", "RawRecord", "dead_letter",
-           "flag_id", "iter_records", "utc_now"]
+__all__ = ["BatchResult", "Counts", "PartitionState", "Pipeline", "RawRecord", "TickResult",
+           "dead_letter", "flag_id", "iter_records", "utc_now"]

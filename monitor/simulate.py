@@ -106,7 +106,8 @@ class _Person:
 def _value(kind: str, rng: random.Random, abnormal: bool) -> dict[str, float]:
     if kind == "blood_pressure":
         if abnormal:
-            return {"systolic": float(rng.choice([85, 185, 195])), "diastolic": float(rng.choice([55, 121]))}
+            systolic, diastolic = rng.choice([(85, 55), (185, 100), (195, 122)])
+            return {"systolic": float(systolic), "diastolic": float(diastolic)}
         s = round(rng.gauss(132, 12))
         return {"systolic": float(s), "diastolic": float(round(s * 0.62 + rng.gauss(0, 5)))}
     normal = {

@@ -49,6 +49,18 @@ class PipelineCollector(Collector):
             flag, status = key.split(":")
             fl.add_metric([flag, status], n)
         yield fl
+        al = CounterMetricFamily(
+            "monitor_alert_notifications", "Clinical alert notifications published, by rule, severity "
+            "and notification (firing, renotify, resolved)", labels=["rule", "severity", "notification"],
+        )
+        for key, n in sorted(p.counts.alerts_published.items()):
+            rule, severity, notification = key.split(":")
+            al.add_metric([rule, severity, notification], n)
+        yield al
+        yield CounterMetricFamily(
+            "monitor_duplicates", "Re-delivered or re-sent events recognised and applied only once",
+            value=p.counts.duplicates,
+        )
         patients = GaugeMetricFamily(
             "monitor_patients", "Registered patients held by this worker, by deprivation quintile",
             labels=["deprivation_quintile"],

@@ -20,9 +20,11 @@ never silently dropped.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -30,6 +32,8 @@ from faust.auth import SASLCredentials
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
+from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
+from monitor.alerts.engine import AlertEvent
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import Pipeline, RawRecord
 from monitor.settings import Settings
@@ -45,10 +49,18 @@ def _broker_url(settings: Settings) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap.split(","))
 
 
+def pipeline_for(settings: Settings) -> Pipeline:
+    """The pipeline configured by ``settings`` (horizons, idle time)."""
+    return Pipeline(oldest_reading=timedelta(days=settings.oldest_reading_days),
+                    idle_after=timedelta(seconds=settings.idle_after_s))
+
+
 def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                replication_factor: int = 1) -> faust.App:
     """Build the faust app for ``settings``; ``pipeline`` may be injected (tests)."""
-    pipe = pipeline or Pipeline()
+    pipe = pipeline or pipeline_for(settings)
+    alertmanager = (AlertmanagerClient(settings.alertmanager_url)
+                    if settings.alertmanager_url else None)
     credentials: Any = None
     if settings.sasl_mechanism:
         credentials = SASLCredentials(
@@ -82,6 +94,18 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                            key_serializer="raw")
     flag_topic = app.topic(settings.topics.name("flags"), value_serializer="raw",
                            key_serializer="raw")
+    alert_topic = app.topic(settings.topics.name("alerts"), value_serializer="raw",
+                            key_serializer="raw")
+
+    async def publish_alerts(events: list[AlertEvent]) -> None:
+        for ev in events:
+            await alert_topic.send(key=ev.patient_id.encode(), value=dumps(ev.to_json()))
+        if alertmanager is not None and events:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, alertmanager.post, events)
+            except AlertmanagerError as exc:  # the alerts topic still has them; retried on renotify
+                log.warning("posting %d alerts to Alertmanager failed: %s", len(events), exc)
     registry = registry_for(pipe)
 
     @app.agent(inputs, name="ingest")
@@ -94,11 +118,14 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             result = pipe.ingest(records, expected)
             for d in result.dead_letters:
                 await dead_topic.send(value=d.model_dump_json().encode())
+            await publish_alerts(result.alerts)
 
     @app.timer(settings.flag_interval_s)
-    async def evaluate_flags() -> None:
-        for ev in pipe.flag_transitions():
+    async def evaluate_timers() -> None:
+        tick = pipe.tick()
+        for ev in tick.flags:
             await flag_topic.send(key=ev.patient_id.encode(), value=ev.model_dump_json().encode())
+        await publish_alerts(tick.alerts)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -122,6 +149,14 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             if denied is not None:
                 return denied
             return self.json({"patients": pipe.flagged_patients()})
+
+    @app.page("/patients/alerts")
+    class OpenAlerts(View):
+        async def get(self, request: Request) -> Response:
+            denied = _check_token(self, request, settings)
+            if denied is not None:
+                return denied
+            return self.json({"alerts": pipe.open_alerts()})
 
     return app
 
@@ -148,6 +183,8 @@ def summary(pipe: Pipeline) -> dict[str, Any]:
         "patients_by_quintile": pipe.patients_by_quintile(),
         "without_support_by_quintile": pipe.unsupported_by_quintile(),
         "flags_published": dict(pipe.counts.flags_published),
+        "alerts_published": dict(pipe.counts.alerts_published),
+        "duplicates": pipe.counts.duplicates,
         "watermark": wm.isoformat() if wm else None,
     }
 

@@ -65,6 +65,7 @@ def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
         "MONITOR_FLAG_INTERVAL_S": "1",
         "MONITOR_API_TOKEN": "test-token-" + tag,
         "MONITOR_LOG_LEVEL": "WARNING",
+        "MONITOR_OLDEST_READING_DAYS": "3650",  # fixtures are dated; the horizon is tested in units
     })
     if os.environ.get("MONITOR_BROKER_IS_LOCAL") or not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         e["MONITOR_LOCAL_BROKER"] = "1"

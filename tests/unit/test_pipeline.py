@@ -58,7 +58,7 @@ def test_every_input_is_processed_or_dead_lettered():
 
 
 def test_no_support_network_flag_follows_links_and_the_28_day_window():
-    p = Pipeline(clock=fixed_clock)
+    p = Pipeline(clock=fixed_clock, reported_flags=("no_support_network",))
     p.ingest([rec("p", patient("P1")), rec("p", patient("P2", 5))], EXPECTED)
     assert p.flag_transitions() == []  # no event time yet: nothing evaluated
     p.ingest([rec("a", activity("a1", "P1", "C1", T0)), rec("n", link("P2", "C9", "join", T0))], EXPECTED)
@@ -85,7 +85,7 @@ def reading(rid: str, pid: str, t: datetime) -> dict:
 
 
 def test_one_day_inside_the_window_keeps_the_carer_active():
-    p = Pipeline(clock=fixed_clock)
+    p = Pipeline(clock=fixed_clock, reported_flags=("no_support_network",))
     p.ingest([rec("p", patient("P1")), rec("a", activity("a1", "P1", "C1", T0)),
               rec("r", reading("x", "P1", T0 + timedelta(days=27, hours=23)))], EXPECTED)
     assert p.flag_transitions() == []
