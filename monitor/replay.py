@@ -8,8 +8,8 @@ It never logs payloads or patient ids.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -21,9 +21,54 @@ from monitor.core.state import (
     equity_from_summary,
     iso_utc,
 )
+from monitor.alerts.engine import AlertConfig, AlertEngine
+from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 
 __all__ = ["DEFAULT_BATCH_LINES", "replay", "replay_state"]
+
+_NO_HORIZON = timedelta(days=365_000)
+
+
+def _canonical_readings(doc: Any, rejected: Counter[str]) -> list[CanonicalReading]:
+    """The canonical readings of a Reading or GatewayBatch; rejected ones are counted.
+
+    Offline there is no receive time: each reading is checked as if received when measured (no
+    future or age horizon), but units and plausibility are checked exactly as live.
+    """
+    items = doc.readings if hasattr(doc, "readings") else [doc]
+    out = []
+    for r in items:
+        c = canonicalize(r, received_at=r.measured_at, oldest=_NO_HORIZON)
+        if isinstance(c, Rejection):
+            rejected[c.reason] += 1
+        else:
+            out.append(c)
+    return out
+
+
+class _Flags(Mapping[str, list[str]]):
+    """Support flags of the replay state as of its watermark, evaluated on first use."""
+
+    def __init__(self, state: SupportState) -> None:
+        self._state = state
+        self._flags: dict[str, list[str]] | None = None
+
+    def _load(self) -> dict[str, list[str]]:
+        if self._flags is None:
+            ev = self._state.evaluate()
+            self._flags = {pid: ev.flag_names(i) for i, pid in enumerate(ev.patient_ids)
+                           if int(ev.flags[i])}
+        return self._flags
+
+    def __getitem__(self, key: str) -> list[str]:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 DEFAULT_BATCH_LINES = 10_000
 
@@ -37,6 +82,7 @@ def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[bytes | st
 def replay_state(
     lines: Iterable[bytes | str], *, as_of: datetime | None = None,
     config: SupportConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
+    alerts: AlertEngine | None = None,
 ) -> tuple[SupportState, dict[str, Any]]:
     """Decode and apply NDJSON lines; returns the state and ``{"processed": n, "rejected": {...}}``.
 
@@ -45,12 +91,18 @@ def replay_state(
     counted under its rejection reason and otherwise ignored. Blank lines are skipped and not
     counted. With ``as_of``, events on a UTC day after the as-of day are left out of the state
     (they still count as processed). Lines are applied in batches of ``batch_lines``.
+
+    Readings are canonicalised and validated as live (an implausible one is counted under its
+    reason and not applied). With ``alerts``, each batch's readings then go through the alert
+    engine with the support flags as of the state's watermark, and its timers tick at the
+    watermark - the same calls, in the same order, as the live worker makes per batch.
     """
     if as_of is not None:
         epoch_seconds(as_of)  # fail early on a naive datetime
     state = SupportState(config)
     processed = 0
     rejected: Counter[str] = Counter()
+    readings: list[CanonicalReading] = []
     for chunk in _chunks(lines, batch_lines):
         docs = []
         for line in chunk:
@@ -60,17 +112,32 @@ def replay_state(
             result = decode(raw, expected=None)
             if isinstance(result, Rejection):
                 rejected[result.reason] += 1
+                continue
+            processed += 1
+            if hasattr(result, "reading_id") or hasattr(result, "readings"):
+                canon = _canonical_readings(result, rejected)
+                if as_of is not None:
+                    canon = [c for c in canon if c.measured_at.date() <= as_of.astimezone(UTC).date()]
+                docs.extend(canon)
+                readings.extend(canon)
             else:
+                if alerts is not None and hasattr(result, "deprivation_quintile"):
+                    alerts.on_patient(result)
                 docs.append(result)
-        processed += len(docs)
         if docs:
             state.apply(batch_from_documents(state, docs, until=as_of))
+        if alerts is not None and state.watermark is not None:
+            if readings:
+                alerts.on_readings(readings, _Flags(state))
+            alerts.tick(state.watermark, _Flags(state))
+        readings = []
     return state, {"processed": processed, "rejected": dict(sorted(rejected.items()))}
 
 
 def replay(
     lines: Iterable[bytes | str], *, as_of: datetime | None = None,
     config: SupportConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
+    alert_config: AlertConfig | None = None,
 ) -> dict[str, Any]:
     """Replay NDJSON contract documents and evaluate the support state as of ``as_of``.
 
@@ -86,11 +153,15 @@ def replay(
                                         "mean_care_minutes_per_week", "pct_readings_received"}}},
          "equity": {dimension: {indicator: {measure: value | None}},
                     "individual": {"care_minutes_7d": {measure: value | None}}},
+         "alerts": [{"alert_id", "patient_id", "rule", "kind", "severity", "status",
+                     "unsupported", "value", "threshold", "opened_at", "resolved_at"}],
          "counts": {"processed": n, "rejected": {reason: count}}}
 
     Patients never registered are in the ``"unknown"`` group and left out of the equity measures.
     """
-    state, counts = replay_state(lines, as_of=as_of, config=config, batch_lines=batch_lines)
+    engine = AlertEngine(alert_config, clock=lambda: as_of or datetime.now(UTC))
+    state, counts = replay_state(lines, as_of=as_of, config=config, batch_lines=batch_lines,
+                                 alerts=engine)
     if as_of is not None:
         as_of_s: int | None = epoch_seconds(as_of)
     else:
@@ -105,5 +176,16 @@ def replay(
             for dim, groups in summary.groups.items()
         },
         "equity": equity_from_summary(summary, state.config),
+        "alerts": _alerts_as_of(engine, state, as_of_s),
         "counts": counts,
     }
+
+
+def _alerts_as_of(engine: AlertEngine, state: SupportState, as_of_s: int | None) -> list[dict[str, Any]]:
+    """Every episode with its status as of the end of the replay (timers evaluated at as-of)."""
+    if as_of_s is not None:
+        engine.tick(datetime.fromtimestamp(as_of_s, UTC), _Flags(state))
+    keys = ("alert_id", "patient_id", "rule", "kind", "severity", "status", "unsupported", "value",
+            "threshold", "opened_at", "resolved_at")
+    return sorted(({k: e.get(k) for k in keys} for e in engine.episodes()),
+                  key=lambda e: (e["patient_id"], e["opened_at"] or "", e["rule"]))

@@ -101,9 +101,10 @@ class _Person:
     lapse_at: datetime | None
     leave_at: datetime | None
     batch: bool
+    weight_kg: float = 78.0
 
 
-def _value(kind: str, rng: random.Random, abnormal: bool) -> dict[str, float]:
+def _value(kind: str, rng: random.Random, abnormal: bool, baseline_kg: float = 78.0) -> dict[str, float]:
     if kind == "blood_pressure":
         if abnormal:
             systolic, diastolic = rng.choice([(85, 55), (185, 100), (195, 122)])
@@ -119,6 +120,8 @@ def _value(kind: str, rng: random.Random, abnormal: bool) -> dict[str, float]:
         "respiratory_rate": (7, 27), "body_temperature": (34.8, 39.4), "body_weight": (60, 95),
     }
     mu, sd, nd = normal[kind]
+    if kind == "body_weight":  # a person's weight drifts slowly; abnormal = fluid gain of 2.5 kg
+        return {"value": round(baseline_kg + rng.gauss(0, 0.3) + (2.5 if abnormal else 0.0), 1)}
     v = rng.choice(odd[kind]) if abnormal else rng.gauss(mu, sd)
     if kind == "spo2":
         v = min(v, 100.0)
@@ -155,7 +158,7 @@ def generate(cfg: SimConfig) -> Iterator[tuple[str, dict[str, Any]]]:
         lapse_at = end - timedelta(days=20) if carers and u < 0.06 else None
         leave_at = end - timedelta(days=10) if carers and 0.06 <= u < 0.08 else None
         people.append(_Person(pid, quintile, plan, carers, lapse_at, leave_at,
-                              rng.random() < cfg.batch_share))
+                              rng.random() < cfg.batch_share, round(rng.gauss(78, 12), 1)))
         yield "patient", {
             "patient_id": pid, "region": region, "deprivation_quintile": quintile,
             "age_band": rng.choices(AGE_BANDS, weights=(10, 25, 25, 25, 15))[0],
@@ -183,7 +186,7 @@ def generate(cfg: SimConfig) -> Iterator[tuple[str, dict[str, Any]]]:
                     seq += 1
                     r = {"reading_id": f"R{cfg.seed:03d}-{seq:09d}", "patient_id": p.pid,
                          "device_id": f"D-{p.pid}-{kind}", "kind": kind,
-                         **_value(kind, rng, rng.random() < 0.01), "unit": UNITS[kind],
+                         **_value(kind, rng, rng.random() < 0.01, p.weight_kg), "unit": UNITS[kind],
                          "measured_at": _iso(t)}
                     if p.batch:
                         r["gateway_id"] = f"G-{p.pid}"
