@@ -165,6 +165,11 @@ class PartitionState:
         self.current = np.zeros(0, dtype=np.uint8)  # every flag bit of the latest evaluation
         self.patients: dict[str, Patient] = {}
         self.last_arrival: datetime | None = None  # wall clock of the latest applied event
+        self.checkpoint_seq = 0
+        self.output_offsets: dict[str, int] = {}  # output topic -> next offset at checkpoint time
+        # ids of outputs already written that re-processing after a restore will produce again;
+        # kept across checkpoints until matched (re-processing may span several checkpoints)
+        self.suppress: set[str] = set()
 
     def support_flags(self) -> dict[str, list[str]]:
         """Patient id -> current support flags (latest evaluation) of patients with any flag."""
@@ -183,6 +188,9 @@ class PartitionState:
             "patients": [p.model_dump_json() for p in self.patients.values()],
             "alerts": base64.b64encode(self.alerts.snapshot()).decode(),
             "last_arrival": self.last_arrival.isoformat() if self.last_arrival else None,
+            "checkpoint_seq": self.checkpoint_seq,
+            "output_offsets": self.output_offsets,
+            "suppress": sorted(self.suppress),
         }
         head = json.dumps(header).encode()
         return self.MAGIC + len(head).to_bytes(8, "little") + head + self.support.snapshot()
@@ -204,6 +212,9 @@ class PartitionState:
         st.alerts.restore(base64.b64decode(header["alerts"]))
         if header["last_arrival"]:
             st.last_arrival = datetime.fromisoformat(header["last_arrival"])
+        st.checkpoint_seq = int(header["checkpoint_seq"])
+        st.output_offsets = {k: int(v) for k, v in header["output_offsets"].items()}
+        st.suppress = set(header.get("suppress", []))
         return st
 
     def registered_mask(self) -> np.ndarray:

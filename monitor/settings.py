@@ -33,6 +33,8 @@ class Topics(BaseSettings):
     flags: str = "flags"
     equity: str = "equity"
     dead_letters: str = "dead-letters"
+    checkpoints: str = "checkpoints"
+    equity_partials: str = "equity-partials"
 
     def name(self, key: str) -> str:
         return f"{self.prefix}{getattr(self, key)}"
@@ -49,11 +51,16 @@ class Topics(BaseSettings):
 
     @property
     def compacted(self) -> set[str]:
-        return {self.name("care_network"), self.name("patients")}
+        return {self.name(k) for k in ("care_network", "patients", "checkpoints", "equity_partials")}
+
+    @property
+    def single_partition(self) -> set[str]:
+        """Topics with one partition: the merge point's input and the population snapshot."""
+        return {self.name("equity_partials"), self.name("equity")}
 
     def all(self) -> list[str]:
         keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "flags",
-                "equity", "dead_letters"]
+                "equity", "dead_letters", "checkpoints", "equity_partials"]
         return [self.name(k) for k in keys]
 
 
@@ -86,6 +93,8 @@ class Settings(BaseSettings):
     local_kafka_home: Path = Path(".kafka")
     local_kafka_port: int = Field(default=9092, ge=1, le=65535)
     flag_interval_s: float = Field(default=5.0, gt=0)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     idle_after_s: float = Field(default=60.0, gt=0)
     oldest_reading_days: float = Field(default=30.0, gt=0)
     alertmanager_url: str | None = None

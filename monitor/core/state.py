@@ -36,21 +36,27 @@ hash set of 64-bit event-id hashes (blake2b of ``"a:" + activity_id`` / ``"r:" +
 holding only events of the last ``coverage_days`` days before the watermark day. Older events
 cannot appear in any window that can still be evaluated (``evaluate`` refuses an as-of day before
 the watermark day), so their sums are skipped and their ids purged; its size is bounded by the
-number of events in one coverage window (9 bytes per slot, 35-70 % full: 13-26 bytes per event,
-plus a day tag of 1 byte, ``day mod 256``). The only inexactness is a 64-bit
+number of events in one coverage window (buckets of 7 ids + their ``day mod 256`` tags in one
+64-byte line, 9.1 bytes per id slot, at most 70 % full, rebuilt with 50 % headroom: ~13-20 bytes
+per event). The only inexactness is a 64-bit
 hash collision between two *different* ids inside one window (probability ~ n / 2**64 per
 event, ~1e-12 for 20 million events a week). The first delivery of an id wins; two different
 events sharing an id are a producer error. Care links need no table (idempotent). Patient
 registry upserts are resolved by ``(registered_at, content hash)`` (the larger wins), so they are
 order independent too.
 
-State size
-----------
-Per patient: 8 (contact bitmask) + 4 (its last day) + 16 (last contact, last reading) + a ring of
-``ring_days`` (8) cells x 16 bytes (day tag, care ms, readings) + registry (3 group codes, expected
-readings, version, registered flag; 41 bytes) ~ 200 bytes; per (patient, carer) pair 21 bytes per
-slot in a table kept 35-70 % full; per event in the current coverage window 9 bytes per slot in a
-table kept 35-70 % full. :meth:`SupportState.bytes_per_patient` reports the measured total. The Python id
+State size and layout
+---------------------
+The update kernels are bound by random memory access (one patient, pair and duplicate-table line
+per event, 80-300 ns per miss), so every structure an event touches is packed so that one cache
+line serves it, and the lines of later events of a batch are prefetched. Per patient: a 32-byte
+*hot* record (contact bitmask, its last day, last contact, last reading; two per line), a ring of
+``ring_days`` (8) day cells of 16 bytes (day tag, readings, care ms; a 128-byte ring is two
+aligned lines, a cell never straddles one) and the cold registry (3 group codes, expected
+readings, version, registered flag; 37 bytes) ~ 200 bytes; per (patient, carer) pair one 32-byte
+slot (key, link time and action, last-contact day) in a table kept 35-70 % full; per event in the
+current coverage window ~13-20 bytes of duplicate table. Arrays are allocated aligned to 64 bytes.
+:meth:`SupportState.bytes_per_patient` reports the measured total. The Python id
 maps (patient and carer id -> slot) are extra (~100 bytes per id) and not counted there.
 """
 
@@ -123,7 +129,7 @@ UNKNOWN_GROUP = "unknown"
 """Group of a patient seen in events but never registered (excluded from equity measures)."""
 
 SNAPSHOT_MAGIC = b"CMSUPPORT"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 MICRO = 1_000_000
 
 
@@ -700,12 +706,18 @@ def equity_from_summary(
 # the logic object
 # --------------------------------------------------------------------------------------------
 
+def _record(dtype: np.dtype, **values: Any) -> np.ndarray:
+    """A 0-d record of ``dtype``: zeros except ``values`` (the fill of a record array)."""
+    rec = np.zeros((), dtype)
+    for name, v in values.items():
+        rec[name] = v
+    return rec
+
+
 _PATIENT_ARRAYS: dict[str, tuple[Any, Any]] = {
     # name: (dtype, fill)
-    "contact_last_day": (np.int32, _k.NO_DAY),
-    "contact_bits": (np.uint64, 0),
-    "last_contact_s": (np.int64, _k.NO_TIME),
-    "last_reading_s": (np.int64, _k.NO_TIME),
+    "hot": (_k.HOT_DTYPE, _record(_k.HOT_DTYPE, contact_last_day=_k.NO_DAY,
+                                   last_contact_s=_k.NO_TIME, last_reading_s=_k.NO_TIME)),
     "registered": (np.bool_, False),
     "expected_micro_per_day": (np.int64, 0),
     "version_t": (np.int64, _k.NO_TIME),
@@ -715,20 +727,15 @@ _PATIENT_ARRAYS: dict[str, tuple[Any, Any]] = {
     "code_age_band": (np.int32, -1),
 }
 _RING_ARRAYS: dict[str, tuple[Any, Any]] = {
-    "ring_tag": (np.int32, _k.NO_DAY),
-    "ring_ms": (np.int64, 0),
-    "ring_reads": (np.int32, 0),
+    "ring": (_k.CELL_DTYPE, _record(_k.CELL_DTYPE, tag=_k.NO_DAY)),
 }
 _PAIR_ARRAYS: dict[str, tuple[Any, Any]] = {
-    "pair_keys": (np.uint64, 0),
-    "pair_last_day": (np.int32, _k.NO_DAY),
-    "pair_link_t": (np.int64, _k.NO_TIME),
-    "pair_link_action": (np.int8, 0),
+    "pairs": (_k.PAIR_DTYPE, _record(_k.PAIR_DTYPE, last_day=_k.NO_DAY, link_t=_k.NO_TIME)),
 }
 _DEDUP_ARRAYS: dict[str, tuple[Any, Any]] = {
-    "dedup_keys": (np.uint64, 0),
-    "dedup_days": (np.uint8, 0),
+    "dedup": (np.uint64, 0),  # (buckets, DEDUP_WAYS + 1), see monitor.core.support.DEDUP_WAYS
 }
+_DEDUP_WIDTH = _k.DEDUP_WAYS + 1
 
 
 MAX_LOAD = 0.7
@@ -744,10 +751,31 @@ def _capacity_for(entries: int) -> int:
     return _pow2_at_least(math.ceil(entries / MAX_LOAD) + 1, 1024)
 
 
+DEDUP_GROWTH = 1.5
+"""A duplicate table rebuilt for ``n`` entries gets room for ``DEDUP_GROWTH * n`` (amortised
+O(1) rebuilds); one pre-sized with ``expected_window_events`` gets exactly that."""
+
+
+def _dedup_buckets_for(entries: float) -> int:
+    """Bucket count (any integer >= 64) holding ``entries`` ids at most :data:`MAX_LOAD` full."""
+    return max(64, math.ceil(entries / (MAX_LOAD * _k.DEDUP_WAYS)) + 1)
+
+
+CACHE_LINE = 64
+
+
 def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray:
+    """An array of ``n`` (x ``width``) elements filled with ``spec``'s fill, its data aligned to
+    a cache line (so a 64-byte dedup bucket, 32-byte record or 128-byte ring is never split)."""
     dtype, fill = spec
+    dtype = np.dtype(dtype)
     shape = (n,) if width is None else (n, width)
-    return np.full(shape, fill, dtype=dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
+    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
+    off = -raw.ctypes.data % CACHE_LINE
+    arr = raw[off:off + nbytes].view(dtype).reshape(shape)
+    arr[...] = fill
+    return arr
 
 
 class SupportState:
@@ -783,9 +811,9 @@ class SupportState:
         pcap = _capacity_for(expected_pairs)
         for n, s in _PAIR_ARRAYS.items():
             self._arrays[n] = _full(pcap, s)
-        dcap = _capacity_for(expected_window_events)
+        dcap = _dedup_buckets_for(expected_window_events)
         for n, s in _DEDUP_ARRAYS.items():
-            self._arrays[n] = _full(dcap, s)
+            self._arrays[n] = _full(dcap, s, _DEDUP_WIDTH)
 
     # -- slots ------------------------------------------------------------------------------
 
@@ -859,13 +887,11 @@ class SupportState:
         """Keep the pair table at most :data:`MAX_LOAD` full for ``incoming`` more pairs."""
         a = self._arrays
         need = self._pair_count + incoming
-        if need <= MAX_LOAD * a["pair_keys"].shape[0]:
+        if need <= MAX_LOAD * a["pairs"].shape[0]:
             return
-        new = {n: _full(_capacity_for(need), s) for n, s in _PAIR_ARRAYS.items()}
-        _k.rehash_pairs(a["pair_keys"], a["pair_last_day"], a["pair_link_t"],
-                        a["pair_link_action"], new["pair_keys"], new["pair_last_day"],
-                        new["pair_link_t"], new["pair_link_action"])
-        a.update(new)
+        new = _full(_capacity_for(need), _PAIR_ARRAYS["pairs"])
+        _k.rehash_pairs(a["pairs"], new)
+        a["pairs"] = new
 
     def _min_sum_day(self) -> int:
         """Oldest day whose sums can still be evaluated: watermark day - coverage_days + 1."""
@@ -889,19 +915,19 @@ class SupportState:
             self._dedup_min_day = min_day
             advanced = False
         need = self._dedup_count + incoming
-        cap = a["dedup_keys"].shape[0]
+        cap = a["dedup"].shape[0] * _k.DEDUP_WAYS
         if not advanced and need <= MAX_LOAD * cap:
             return
+        spec = _DEDUP_ARRAYS["dedup"]
         if advanced and min_day - self._dedup_min_day >= cov:  # nothing can survive
-            new = {n: _full(_capacity_for(incoming), s) for n, s in _DEDUP_ARRAYS.items()}
+            new = _full(_dedup_buckets_for(DEDUP_GROWTH * incoming), spec, _DEDUP_WIDTH)
             self._dedup_count = 0
         else:
-            new = {n: _full(_capacity_for(need), s) for n, s in _DEDUP_ARRAYS.items()}
+            new = _full(_dedup_buckets_for(DEDUP_GROWTH * need), spec, _DEDUP_WIDTH)
             self._dedup_count = int(_k.rehash_dedup(
-                a["dedup_keys"], a["dedup_days"], np.int64(min_day + cov - 1), np.int64(cov),
-                new["dedup_keys"], new["dedup_days"]))
+                a["dedup"], np.int64(min_day + cov - 1), np.int64(cov), new))
         self._dedup_min_day = max(self._dedup_min_day, min_day)
-        a.update(new)
+        a["dedup"] = new
 
     # -- updates ----------------------------------------------------------------------------
 
@@ -926,7 +952,7 @@ class SupportState:
             self._ensure_pairs(batch.n_links)
             self._pair_count += int(_k.apply_links(
                 batch.link_patient, batch.link_carer, batch.link_t, batch.link_action,
-                a["pair_keys"], a["pair_link_t"], a["pair_link_action"]))
+                a["pairs"]))
         min_day = np.int64(self._min_sum_day())
         dup = stale = 0
         if batch.n_activities:
@@ -935,9 +961,7 @@ class SupportState:
             new_pairs, new_dedup, d, s = _k.apply_activities(
                 batch.activity_patient, batch.activity_carer, batch.activity_start_s,
                 batch.activity_minutes, batch.activity_id_hash, min_day,
-                a["contact_last_day"], a["contact_bits"], a["last_contact_s"],
-                a["ring_tag"], a["ring_ms"], a["ring_reads"],
-                a["pair_keys"], a["pair_last_day"], a["dedup_keys"], a["dedup_days"])
+                a["hot"], a["ring"], a["pairs"], a["dedup"])
             self._pair_count += int(new_pairs)
             self._dedup_count += int(new_dedup)
             dup += int(d)
@@ -946,8 +970,7 @@ class SupportState:
             self._ensure_dedup(batch.n_readings)
             new_dedup, d, s = _k.apply_readings(
                 batch.reading_patient, batch.reading_t, batch.reading_id_hash, min_day,
-                a["last_reading_s"], a["ring_tag"], a["ring_ms"], a["ring_reads"],
-                a["dedup_keys"], a["dedup_days"])
+                a["hot"], a["ring"], a["dedup"])
             self._dedup_count += int(new_dedup)
             dup += int(d)
             stale += int(s)
@@ -1010,18 +1033,16 @@ class SupportState:
         covered = np.zeros(n, np.bool_)
         _k.evaluate(np.int64(n), np.int64(day), np.int64(cfg.coverage_days),
                     np.int64(cfg.active_days), np.int64(cfg.lapse_days),
-                    a["contact_last_day"], a["contact_bits"],
-                    a["ring_tag"], a["ring_ms"], a["ring_reads"],
-                    a["pair_keys"], a["pair_last_day"], a["pair_link_t"], a["pair_link_action"],
-                    active, registered, care_ms, contact_days, readings, flags, covered)
+                    a["hot"], a["ring"], a["pairs"], active, registered, care_ms, contact_days,
+                    readings, flags, covered)
         expected = a["expected_micro_per_day"][:n] * cfg.coverage_days
         return Evaluation(
             as_of_s=t, as_of_day=day, patient_ids=tuple(self.patient_ids),
             active_carers=active, registered_carers=registered, care_ms=care_ms,
             contact_days=contact_days, readings_received=readings,
             readings_expected_micro=expected, flags=flags, covered=covered,
-            last_contact_s=a["last_contact_s"][:n].copy(),
-            last_reading_s=a["last_reading_s"][:n].copy(),
+            last_contact_s=np.ascontiguousarray(a["hot"]["last_contact_s"][:n]),
+            last_reading_s=np.ascontiguousarray(a["hot"]["last_reading_s"][:n]),
         )
 
     def group_codes(self, dimension: str) -> tuple[np.ndarray, list[str]]:
@@ -1034,10 +1055,15 @@ class SupportState:
         """Exactly mergeable sufficient statistics of this state's patients (see PartialSummary)."""
         ev = evaluation if evaluation is not None else self.evaluate(as_of)
         groups: dict[str, dict[str, GroupCounts]] = {}
-        for dim in self.config.dimensions:
-            codes, names = self.group_codes(dim)
-            sums = _k.group_sums(codes, np.int64(len(names)), ev.flags, ev.covered, ev.care_ms,
-                                 ev.readings_received, ev.readings_expected_micro)
+        dims = self.config.dimensions
+        codes_names = [self.group_codes(dim) for dim in dims]
+        codes = [c for c, _ in codes_names]
+        codes += [codes[0]] * (3 - len(codes))  # unused slots of the 3-dimension kernel
+        all_sums = _k.group_sums3(
+            *codes, np.array([len(names) for _, names in codes_names], np.int64),
+            ev.flags, ev.covered, ev.care_ms, ev.readings_received, ev.readings_expected_micro)
+        for d, (dim, (_, names)) in enumerate(zip(dims, codes_names, strict=True)):
+            sums = all_sums[d]
             per: dict[str, GroupCounts] = {}
             for i, g in enumerate([*names, UNKNOWN_GROUP]):
                 if sums[i, 0]:
@@ -1119,11 +1145,18 @@ class SupportState:
                 if arr.shape[0] != n or arr.dtype != target.dtype or arr.shape[1:] != target.shape[1:]:
                     raise SnapshotError(f"snapshot array {name} has the wrong shape or dtype")
                 target[:n] = arr
-            for name, spec in (*_PAIR_ARRAYS.items(), *_DEDUP_ARRAYS.items()):
+            for name, spec, width in (*((n, s, None) for n, s in _PAIR_ARRAYS.items()),
+                                      *((n, s, _DEDUP_WIDTH) for n, s in _DEDUP_ARRAYS.items())):
                 arr = arrays[name]
-                if arr.dtype != np.dtype(spec[0]) or arr.ndim != 1 or arr.shape[0] & (arr.shape[0] - 1):
+                rows = arr.shape[0] if arr.ndim else 0
+                pow2 = width is None  # the pair table is a power of two, the dedup table not
+                if (arr.dtype != np.dtype(spec[0]) or arr.ndim != (1 if width is None else 2)
+                        or arr.shape[1:] != (() if width is None else (width,))
+                        or rows == 0 or (pow2 and rows & (rows - 1))):
                     raise SnapshotError(f"snapshot table {name} is corrupt")
-                state._arrays[name] = np.ascontiguousarray(arr)
+                table = _full(rows, spec, width)
+                table[...] = arr
+                state._arrays[name] = table
         except SnapshotError:
             raise
         except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:

@@ -62,6 +62,25 @@ GROUP_COLUMNS: tuple[str, ...] = (
 
 _ONE = np.uint64(1)
 
+#: Hot per-patient fields touched by every event of the patient (one 32-byte record, two per
+#: cache line): the 64-day contact bitmask and its last day, the last contact and reading times.
+HOT_DTYPE = np.dtype([
+    ("contact_bits", "<u8"), ("last_contact_s", "<i8"), ("last_reading_s", "<i8"),
+    ("contact_last_day", "<i4"), ("_pad", "<i4"),
+])
+#: One day cell of a patient's ring (16 bytes; a ring of 8 cells is two aligned cache lines).
+CELL_DTYPE = np.dtype([("tag", "<i4"), ("reads", "<i4"), ("ms", "<i8")])
+#: One slot of the (patient, carer) pair table (32 bytes, two per cache line; key 0 = empty).
+PAIR_DTYPE = np.dtype([
+    ("key", "<u8"), ("link_t", "<i8"), ("last_day", "<i4"), ("action", "i1"), ("_pad1", "i1"),
+    ("_pad2", "<i2"), ("_pad3", "<i8"),
+])
+DEDUP_WAYS = 7
+"""Keys per duplicate-table bucket: a bucket is one 64-byte line of 8 ``uint64`` words, words
+0..6 the event-id hashes (0 = empty, filled in order), word 7 their ``day mod 256`` tags (byte k
+= tag of key k). Probing is linear over buckets (any bucket count, see :func:`_dedup_bucket`),
+so a lookup touches one line almost always."""
+
 PREFETCH_DISTANCE = 16
 """Events ahead whose state is prefetched: the kernels are bound by random memory access (one
 patient, pair and duplicate-table line per event), and event order within a batch does not
@@ -112,78 +131,88 @@ def pair_key(patient: np.int64, carer: np.int64) -> np.uint64:  # pragma: no cov
 
 
 @kernel
-def _pair_slot(keys: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover - jitted
-    """Find or insert ``key`` in an open-addressing (linear probing) table; (index, inserted).
+def _pair_slot(pairs: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover - jitted
+    """Find or insert ``key`` in the open-addressing (linear probing) pair table; (index, inserted).
 
     The caller keeps the table at most 70 % full, so the probe always terminates.
     """
-    mask = keys.shape[0] - 1
+    mask = pairs.shape[0] - 1
     i = np.int64(mix64(key) & np.uint64(mask))
     while True:
-        k = keys[i]
+        k = pairs[i].key
         if k == key:
             return i, False
         if k == 0:
-            keys[i] = key
+            pairs[i].key = key
             return i, True
         i = (i + 1) & mask
 
 
 @kernel
-def _dedup_admit(
-    keys: np.ndarray, days: np.ndarray, h: np.uint64, day: np.int64
-) -> bool:  # pragma: no cover - jitted
-    """Insert event-id hash ``h`` seen on ``day`` (stored as ``day mod 256``); False if present.
-
-    The caller keeps the table at most 70 % full, so the probe always terminates.
-    """
-    mask = keys.shape[0] - 1
-    i = np.int64(mix64(h) & np.uint64(mask))
-    while True:
-        k = keys[i]
-        if k == h:
-            return False
-        if k == 0:
-            keys[i] = h
-            days[i] = np.uint8(day & 255)
-            return True
-        i = (i + 1) & mask
+def _dedup_bucket(dedup: np.ndarray, h: np.uint64) -> int:  # pragma: no cover - jitted
+    """The home bucket of event-id hash ``h``: the high 32 bits of its mix scaled to the bucket
+    count (multiply-shift, so the table need not be a power of two)."""
+    return np.int64(((mix64(h) >> np.uint64(32)) * np.uint64(dedup.shape[0])) >> np.uint64(32))
 
 
 @kernel
-def _add_contact_day(
-    p: np.int64, day: np.int64, last_day: np.ndarray, bits: np.ndarray
-) -> None:  # pragma: no cover - jitted
-    """Set ``day`` in patient ``p``'s 64-day contact bitmask (bit k = contact on ``last_day - k``)."""
-    last = np.int64(last_day[p])
+def _dedup_admit(dedup: np.ndarray, h: np.uint64, day: np.int64) -> bool:  # pragma: no cover
+    """Insert event-id hash ``h`` seen on ``day`` (tag ``day mod 256``); False if present.
+
+    Buckets fill their key words in order and entries are never deleted one by one (a purge
+    rebuilds the table), so the first empty word ends the search. The caller keeps the table at
+    most 70 % full, so the probe always terminates.
+    """
+    n_buckets = dedup.shape[0]
+    b = _dedup_bucket(dedup, h)
+    while True:
+        for s in range(DEDUP_WAYS):
+            k = dedup[b, s]
+            if k == h:
+                return False
+            if k == 0:
+                dedup[b, s] = h
+                shift = np.uint64(8 * s)
+                tags = dedup[b, DEDUP_WAYS] & ~(np.uint64(255) << shift)
+                dedup[b, DEDUP_WAYS] = tags | (np.uint64(day & 255) << shift)
+                return True
+        b += 1
+        if b == n_buckets:
+            b = 0
+
+
+@kernel
+def _add_contact_day(rec: Any, day: np.int64) -> None:  # pragma: no cover - jitted
+    """Set ``day`` in a hot record's 64-day contact bitmask (bit k = contact on ``last day - k``)."""
+    last = np.int64(rec.contact_last_day)
     if last == NO_DAY:
-        last_day[p] = day
-        bits[p] = _ONE
+        rec.contact_last_day = day
+        rec.contact_bits = _ONE
     elif day > last:
         shift = day - last
         if shift < 64:
-            bits[p] = (bits[p] << np.uint64(shift)) | _ONE
+            rec.contact_bits = (rec.contact_bits << np.uint64(shift)) | _ONE
         else:
-            bits[p] = _ONE
-        last_day[p] = day
+            rec.contact_bits = _ONE
+        rec.contact_last_day = day
     else:
         k = last - day
         if k < 64:
-            bits[p] = bits[p] | (_ONE << np.uint64(k))
+            rec.contact_bits = rec.contact_bits | (_ONE << np.uint64(k))
 
 
 @kernel
-def _ring_cell(p: np.int64, day: np.int64, ring_tag: np.ndarray, ring_ms: np.ndarray,
-               ring_reads: np.ndarray) -> int:  # pragma: no cover - jitted
+def _ring_cell(ring: np.ndarray, p: np.int64, day: np.int64) -> int:  # pragma: no cover - jitted
     """The ring cell of ``day`` for patient ``p`` (reset if it held an older day); -1 if stale."""
-    c = np.int64(day & (ring_tag.shape[1] - 1))
-    tag = np.int64(ring_tag[p, c])
+    c = np.int64(day & (ring.shape[1] - 1))
+    cell = ring[p, c]
+    tag = np.int64(cell.tag)
     if tag != day:
         if tag != NO_DAY and tag > day:
             return -1
-        ring_tag[p, c] = day
-        ring_ms[p, c] = 0
-        ring_reads[p, c] = 0
+        cell.tag = day
+        cell.ms = 0
+        cell.reads = 0
     return c
 
 
@@ -191,10 +220,7 @@ def _ring_cell(p: np.int64, day: np.int64, ring_tag: np.ndarray, ring_ms: np.nda
 def apply_activities(
     patient: np.ndarray, carer: np.ndarray, start_s: np.ndarray, minutes: np.ndarray,
     id_hash: np.ndarray, min_sum_day: np.int64,
-    contact_last_day: np.ndarray, contact_bits: np.ndarray, last_contact_s: np.ndarray,
-    ring_tag: np.ndarray, ring_ms: np.ndarray, ring_reads: np.ndarray,
-    pair_keys: np.ndarray, pair_last_day: np.ndarray,
-    dedup_keys: np.ndarray, dedup_days: np.ndarray,
+    hot: np.ndarray, ring: np.ndarray, pairs: np.ndarray, dedup: np.ndarray,
 ) -> tuple[int, int, int, int]:  # pragma: no cover - jitted
     """Apply a batch of carer activities; returns (new pairs, new dedup entries, duplicates, stale).
 
@@ -209,49 +235,46 @@ def apply_activities(
     duplicates = 0
     stale = 0
     n = patient.shape[0]
-    width = ring_tag.shape[1]
-    pmask = np.uint64(pair_keys.shape[0] - 1)
-    dmask = np.uint64(dedup_keys.shape[0] - 1)
+    width = ring.shape[1]
+    pmask = np.uint64(pairs.shape[0] - 1)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
             fp = np.int64(patient[f])
-            cell = fp * width + ((start_s[f] // SECONDS_PER_DAY) & (width - 1))
-            _prefetch(contact_bits, fp)
-            _prefetch(contact_last_day, fp)
-            _prefetch(last_contact_s, fp)
-            _prefetch(ring_tag, cell)
-            _prefetch(ring_ms, cell)
-            _prefetch(pair_keys, np.int64(mix64(pair_key(fp, np.int64(carer[f]))) & pmask))
-            _prefetch(dedup_keys, np.int64(mix64(np.uint64(id_hash[f])) & dmask))
+            _prefetch(hot, fp)
+            _prefetch(ring, fp * width + ((start_s[f] // SECONDS_PER_DAY) & (width - 1)))
+            _prefetch(pairs, np.int64(mix64(pair_key(fp, np.int64(carer[f]))) & pmask))
+            _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(start_s[i])
         day = t // SECONDS_PER_DAY
-        j, inserted = _pair_slot(pair_keys, pair_key(p, np.int64(carer[i])))
+        j, inserted = _pair_slot(pairs, pair_key(p, np.int64(carer[i])))
         if inserted:
             new_pairs += 1
-        if pair_last_day[j] == NO_DAY or day > pair_last_day[j]:
-            pair_last_day[j] = day
-        _add_contact_day(p, day, contact_last_day, contact_bits)
-        if t > last_contact_s[p]:
-            last_contact_s[p] = t
+        pr = pairs[j]
+        if pr.last_day == NO_DAY or day > pr.last_day:
+            pr.last_day = day
+        rec = hot[p]
+        _add_contact_day(rec, day)
+        if t > rec.last_contact_s:
+            rec.last_contact_s = t
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_admit(dedup_keys, dedup_days, np.uint64(id_hash[i]), day):
+        if not _dedup_admit(dedup, np.uint64(id_hash[i]), day):
             duplicates += 1
             continue
         new_dedup += 1
-        c = _ring_cell(p, day, ring_tag, ring_ms, ring_reads)
+        c = _ring_cell(ring, p, day)
         if c >= 0:
-            ring_ms[p, c] += np.int64(np.rint(minutes[i] * MS_PER_MINUTE))
+            ring[p, c].ms += np.int64(np.rint(minutes[i] * MS_PER_MINUTE))
     return new_pairs, new_dedup, duplicates, stale
 
 
 @kernel
 def apply_links(
     patient: np.ndarray, carer: np.ndarray, t_s: np.ndarray, action: np.ndarray,
-    pair_keys: np.ndarray, pair_link_t: np.ndarray, pair_link_action: np.ndarray,
+    pairs: np.ndarray,
 ) -> int:  # pragma: no cover - jitted
     """Apply care-link events (action +1 join, -1 leave); returns the number of new pairs.
 
@@ -261,30 +284,29 @@ def apply_links(
     """
     new_pairs = 0
     n = patient.shape[0]
-    pmask = np.uint64(pair_keys.shape[0] - 1)
+    pmask = np.uint64(pairs.shape[0] - 1)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
             k = mix64(pair_key(np.int64(patient[f]), np.int64(carer[f]))) & pmask
-            _prefetch(pair_keys, np.int64(k))
-            _prefetch(pair_link_t, np.int64(k))
-        j, inserted = _pair_slot(pair_keys, pair_key(np.int64(patient[i]), np.int64(carer[i])))
+            _prefetch(pairs, np.int64(k))
+        j, inserted = _pair_slot(pairs, pair_key(np.int64(patient[i]), np.int64(carer[i])))
         if inserted:
             new_pairs += 1
         t = np.int64(t_s[i])
         a = np.int8(action[i])
-        cur_t = pair_link_t[j]
-        if t > cur_t or (t == cur_t and a < pair_link_action[j]):
-            pair_link_t[j] = t
-            pair_link_action[j] = a
+        pr = pairs[j]
+        cur_t = pr.link_t
+        if t > cur_t or (t == cur_t and a < pr.action):
+            pr.link_t = t
+            pr.action = a
     return new_pairs
 
 
 @kernel
 def apply_readings(
     patient: np.ndarray, t_s: np.ndarray, id_hash: np.ndarray, min_sum_day: np.int64,
-    last_reading_s: np.ndarray, ring_tag: np.ndarray, ring_ms: np.ndarray, ring_reads: np.ndarray,
-    dedup_keys: np.ndarray, dedup_days: np.ndarray,
+    hot: np.ndarray, ring: np.ndarray, dedup: np.ndarray,
 ) -> tuple[int, int, int]:  # pragma: no cover - jitted
     """Apply self-monitoring readings; returns (new dedup entries, duplicates, stale).
 
@@ -295,66 +317,65 @@ def apply_readings(
     duplicates = 0
     stale = 0
     n = patient.shape[0]
-    width = ring_tag.shape[1]
-    dmask = np.uint64(dedup_keys.shape[0] - 1)
+    width = ring.shape[1]
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
             fp = np.int64(patient[f])
-            cell = fp * width + ((t_s[f] // SECONDS_PER_DAY) & (width - 1))
-            _prefetch(last_reading_s, fp)
-            _prefetch(ring_tag, cell)
-            _prefetch(ring_reads, cell)
-            _prefetch(dedup_keys, np.int64(mix64(np.uint64(id_hash[f])) & dmask))
+            _prefetch(hot, fp)
+            _prefetch(ring, fp * width + ((t_s[f] // SECONDS_PER_DAY) & (width - 1)))
+            _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(t_s[i])
-        if t > last_reading_s[p]:
-            last_reading_s[p] = t
+        rec = hot[p]
+        if t > rec.last_reading_s:
+            rec.last_reading_s = t
         day = t // SECONDS_PER_DAY
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_admit(dedup_keys, dedup_days, np.uint64(id_hash[i]), day):
+        if not _dedup_admit(dedup, np.uint64(id_hash[i]), day):
             duplicates += 1
             continue
         new_dedup += 1
-        c = _ring_cell(p, day, ring_tag, ring_ms, ring_reads)
+        c = _ring_cell(ring, p, day)
         if c >= 0:
-            ring_reads[p, c] += 1
+            ring[p, c].reads += 1
     return new_dedup, duplicates, stale
 
 
 @kernel
-def rehash_pairs(
-    old_keys: np.ndarray, old_last_day: np.ndarray, old_link_t: np.ndarray, old_action: np.ndarray,
-    keys: np.ndarray, last_day: np.ndarray, link_t: np.ndarray, action: np.ndarray,
-) -> int:  # pragma: no cover - jitted
+def rehash_pairs(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
     """Re-insert every pair of an old table into a new (larger, empty) one; returns the count."""
     n = 0
-    for i in range(old_keys.shape[0]):
-        k = old_keys[i]
+    for i in range(old.shape[0]):
+        k = old[i].key
         if k != 0:
-            j, _ = _pair_slot(keys, k)
-            last_day[j] = old_last_day[i]
-            link_t[j] = old_link_t[i]
-            action[j] = old_action[i]
+            j, _ = _pair_slot(new, k)
+            new[j].last_day = old[i].last_day
+            new[j].link_t = old[i].link_t
+            new[j].action = old[i].action
             n += 1
     return n
 
 
 @kernel
-def rehash_dedup(old_keys: np.ndarray, old_days: np.ndarray, watermark_day: np.int64,
-                 keep_days: np.int64, keys: np.ndarray, days: np.ndarray) -> int:  # pragma: no cover
+def rehash_dedup(old: np.ndarray, watermark_day: np.int64, keep_days: np.int64,
+                 new: np.ndarray) -> int:  # pragma: no cover - jitted
     """Copy the entries of the last ``keep_days`` days before ``watermark_day`` into a new empty
     table (purge + resize); returns the count. Day tags are ``day mod 256``: the caller guarantees
     every entry is less than 256 days older than ``watermark_day``."""
     n = 0
-    for i in range(old_keys.shape[0]):
-        k = old_keys[i]
-        if k != 0:
-            age = (watermark_day - np.int64(old_days[i])) & 255
+    for b in range(old.shape[0]):
+        tags = old[b, DEDUP_WAYS]
+        for s in range(DEDUP_WAYS):
+            k = old[b, s]
+            if k == 0:
+                break
+            tag = np.int64((tags >> np.uint64(8 * s)) & np.uint64(255))
+            age = (watermark_day - tag) & 255
             if age < keep_days:
-                _dedup_admit(keys, days, k, watermark_day - age)
+                _dedup_admit(new, k, watermark_day - age)
                 n += 1
     return n
 
@@ -370,11 +391,7 @@ def _popcount(x: np.uint64) -> int:  # pragma: no cover - jitted
 @kernel
 def evaluate(
     n: np.int64, as_of_day: np.int64, coverage_days: np.int64, active_days: np.int64,
-    lapse_days: np.int64,
-    contact_last_day: np.ndarray, contact_bits: np.ndarray,
-    ring_tag: np.ndarray, ring_ms: np.ndarray, ring_reads: np.ndarray,
-    pair_keys: np.ndarray, pair_last_day: np.ndarray, pair_link_t: np.ndarray,
-    pair_link_action: np.ndarray,
+    lapse_days: np.int64, hot: np.ndarray, ring: np.ndarray, pairs: np.ndarray,
     active: np.ndarray, registered: np.ndarray, care_ms: np.ndarray, contact_days: np.ndarray,
     readings: np.ndarray, flags: np.ndarray, covered: np.ndarray,
 ) -> None:  # pragma: no cover - jitted
@@ -395,19 +412,22 @@ def evaluate(
     active[:n] = 0
     registered[:n] = 0
     min_active_day = as_of_day - active_days + 1
-    for i in range(pair_keys.shape[0]):
-        k = pair_keys[i]
+    for i in range(pairs.shape[0]):
+        pr = pairs[i]
+        k = pr.key
         if k == 0:
             continue
         p = np.int64(k >> np.uint64(32)) - 1
-        d = np.int64(pair_last_day[i])
+        d = np.int64(pr.last_day)
         if d != NO_DAY and min_active_day <= d <= as_of_day:
             active[p] += 1
-        if pair_link_action[i] == 1 and pair_link_t[i] // SECONDS_PER_DAY <= as_of_day:
+        if pr.action == 1 and pr.link_t // SECONDS_PER_DAY <= as_of_day:
             registered[p] += 1
-    mask = ring_tag.shape[1] - 1
+    width = ring.shape[1]
+    lo = as_of_day - coverage_days + 1
     for p in range(n):
-        last = np.int64(contact_last_day[p])
+        rec = hot[p]
+        last = np.int64(rec.contact_last_day)
         ever = last != NO_DAY
         n_days = 0
         recent = False
@@ -419,18 +439,20 @@ def evaluate(
             if off < coverage_days:
                 is_covered = True
                 keep = coverage_days - off  # bits 0 .. keep-1 lie inside the coverage window
-                b = contact_bits[p]
+                b = rec.contact_bits
                 if keep < 64:
                     b = b & ((_ONE << np.uint64(keep)) - _ONE)
                 n_days = _popcount(b)
         ms = np.int64(0)
         reads = np.int64(0)
-        for j in range(coverage_days):
-            day = as_of_day - j
-            c = day & mask
-            if ring_tag[p, c] == day:
-                ms += ring_ms[p, c]
-                reads += ring_reads[p, c]
+        # every day of the window maps to its own cell (width >= coverage_days), and a cell
+        # holds the latest day mapped to it, so a cell is in the window iff its tag is
+        for c in range(width):
+            cell = ring[p, c]
+            tag = np.int64(cell.tag)
+            if lo <= tag <= as_of_day:
+                ms += cell.ms
+                reads += cell.reads
         care_ms[p] = ms
         readings[p] = reads
         contact_days[p] = n_days
@@ -478,4 +500,54 @@ def group_sums(
         rc = r * 1_000_000
         out[g, 7] += rc if rc < e else e
         out[g, 8] += e
+    return out
+
+
+@kernel
+def group_sums3(
+    codes0: np.ndarray, codes1: np.ndarray, codes2: np.ndarray, n_groups: np.ndarray,
+    flags: np.ndarray, covered: np.ndarray, care_ms: np.ndarray, readings: np.ndarray,
+    expected_micro: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - jitted
+    """:func:`group_sums` of up to three dimensions in one pass over the patients.
+
+    ``n_groups[d]`` is the group count of dimension d (``codes{d}`` is ignored when d >=
+    ``len(n_groups)``); returns an array (dims, max groups + 1, 9): row ``n_groups[d]`` of
+    dimension d holds code -1 (the other rows past it stay zero).
+    """
+    n_dims = n_groups.shape[0]
+    width = 0
+    for d in range(n_dims):
+        width = max(width, np.int64(n_groups[d]))
+    out = np.zeros((n_dims, width + 1, 9), dtype=np.int64)
+    for p in range(flags.shape[0]):
+        f = flags[p]
+        cov = np.int64(1) if covered[p] else np.int64(0)
+        nsn = np.int64(1) if f & FLAG_NO_SUPPORT_NETWORK else np.int64(0)
+        lap = np.int64(1) if f & FLAG_SUPPORT_LAPSED else np.int64(0)
+        sgl = np.int64(1) if f & FLAG_SINGLE_CARER else np.int64(0)
+        ms = np.int64(care_ms[p])
+        r = np.int64(readings[p])
+        e = np.int64(expected_micro[p])
+        rc = r * 1_000_000
+        capped = rc if rc < e else e
+        for d in range(n_dims):
+            if d == 0:
+                g = np.int64(codes0[p])
+            elif d == 1:
+                g = np.int64(codes1[p])
+            else:
+                g = np.int64(codes2[p])
+            if g < 0:
+                g = np.int64(n_groups[d])
+            row = out[d, g]
+            row[0] += 1
+            row[1] += cov
+            row[2] += nsn
+            row[3] += lap
+            row[4] += sgl
+            row[5] += ms
+            row[6] += r
+            row[7] += capped
+            row[8] += e
     return out

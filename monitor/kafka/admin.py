@@ -36,7 +36,8 @@ def admin_client(settings: Settings, *, timeout_s: float = 30.0) -> KafkaAdminCl
 
 def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) -> dict[str, int]:
     """Create the monitor's topics (idempotent). Returns topic -> partition count."""
-    wanted = {name: settings.partitions for name in settings.topics.all()}
+    wanted = {name: 1 if name in settings.topics.single_partition else settings.partitions
+              for name in settings.topics.all()}
     wanted.update(extra or {})
     admin = admin_client(settings)
     try:
@@ -68,9 +69,7 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
         admin.close()
     mismatched = {t: c for t, c in counts.items() if c != wanted[t]}
     if mismatched:
-        raise TopicError(
-            f"topics exist with other partition counts than {settings.partitions}: {mismatched}"
-        )
+        raise TopicError(f"topics exist with other partition counts than expected: {mismatched}")
     return counts
 
 

@@ -1,41 +1,62 @@
-"""The faust application: thin agents that feed batches of raw records to the pipeline.
+"""The faust application: thin agents feeding batches to the pipeline, durable partition state.
 
-Topology (all input topics co-partitioned by patient id, ``MONITOR_PARTITIONS`` partitions each)::
+Topology (every input topic co-partitioned by patient id, ``MONITOR_PARTITIONS`` partitions)::
 
     readings ─┐
-    carer-activity ─┤  one agent, batches of up to 5000 events  ──► Pipeline.ingest ──► dead-letters
-    care-network ─┤                                                      │
-    patients ─┘                                                          ▼
-                     wall-clock timer (MONITOR_FLAG_INTERVAL_S) ──► flag transitions ──► flags
+    carer-activity ─┤ agent "ingest": batches ──► Pipeline.ingest ──► dead-letters, alerts
+    care-network ─┤   (take_events)                     │
+    patients ─┘                                          ▼
+                     timer (MONITOR_FLAG_INTERVAL_S) ──► Pipeline.tick ──► flags, alerts
+                                                     └─► per-partition partial summaries ──► equity-partials
+    equity-partials (1 partition) ──► agent "merge" (the one merge point) ──► equity
 
-The worker's web server (``MONITOR_WEB_HOST:MONITOR_WEB_PORT``) serves ``/metrics`` (Prometheus),
-``/health`` and ``/summary`` (aggregates only, no identifiers) and the token-protected patient-level
-``/patients/unsupported`` (``Authorization: Bearer $MONITOR_API_TOKEN``; 401 without it, 403 when no
-token is configured).
+Durability and exactly-once effects on top of at-least-once delivery
+-------------------------------------------------------------------
+* State is kept per input partition (:class:`monitor.pipeline.PartitionState`) and checkpointed
+  to the compacted ``checkpoints`` topic (partition ``p`` -> partition ``p``) every
+  ``MONITOR_CHECKPOINT_INTERVAL_S``. A checkpoint holds the state, the input offsets it includes and
+  the end offsets of this partition's outputs at that moment.
+* Input events are **acknowledged only after the checkpoint that includes them is durable**
+  (the agent holds a reference to each message until then), so faust never commits an offset past
+  the last checkpoint. After a crash, the new owner restores the checkpoint, skips records at or
+  below its offsets and re-processes the rest; state updates are idempotent.
+* Outputs (dead letters, flags, alerts) of partition ``p`` go to partition ``p`` of their topics.
+  On restore, the outputs written after the checkpoint are read back and their ids suppressed, so
+  re-processing never emits an output id twice.
+* Scale-out: N workers share the partitions through faust's consumer group; a partition's state
+  moves with it (restore on assignment, drop on revocation), so answers do not depend on N. The
+  population equity snapshot is merged from per-partition exact partial summaries by the single
+  owner of the one-partition ``equity-partials`` topic.
 
-Failure behaviour: an input that cannot be decoded never stops the agent; it is dead-lettered with a
-reason and counted. Errors publishing to Kafka propagate (faust restarts the agent), so an input is
-never silently dropped.
+Web (``MONITOR_WEB_HOST:MONITOR_WEB_PORT``): ``/metrics``, ``/health``, ``/summary`` and ``/equity``
+(aggregates only) and the token-protected ``/patients/unsupported``, ``/patients/alerts`` and
+``/patients/state`` (``Authorization: Bearer $MONITOR_API_TOKEN``; 401 without, 403 if unset).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import hmac
 import json
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
 import faust
 from faust.auth import SASLCredentials
+from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
 from monitor.alerts.engine import AlertEvent
+from monitor.core.state import PartialSummary, equity_from_summary
+from monitor.kafka.checkpoints import CheckpointStore, read_partition
 from monitor.metrics.collectors import registry_for
-from monitor.pipeline import Pipeline, RawRecord
+from monitor.pipeline import PartitionState, Pipeline, RawRecord
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +74,111 @@ def pipeline_for(settings: Settings) -> Pipeline:
     """The pipeline configured by ``settings`` (horizons, idle time)."""
     return Pipeline(oldest_reading=timedelta(days=settings.oldest_reading_days),
                     idle_after=timedelta(seconds=settings.idle_after_s))
+
+
+def dead_letter_key(d: dict[str, Any]) -> str:
+    """Identity of a dead letter (its source position and reason), for suppression on restore."""
+    raw = f"{d.get('topic')}|{d.get('partition')}|{d.get('offset')}|{d.get('reason')}|{d.get('detail')}"
+    return "dl:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def output_key(topic_kind: str, doc: dict[str, Any]) -> str:
+    if topic_kind == "dead_letters":
+        return dead_letter_key(doc)
+    if topic_kind == "flags":
+        return "flag:" + str(doc.get("flag_id"))
+    return "alert:" + str(doc.get("event_id"))
+
+
+OUTPUTS = ("dead_letters", "flags", "alerts")
+
+
+class PartitionManager:
+    """Ownership, held (un-acked) events, checkpoints and output suppression per partition."""
+
+    def __init__(self, settings: Settings, pipe: Pipeline) -> None:
+        self.settings = settings
+        self.pipe = pipe
+        self.input_topics = set(settings.topics.inputs)
+        self.owned: set[int] = set()
+        self.held: dict[int, list[Any]] = {}
+        self.dirty: set[int] = set()
+        self.lock = asyncio.Lock()
+        self.store = CheckpointStore(settings, settings.topics.name("checkpoints"))
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints_written = 0
+        self.restored = 0
+
+    def is_new(self, partition: int, key: str) -> bool:
+        """False when this output id was already written (re-processing after a restore)."""
+        st = self.pipe.partitions.get(partition)
+        if st is not None and key in st.suppress:
+            st.suppress.discard(key)
+            return False
+        return True
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        parts = {tp.partition for tp in assigned if tp.topic in self.input_topics}
+        async with self.lock:
+            for p in sorted(parts - self.owned):
+                await self._restore(p)
+            for p in sorted(self.owned - parts):
+                self._drop(p)
+            self.owned = parts
+
+    async def on_revoked(self, revoked: set[TP]) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic in self.input_topics}
+        async with self.lock:
+            for p in parts:
+                self._drop(p)
+            self.owned -= parts
+
+    def _drop(self, p: int) -> None:
+        self.pipe.release(p)
+        self.held.pop(p, None)
+        self.dirty.discard(p)
+
+    async def _restore(self, p: int) -> None:
+        loaded = await self.store.load(p)
+        if loaded is None:
+            state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
+        else:
+            state = PartitionState.restore(loaded[1])
+            self.restored += 1
+        self.pipe.adopt(state)
+        for kind in OUTPUTS:
+            topic = self.settings.topics.name(kind)
+            for rec in await read_partition(self.settings, topic, p, state.output_offsets.get(kind, 0)):
+                try:
+                    state.suppress.add(output_key(kind, json.loads(rec.value)))
+                except (TypeError, ValueError):
+                    continue
+
+    async def checkpoint(self, app: faust.App) -> None:
+        """Checkpoint every dirty owned partition, then acknowledge the events it includes.
+
+        Caller holds ``self.lock``.
+        """
+        parts = sorted(self.dirty & self.owned)
+        if not parts:
+            self.last_checkpoint = time.monotonic()
+            return
+        await app.producer.flush()  # every output so far is durable before offsets are recorded
+        ends = {kind: await self.store.end_offsets(self.settings.topics.name(kind), parts)
+                for kind in OUTPUTS}
+        for p in parts:
+            st = self.pipe.partitions.get(p)
+            if st is None:
+                continue
+            events = self.held.pop(p, [])
+            st.output_offsets = {kind: ends[kind][p] for kind in OUTPUTS}
+            st.checkpoint_seq += 1
+            await self.store.save(p, st.checkpoint_seq, st.snapshot())
+            for e in events:
+                e.ack()
+            self.checkpoints_written += 1
+        self.dirty.difference_update(parts)
+        self.last_checkpoint = time.monotonic()
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
@@ -85,47 +211,128 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         stream_buffer_maxsize=65536,
         broker_max_poll_records=10000,
         consumer_auto_offset_reset="earliest",
+        # a killed worker's partitions move on after this long (the default 60 s stalls recovery)
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         autodiscover=False,
     )
     app.pipeline = pipe  # type: ignore[attr-defined]
+    mgr = PartitionManager(settings, pipe)
+    app.partition_manager = mgr  # type: ignore[attr-defined]
     expected = settings.topics.inputs
     inputs = app.topic(*expected, value_serializer="raw", key_serializer="raw")
-    dead_topic = app.topic(settings.topics.name("dead_letters"), value_serializer="raw",
-                           key_serializer="raw")
-    flag_topic = app.topic(settings.topics.name("flags"), value_serializer="raw",
-                           key_serializer="raw")
-    alert_topic = app.topic(settings.topics.name("alerts"), value_serializer="raw",
-                            key_serializer="raw")
+    out_topics = {kind: app.topic(settings.topics.name(kind), value_serializer="raw", key_serializer="raw")
+                  for kind in OUTPUTS}
+    partials_topic = app.topic(settings.topics.name("equity_partials"), value_serializer="raw",
+                               key_serializer="raw", partitions=1)
+    equity_topic = app.topic(settings.topics.name("equity"), value_serializer="raw", key_serializer="raw",
+                             partitions=1)
+    registry = registry_for(pipe)
+    merged: dict[str, Any] = {"latest": {}, "snapshot": None, "digest": None}
 
-    async def publish_alerts(events: list[AlertEvent]) -> None:
+    async def publish(kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
+        if not mgr.is_new(partition, output_key(kind, doc)):
+            return False
+        await out_topics[kind].send(key=key, value=dumps(doc), partition=partition)
+        return True
+
+    async def publish_alerts(events: list[AlertEvent], partition_of: dict[str, int]) -> None:
+        fresh = []
         for ev in events:
-            await alert_topic.send(key=ev.patient_id.encode(), value=dumps(ev.to_json()))
-        if alertmanager is not None and events:
+            if await publish("alerts", partition_of[ev.patient_id], ev.patient_id.encode(), ev.to_json()):
+                fresh.append(ev)
+        if alertmanager is not None and fresh:
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(None, alertmanager.post, events)
-            except AlertmanagerError as exc:  # the alerts topic still has them; retried on renotify
-                log.warning("posting %d alerts to Alertmanager failed: %s", len(events), exc)
-    registry = registry_for(pipe)
+                await loop.run_in_executor(None, alertmanager.post, fresh)
+            except AlertmanagerError as exc:  # the alerts topic has them; re-posted on renotify
+                log.warning("posting %d alerts to Alertmanager failed: %s", len(fresh), exc)
+
+    def partitions_of(ids: set[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p, st in pipe.partitions.items():
+            index = st.support._patient_index
+            for pid in ids:
+                if pid in index:
+                    out[pid] = p
+        return out
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        await mgr.on_assigned(assigned)
+        if any(tp.topic == partials_topic.get_topic_name() for tp in assigned):
+            await rebuild_merge_state()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        await mgr.on_revoked(revoked)
 
     @app.agent(inputs, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            records = [
-                RawRecord(e.message.value, e.message.topic, e.message.partition, e.message.offset)
-                for e in events
-            ]
-            result = pipe.ingest(records, expected)
-            for d in result.dead_letters:
-                await dead_topic.send(value=d.model_dump_json().encode())
-            await publish_alerts(result.alerts)
+            async with mgr.lock:
+                records = []
+                for e in events:
+                    m = e.message
+                    e.message.incref()  # held: acknowledged only once checkpointed
+                    if m.partition not in mgr.owned:
+                        continue  # revoked meanwhile: its new owner re-processes it
+                    mgr.held.setdefault(m.partition, []).append(e)
+                    mgr.dirty.add(m.partition)
+                    records.append(RawRecord(m.value, m.topic, m.partition, m.offset))
+                result = pipe.ingest(records, expected)
+                for d in result.dead_letters:
+                    await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
+                if result.alerts:
+                    await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
+                if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
+                    await mgr.checkpoint(app)
 
     @app.timer(settings.flag_interval_s)
     async def evaluate_timers() -> None:
-        tick = pipe.tick()
-        for ev in tick.flags:
-            await flag_topic.send(key=ev.patient_id.encode(), value=ev.model_dump_json().encode())
-        await publish_alerts(tick.alerts)
+        async with mgr.lock:
+            tick = pipe.tick()
+            ids = {f.patient_id for f in tick.flags} | {a.patient_id for a in tick.alerts}
+            where = partitions_of(ids)
+            for ev in tick.flags:
+                await publish("flags", where[ev.patient_id], ev.patient_id.encode(), ev.model_dump(mode="json"))
+                mgr.dirty.add(where[ev.patient_id])
+            await publish_alerts(tick.alerts, where)
+            for a in tick.alerts:
+                mgr.dirty.add(where[a.patient_id])
+            for p in sorted(mgr.owned):
+                st = pipe.partitions.get(p)
+                if st is None or st.support.watermark_s is None:
+                    continue
+                summary = st.support.partial_summary(as_of=pipe.effective_time(st))
+                await partials_topic.send(key=str(p).encode(), partition=0,
+                                          value=dumps({"partition": p, "summary": summary.to_dict()}))
+            if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
+                await mgr.checkpoint(app)
+
+    async def rebuild_merge_state() -> None:
+        for rec in await read_partition(settings, partials_topic.get_topic_name(), 0):
+            take_partial(rec.value)
+
+    def take_partial(value: bytes | None) -> None:
+        try:
+            doc = json.loads(value or b"")
+            merged["latest"][int(doc["partition"])] = PartialSummary.from_dict(doc["summary"])
+        except (TypeError, ValueError, KeyError):
+            log.warning("skipping an unreadable equity partial")
+
+    @app.agent(partials_topic, name="merge")
+    async def merge(stream: faust.StreamT) -> None:
+        async for values in stream.take(1000, within=0.5):
+            for v in values:
+                take_partial(v)
+            snap = population_snapshot(merged["latest"], settings.partitions)
+            if snap is None:
+                continue
+            digest = hashlib.sha256(dumps(snap)).hexdigest()
+            if digest != merged["digest"]:
+                merged["digest"], merged["snapshot"] = digest, snap
+                await equity_topic.send(key=b"population", value=dumps(snap), partition=0)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -135,30 +342,65 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "inputs": pipe.counts.inputs})
+            return self.json({"status": "ok", "inputs": pipe.counts.inputs,
+                              "partitions": sorted(mgr.owned),
+                              "checkpoints_written": mgr.checkpoints_written,
+                              "restored": mgr.restored})
 
     @app.page("/summary")
     class Summary(View):
         async def get(self, request: Request) -> Response:
             return self.json(summary(pipe))
 
+    @app.page("/equity")
+    class Equity(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(merged["snapshot"] or {})
+
     @app.page("/patients/unsupported")
     class Unsupported(View):
         async def get(self, request: Request) -> Response:
             denied = _check_token(self, request, settings)
-            if denied is not None:
-                return denied
-            return self.json({"patients": pipe.flagged_patients()})
+            return denied or self.json({"patients": pipe.flagged_patients()})
 
     @app.page("/patients/alerts")
     class OpenAlerts(View):
         async def get(self, request: Request) -> Response:
             denied = _check_token(self, request, settings)
-            if denied is not None:
-                return denied
-            return self.json({"alerts": pipe.open_alerts()})
+            return denied or self.json({"alerts": pipe.open_alerts()})
+
+    @app.page("/patients/state")
+    class PatientState(View):
+        async def get(self, request: Request) -> Response:
+            denied = _check_token(self, request, settings)
+            return denied or self.json({"patients": pipe.patient_report()})
 
     return app
+
+
+def population_snapshot(latest: dict[int, PartialSummary], partitions: int) -> dict[str, Any] | None:
+    """Merge the latest partial summary of every partition into the population equity snapshot.
+
+    Each partition is evaluated as of its own event-time watermark; summaries of different UTC days
+    are merged under the latest day (they differ only around midnight while data flows). The
+    result depends only on the per-partition summaries, never on which worker produced them.
+    """
+    if not latest:
+        return None
+    day = max(s.as_of_day for s in latest.values())
+    total: PartialSummary | None = None
+    for p in sorted(latest):
+        s = dataclasses.replace(latest[p], as_of_day=day)
+        total = s if total is None else PartialSummary.merge(total, s)
+    assert total is not None
+    return {
+        "as_of_day": day,
+        "partitions_reported": len(latest),
+        "partitions": partitions,
+        "groups": {dim: {g: c.indicators() for g, c in groups.items()}
+                   for dim, groups in total.groups.items()},
+        "equity": equity_from_summary(total),
+    }
 
 
 def _check_token(view: View, request: Request, settings: Settings) -> Response | None:
@@ -175,16 +417,17 @@ def _check_token(view: View, request: Request, settings: Settings) -> Response |
 def summary(pipe: Pipeline) -> dict[str, Any]:
     """Aggregate counts for the demo and for humans: no identifiers."""
     wm = pipe.watermark
+    counts = pipe.counts
     return {
-        "inputs": pipe.counts.inputs,
-        "processed": dict(pipe.counts.processed),
-        "readings": pipe.counts.readings,
-        "dead_letters": dict(pipe.counts.dead_letters),
+        "inputs": counts.inputs,
+        "processed": dict(counts.processed),
+        "readings": counts.readings,
+        "dead_letters": dict(counts.dead_letters),
         "patients_by_quintile": pipe.patients_by_quintile(),
         "without_support_by_quintile": pipe.unsupported_by_quintile(),
-        "flags_published": dict(pipe.counts.flags_published),
-        "alerts_published": dict(pipe.counts.alerts_published),
-        "duplicates": pipe.counts.duplicates,
+        "flags_published": dict(counts.flags_published),
+        "alerts_published": dict(counts.alerts_published),
+        "duplicates": counts.duplicates,
         "watermark": wm.isoformat() if wm else None,
     }
 
@@ -201,4 +444,4 @@ def run_worker(settings: Settings) -> None:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()

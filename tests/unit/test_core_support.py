@@ -479,3 +479,36 @@ def test_duplicate_table_survives_long_runs_and_watermark_jumps():
         assert s.evaluate(t).patient(0) == {
             k: v for k, v in ref.evaluate(t)[0].items() if k in s.evaluate(t).patient(0)}
     assert s._dedup_count <= 7
+
+
+def test_dedup_buckets_probe_across_buckets_and_wrap_around():
+    """A 3-bucket table (not a power of two) filled to 20 of 21 slots: every id is admitted once,
+    re-deliveries are refused, and a purge/rehash keeps exactly the ids of the kept days."""
+    from monitor.core import support as k
+
+    table = np.zeros((3, k.DEDUP_WAYS + 1), np.uint64)
+    ids = [np.uint64(0x9E3779B97F4A7C15 * i % 2**64 or 1) for i in range(1, 21)]
+    for i, h in enumerate(ids):
+        assert k._dedup_admit(table, h, np.int64(100 + i % 3))
+    for i, h in enumerate(ids):
+        assert not k._dedup_admit(table, h, np.int64(100 + i % 3))
+    assert int(np.count_nonzero(table[:, : k.DEDUP_WAYS])) == 20
+    new = np.zeros((5, k.DEDUP_WAYS + 1), np.uint64)
+    # watermark day 102, keep 2 days: ids of days 101 and 102 survive
+    assert k.rehash_dedup(table, np.int64(102), np.int64(2), new) == sum(
+        1 for i in range(20) if i % 3 >= 1)
+    for i, h in enumerate(ids):
+        assert k._dedup_admit(new, h, np.int64(102)) == (i % 3 == 0)
+
+
+def test_state_arrays_are_cache_line_aligned_records():
+    s = SupportState(expected_patients=3000, expected_pairs=100, expected_window_events=1000)
+    for name, arr in s._arrays.items():
+        assert arr.ctypes.data % 64 == 0, name
+    assert s._arrays["hot"].dtype.itemsize == 32
+    assert s._arrays["ring"].dtype.itemsize * s.config.ring_days == 128
+    assert s._arrays["pairs"].dtype.itemsize == 32
+    assert s._arrays["dedup"].shape[1] * 8 == 64
+    r = SupportState.restore(s.snapshot())
+    for name, arr in r._arrays.items():
+        assert arr.ctypes.data % 64 == 0, name

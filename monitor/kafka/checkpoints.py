@@ -1,0 +1,186 @@
+"""Durable per-partition state checkpoints on a compacted Kafka topic, and output read-back.
+
+Why Kafka and not the worker's disk: a partition moves to another worker on a rebalance or after a
+crash, and its state must move with it. Partition ``p`` of every input topic is checkpointed to
+partition ``p`` of the checkpoint topic.
+
+A checkpoint is split into chunks of at most ``CHUNK_BYTES`` (Kafka's default message limit is
+1 MB; snapshots of large partitions are tens of MB). Chunk ``i`` of partition ``p`` has key
+``b"p:i"`` so compaction keeps the latest chunk per index; every chunk carries the checkpoint's
+sequence number and chunk count, and :meth:`CheckpointStore.load` returns the newest sequence whose
+chunks are all present. A checkpoint is durable once :meth:`CheckpointStore.save` returns (every
+chunk acknowledged by the broker with ``acks=all``).
+
+Failure behaviour: Kafka errors propagate (the worker crashes and restarts from the last durable
+checkpoint); a corrupt chunk is skipped and logged (without payload), falling back to an older
+complete checkpoint or to empty state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 900_000
+MAGIC = b"CMCKPT1\n"
+
+
+def _client_kwargs(settings: Settings) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap.split(","),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        kw["sasl_mechanism"] = settings.sasl_mechanism
+        kw["sasl_plain_username"] = settings.sasl_username
+        kw["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return kw
+
+
+def encode_chunks(partition: int, seq: int, data: bytes) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of one checkpoint."""
+    n = max(1, -(-len(data) // CHUNK_BYTES))
+    out = []
+    for i in range(n):
+        head = json.dumps({"p": partition, "seq": seq, "i": i, "n": n, "size": len(data)}).encode()
+        body = data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]
+        out.append((f"{partition}:{i}".encode(), MAGIC + len(head).to_bytes(4, "little") + head + body))
+    return out
+
+
+def decode_chunk(value: bytes) -> tuple[dict[str, Any], bytes] | None:
+    if not value.startswith(MAGIC):
+        return None
+    m = len(MAGIC)
+    n = int.from_bytes(value[m:m + 4], "little")
+    try:
+        head = json.loads(value[m + 4:m + 4 + n])
+    except ValueError:
+        return None
+    return head, value[m + 4 + n:]
+
+
+def assemble(chunks: list[tuple[dict[str, Any], bytes]]) -> tuple[int, bytes] | None:
+    """The newest complete checkpoint among chunks (in log order): (seq, bytes) or None."""
+    by_seq: dict[int, dict[int, bytes]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    for head, body in chunks:
+        seq = int(head["seq"])
+        by_seq.setdefault(seq, {})[int(head["i"])] = body
+        sizes[seq] = (int(head["n"]), int(head["size"]))
+    for seq in sorted(by_seq, reverse=True):
+        n, size = sizes[seq]
+        parts = by_seq[seq]
+        if len(parts) == n and all(i in parts for i in range(n)):
+            data = b"".join(parts[i] for i in range(n))
+            if len(data) == size:
+                return seq, data
+    return None
+
+
+class CheckpointStore:
+    """Save and load per-partition checkpoints on ``topic`` (one aiokafka producer)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self._producer: AIOKafkaProducer | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            **_client_kwargs(self.settings), acks="all", max_request_size=CHUNK_BYTES + 100_000,
+            linger_ms=5,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._offsets is not None:
+            await self._offsets.stop()
+            self._offsets = None
+
+    async def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """The next offset to be written of each partition of ``topic`` (one reused client)."""
+        if self._offsets is None:
+            self._offsets = AIOKafkaConsumer(**_client_kwargs(self.settings), enable_auto_commit=False,
+                                             group_id=None)
+            await self._offsets.start()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await self._offsets.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def save(self, partition: int, seq: int, data: bytes) -> None:
+        """Write a checkpoint; returns when every chunk is acknowledged (starts lazily)."""
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        futures = [
+            await self._producer.send(self.topic, key=k, value=v, partition=partition)
+            for k, v in encode_chunks(partition, seq, data)
+        ]
+        await asyncio.gather(*futures)
+
+    async def load(self, partition: int) -> tuple[int, bytes] | None:
+        """The newest complete checkpoint of ``partition`` (None when there is none)."""
+        chunks: list[tuple[dict[str, Any], bytes]] = []
+        for rec in await read_partition(self.settings, self.topic, partition):
+            if rec.value is None:
+                continue
+            decoded = decode_chunk(rec.value)
+            if decoded is None:
+                log.warning("skipping a corrupt checkpoint chunk in partition %d", partition)
+                continue
+            chunks.append(decoded)
+        return assemble(chunks)
+
+
+async def read_partition(settings: Settings, topic: str, partition: int,
+                         start: int | None = None) -> list[Any]:
+    """Every record of one topic partition from ``start`` (default: the beginning) to its end."""
+    consumer = AIOKafkaConsumer(
+        **_client_kwargs(settings), enable_auto_commit=False, group_id=None,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=CHUNK_BYTES * 2, fetch_max_bytes=CHUNK_BYTES * 8,
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        # explicit offsets: seek_to_beginning right after assign() resolves lazily and was seen to
+        # land at the end
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        consumer.seek(tp, max(begin, start or 0))
+        out: list[Any] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for records in batch.values():
+                out.extend(r for r in records if r.offset < end)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The next offset to be written of each partition of ``topic``."""
+    consumer = AIOKafkaConsumer(**_client_kwargs(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()

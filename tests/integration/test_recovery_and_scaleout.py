@@ -1,0 +1,161 @@
+"""Durable partition state: SIGKILL recovery and N workers = 1 worker, on the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from monitor.simulate import SimConfig, publish
+from tests.integration.conftest import WorkerProcess, free_port, settings_from
+from monitor.kafka.admin import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+END = datetime(2026, 11, 1, tzinfo=UTC)
+CFG = SimConfig(patients=240, days=12, seed=21, end=END, invalid_rate=0.01)
+
+
+def deployment(env: dict[str, str], tmp: Path, name: str) -> dict[str, str]:
+    """A separate deployment (own topics and consumer group) with the same settings."""
+    tag = uuid.uuid4().hex[:8]
+    e = dict(env)
+    e.update({"MONITOR_TOPIC_PREFIX": f"t{tag}-", "MONITOR_APP_ID": f"monitor-{name}-{tag}",
+              "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1"})
+    return e
+
+
+def worker_env(env: dict[str, str], tmp: Path, i: int) -> dict[str, str]:
+    e = dict(env)
+    e.update({"MONITOR_WEB_PORT": str(free_port()), "MONITOR_DATA_DIR": str(tmp / f"w{i}")})
+    return e
+
+
+def read_all(settings, topic: str) -> list[dict]:
+    consumer = KafkaConsumer(topic, **settings.kafka_python_config(), auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    try:
+        return [json.loads(r.value) for r in consumer]
+    finally:
+        consumer.close()
+
+
+def total_inputs(workers: list[WorkerProcess]) -> int:
+    return sum(w.get("/summary")["inputs"] for w in workers)
+
+
+def wait_all(workers: list[WorkerProcess], n: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if total_inputs(workers) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{total_inputs(workers)} of {n} inputs accounted for")
+
+
+def final_state(workers: list[WorkerProcess], settings) -> tuple[dict, dict]:
+    """Per-patient state (union over workers) and the population equity snapshot, once stable."""
+    token = workers[0].env["MONITOR_API_TOKEN"]
+    previous = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(2.5)  # > one timer tick: partials published and merged
+        patients: dict = {}
+        for w in workers:
+            patients.update(w.get("/patients/state", token=token)["patients"])
+        snaps = [s for s in read_all(settings, settings.topics.name("equity"))]
+        current = (patients, snaps[-1] if snaps else None)
+        if current == previous and current[1] and current[1]["partitions_reported"] == settings.partitions:
+            return current  # type: ignore[return-value]
+        previous = current
+    raise AssertionError("the state did not settle")
+
+
+def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
+    # the reference: an uninterrupted run
+    ref_env = deployment(env, tmp_path, "ref")
+    ref_settings = settings_from(ref_env)
+    ensure_topics(ref_settings)
+    sent = sum(publish(CFG, ref_settings, progress=False).values())
+    ref = WorkerProcess(worker_env(ref_env, tmp_path, 0), tmp_path / "ref.log")
+    ref.start()
+    try:
+        wait_all([ref], sent)
+        ref_patients, ref_equity = final_state([ref], ref_settings)
+    finally:
+        ref.stop()
+
+    # the same input, killed with SIGKILL three times at random points
+    crash_env = deployment(env, tmp_path, "crash")
+    settings = settings_from(crash_env)
+    ensure_topics(settings)
+    assert sum(publish(CFG, settings, progress=False).values()) == sent
+    rng = random.Random(5)
+    w = WorkerProcess(worker_env(crash_env, tmp_path, 1), tmp_path / "crash.log")
+    kills = 0
+    for fraction in sorted(rng.uniform(0.1, 0.9) for _ in range(3)):
+        w.start()
+        target = int(sent * fraction)
+        deadline = time.monotonic() + 120
+        while w.get("/summary")["inputs"] < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(w.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        w.proc.wait()  # type: ignore[union-attr]
+        kills += 1
+    w.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not w.get("/health")["partitions"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert w.get("/health")["restored"] > 0, "the restarted worker restored no checkpoint"
+        wait_all([w], sent)
+        patients, equity = final_state([w], settings)
+        summary = w.get("/summary")
+    finally:
+        w.stop()
+    assert kills == 3
+    assert summary["inputs"] == sent  # every input accounted for exactly once
+    assert patients == ref_patients
+    assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
+    for topic, key in (("flags", "flag_id"), ("alerts", "event_id")):
+        ids = [d[key] for d in read_all(settings, settings.topics.name(topic))]
+        assert len(ids) == len(set(ids)), f"a {topic} event was emitted twice"
+    dead = read_all(settings, settings.topics.name("dead_letters"))
+    keys = [(d["topic"], d["partition"], d["offset"], d["reason"], d["detail"]) for d in dead]
+    assert len(keys) == len(set(keys)), "a dead letter was emitted twice"
+    assert len(dead) == sum(summary["dead_letters"].values())
+
+
+def test_three_workers_give_the_same_answer_as_one(env, tmp_path):
+    answers = []
+    for n in (1, 3):
+        e = deployment(env, tmp_path, f"n{n}")
+        settings = settings_from(e)
+        ensure_topics(settings)
+        workers = [WorkerProcess(worker_env(e, tmp_path, 10 * n + i), tmp_path / f"n{n}-{i}.log")
+                   for i in range(n)]
+        for w in workers:
+            w.start()
+        try:
+            sent = sum(publish(CFG, settings, progress=False).values())
+            wait_all(workers, sent)
+            if n == 3:
+                owned = [set(w.get("/health")["partitions"]) for w in workers]
+                assert all(owned), "every worker should own partitions"
+                assert sorted(p for o in owned for p in o) == list(range(settings.partitions))
+            answers.append(final_state(workers, settings))
+        finally:
+            for w in workers:
+                w.stop()
+    (one_patients, one_equity), (three_patients, three_equity) = answers
+    assert three_patients == one_patients
+    assert three_equity["equity"] == one_equity["equity"]
+    assert three_equity["groups"] == one_equity["groups"]
