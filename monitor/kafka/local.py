@@ -47,8 +47,12 @@ class LocalBroker:
 
     home: Path
     port: int = 9092
-    controller_port: int = 9093
+    controller_port: int = 0  # 0: port + 10000 (9093 is Alertmanager's default port)
     version: str = KAFKA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.controller_port:
+            object.__setattr__(self, "controller_port", self.port + 10000)
 
     @property
     def bootstrap(self) -> str:

@@ -7,7 +7,8 @@ labels are bounded enumerations (document type, reason code, quintile, region, f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -84,8 +85,36 @@ class PipelineCollector(Collector):
         )
 
 
-def registry_for(pipeline: Pipeline) -> CollectorRegistry:
-    """A fresh registry holding only this pipeline's collector."""
+def registry_for(pipeline: Pipeline, *,
+                 equity_snapshot: Callable[[], dict[str, Any] | None] = lambda: None) -> CollectorRegistry:
+    """A fresh registry holding this pipeline's collector.
+
+    ``equity_snapshot`` returns the latest population equity snapshot when this worker is the merge
+    point (``monitor.stream.app.population_snapshot`` shape), else None.
+    """
     reg = CollectorRegistry(auto_describe=False)
     reg.register(PipelineCollector(pipeline))
+    reg.register(EquityCollector(equity_snapshot))
     return reg
+
+
+class EquityCollector(Collector):
+    """Population equity snapshot (only on the worker that is the merge point)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.snapshot()
+        measures = GaugeMetricFamily(
+            "monitor_equity_measure",
+            "Population inequality measure (WHO HEAT definitions) by dimension and indicator",
+            labels=["dimension", "indicator", "measure"],
+        )
+        if snap:
+            for dim, indicators in sorted(snap.get("equity", {}).items()):
+                for indicator, values in sorted(indicators.items()):
+                    for measure, value in sorted(values.items()):
+                        if isinstance(value, int | float) and not isinstance(value, bool):
+                            measures.add_metric([dim, indicator, measure], float(value))
+        yield measures

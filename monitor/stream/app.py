@@ -227,8 +227,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                                key_serializer="raw", partitions=1)
     equity_topic = app.topic(settings.topics.name("equity"), value_serializer="raw", key_serializer="raw",
                              partitions=1)
-    registry = registry_for(pipe)
     merged: dict[str, Any] = {"latest": {}, "snapshot": None, "digest": None}
+    registry = registry_for(pipe, equity_snapshot=lambda: merged["snapshot"])
 
     async def publish(kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
         if not mgr.is_new(partition, output_key(kind, doc)):
