@@ -126,3 +126,20 @@ def test_duplicate_activity_is_applied_once():
     report = p.patient_report()["P1"]
     assert report["active_carers_28d"] == 1 and report["care_minutes_7d"] == 30
     assert p.counts.processed["CarerActivity"] == 2  # both accounted for; state counts it once
+
+
+def test_missed_readings_fire_from_the_timer_with_no_new_input():
+    """Readings stop; only the wall clock moves: after the idle time the evaluation time advances."""
+    now = [datetime(2026, 10, 1, 9, tzinfo=UTC)]
+    p = Pipeline(clock=lambda: now[0], idle_after=timedelta(minutes=1))
+    plan = {**patient("P1"), "monitoring_plan": {"glucose": 4}}  # every 6 h; missed after 12 h
+    p.ingest([rec("p", plan), rec("a", activity("a1", "P1", "C1", T0)),
+              rec("r", {"reading_id": "g1", "patient_id": "P1", "device_id": "d", "kind": "glucose",
+                        "value": 6.0, "unit": "mmol/L", "measured_at": T0.isoformat()})], EXPECTED)
+    assert [a for a in p.tick().alerts if a.rule == "missed_readings"] == []
+    now[0] += timedelta(hours=11)
+    assert [a for a in p.tick().alerts if a.rule == "missed_readings"] == []
+    now[0] += timedelta(hours=2)  # 13 h without a glucose reading, and no input at all
+    (missed,) = [a for a in p.tick().alerts if a.rule == "missed_readings"]
+    assert (missed.patient_id, missed.kind, missed.status) == ("P1", "glucose", "firing")
+    assert p.tick().alerts == []  # no second notification for the same episode
