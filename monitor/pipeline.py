@@ -511,6 +511,37 @@ class _LazyFlags(Mapping[str, list[str]]):
         return len(self._load())
 
 
+def warm_up() -> None:
+    """Run a tiny synthetic batch through every kernel (ingest, tick, summary, snapshot).
+
+    Numba compiles on first call (or loads its on-disk cache); doing it before the worker joins
+    its consumer group keeps the first real batch from stalling the event loop.
+    """
+    t = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    p = Pipeline(clock=lambda: t)
+    docs = [
+        ("patients", {"patient_id": "w", "region": "r", "deprivation_quintile": 1, "age_band": "a",
+                      "monitoring_plan": {"glucose": 1}}),
+        ("care-network", {"patient_id": "w", "carer_id": "c", "relationship": "friend", "action": "join",
+                          "effective_at": "2026-01-01T08:00:00Z"}),
+        ("carer-activity", {"activity_id": "a", "patient_id": "w", "carer_id": "c", "kind": "visit",
+                            "started_at": "2026-01-01T09:00:00Z", "duration_minutes": 30}),
+        ("readings", {"reading_id": "r", "patient_id": "w", "device_id": "d", "kind": "glucose",
+                      "value": 2.5, "unit": "mmol/L", "measured_at": "2026-01-01T10:00:00Z"}),
+    ]
+    expected = {"patients": "patient", "care-network": "care_link", "carer-activity": "carer_activity",
+                "readings": "reading"}
+    p.ingest([RawRecord(json.dumps(d).encode(), topic, 0, i) for i, (topic, d) in enumerate(docs)], expected)
+    p.tick()
+    st = p.partitions[0]
+    PartitionState.restore(st.snapshot())
+    summary = p.partial_summary()
+    if summary is not None:
+        from monitor.core.state import equity_from_summary
+
+        equity_from_summary(summary)
+
+
 def flag_id(patient_id: str, flag: str, status: str, as_of_day: int) -> str:
     """Deterministic id of a flag transition (a hash: it carries no readable patient id).
 
@@ -527,4 +558,4 @@ def iter_records(values: Iterable[bytes], topic: str) -> list[RawRecord]:
 
 
 __all__ = ["BatchResult", "Counts", "PartitionState", "Pipeline", "RawRecord", "TickResult",
-           "dead_letter", "flag_id", "iter_records", "utc_now"]
+           "dead_letter", "flag_id", "iter_records", "utc_now", "warm_up"]

@@ -436,8 +436,11 @@ def run_worker(settings: Settings) -> None:
     """Run the worker until SIGTERM/SIGINT (blocks; exits the process like ``faust worker``)."""
     from monitor.kafka.admin import ensure_topics, replication_factor
 
+    from monitor.pipeline import warm_up
+
     ensure_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    warm_up()  # JIT-compile (or load cached) kernels before joining the consumer group
     app = create_app(settings, replication_factor=replication_factor(settings))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

@@ -114,11 +114,13 @@ class WorkerProcess:
                 time.sleep(0.3)
         raise RuntimeError(f"worker did not start; log:\n{self.log.read_text()[-3000:]}")
 
-    def get(self, path: str, token: str | None = None) -> Any:
+    def get(self, path: str, token: str | None = None, timeout_s: float = 30.0) -> Any:
+        """GET a worker endpoint (JSON, or text for /metrics). A busy worker (a batch, a
+        checkpoint, first-call JIT compilation) may answer slowly on a loaded machine."""
         req = urllib.request.Request(self.base + path)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             body = resp.read()
             return json.loads(body) if path != "/metrics" else body.decode()
 

@@ -143,3 +143,9 @@ def test_missed_readings_fire_from_the_timer_with_no_new_input():
     (missed,) = [a for a in p.tick().alerts if a.rule == "missed_readings"]
     assert (missed.patient_id, missed.kind, missed.status) == ("P1", "glucose", "firing")
     assert p.tick().alerts == []  # no second notification for the same episode
+
+
+def test_warm_up_runs_every_stage():
+    from monitor.pipeline import warm_up
+
+    warm_up()  # raises if any stage (ingest, tick, snapshot/restore, equity) is broken
