@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-BENCHMARKS = ["bench_core", "bench_decode"]
+BENCHMARKS = ["bench_core", "bench_decode", "bench_e2e"]
 
 
 def main(argv: list[str]) -> int:

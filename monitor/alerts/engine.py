@@ -112,8 +112,9 @@ def alert_id_for(patient_id: str, rule: str, kind: str, opened_at: datetime) -> 
 
 def _key_strings(r: CanonicalReading) -> tuple[str, ...]:
     def enc(key: tuple[Any, ...]) -> str:
-        text = json.dumps(list(key), default=lambda o: _iso(o) if isinstance(o, datetime) else str(o))
-        return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+        # repr of a tuple of str/float/None/aware datetime is deterministic across processes and
+        # ~10x cheaper than json.dumps with a default hook (this runs once per reading)
+        return hashlib.blake2b(repr(key).encode("utf-8"), digest_size=12).hexdigest()
 
     keys = {enc(r.content_key), enc(r.dedup_key)}
     return tuple(sorted(keys))

@@ -255,6 +255,9 @@ def check_identifier(value: Any, field: str) -> str | Rejection:
 # --- native readings and validation ------------------------------------------------------------
 
 
+_LATE_AFTER = timedelta(hours=1)
+
+
 def canonicalize(
     reading: Reading, *, received_at: datetime, source: Source = "native", **limits: timedelta
 ) -> CanonicalReading | Rejection:
@@ -284,6 +287,9 @@ def canonicalize(
         original_code=None,
         measured_at=reading.measured_at,
         source=source,
+        # decided here rather than by validate()'s dataclasses.replace: that copy cost as much as
+        # the pydantic validation of the reading
+        late=received_at - reading.measured_at > limits.get("late_after", _LATE_AFTER),
     )
     return validate(canonical, received_at=received_at, **limits)
 
