@@ -167,6 +167,25 @@ def cmd_equity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_carers(args: argparse.Namespace) -> int:
+    if args.source:
+        from monitor.carers.state import ledger_from_file
+
+        sys.stdout.write(ledger_from_file(args.source, args.week, args.format))
+        return 0
+    import urllib.request
+
+    s = _settings()
+    if s.api_token is None:
+        print("set MONITOR_API_TOKEN to read the live ledger, or use --from FILE", file=sys.stderr)
+        return 2
+    url = f"http://{s.web_host}:{s.web_port}/carers/ledger?week={args.week}&format={args.format}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {s.api_token.get_secret_value()}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - the operator's own worker
+        sys.stdout.write(resp.read().decode())
+    return 0
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from datetime import UTC
 
@@ -254,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     ei.add_argument("--value", default="value")
     ei.add_argument("--weights", default=None)
     e.set_defaults(func=cmd_equity)
+
+    ca = sub.add_parser("carers", help="the carers' side: the weekly compensation ledger")
+    csub = ca.add_subparsers(dest="carers_command", required=True, metavar="COMMAND")
+    cl = csub.add_parser("ledger", help="one row per carer for an ISO week (minutes, hours, overload)")
+    cl.add_argument("--week", required=True, help="ISO week, e.g. 2026-W44")
+    cl.add_argument("--from", dest="source", default=None,
+                    help="an NDJSON events file (default: the live worker's state via its API)")
+    cl.add_argument("--format", choices=["csv", "json"], default="csv")
+    ca.set_defaults(func=cmd_carers)
 
     dc = sub.add_parser("decode", help="decode a file of gateway output to canonical readings")
     dc.add_argument("--format", default="auto",

@@ -22,6 +22,7 @@ from monitor.core.state import (
     iso_utc,
 )
 from monitor.alerts.engine import AlertConfig, AlertEngine
+from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 
@@ -45,6 +46,14 @@ def _canonical_readings(doc: Any, rejected: Counter[str]) -> list[CanonicalReadi
         else:
             out.append(c)
     return out
+
+
+def _before(doc: Any, as_of: datetime | None) -> bool:
+    """Whether a document's event day is on or before the as-of day (registry entries always)."""
+    if as_of is None:
+        return True
+    t = getattr(doc, "started_at", None) or getattr(doc, "effective_at", None)
+    return t is None or t.date() <= as_of.astimezone(UTC).date()
 
 
 class _Flags(Mapping[str, list[str]]):
@@ -82,7 +91,7 @@ def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[bytes | st
 def replay_state(
     lines: Iterable[bytes | str], *, as_of: datetime | None = None,
     config: SupportConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
-    alerts: AlertEngine | None = None,
+    alerts: AlertEngine | None = None, carers: CarersState | None = None,
 ) -> tuple[SupportState, dict[str, Any]]:
     """Decode and apply NDJSON lines; returns the state and ``{"processed": n, "rejected": {...}}``.
 
@@ -126,6 +135,8 @@ def replay_state(
                 docs.append(result)
         if docs:
             state.apply(batch_from_documents(state, docs, until=as_of))
+            if carers is not None:
+                carers.apply(d for d in docs if not isinstance(d, CanonicalReading) and _before(d, as_of))
         if alerts is not None and state.watermark is not None:
             if readings:
                 alerts.on_readings(readings, _Flags(state))
@@ -155,28 +166,42 @@ def replay(
                     "individual": {"care_minutes_7d": {measure: value | None}}},
          "alerts": [{"alert_id", "patient_id", "rule", "kind", "severity", "status",
                      "unsupported", "value", "threshold", "opened_at", "resolved_at"}],
+         "carers": {carer_id: {"minutes_by_week": {"YYYY-Www": minutes},
+                               "flags": ["overloaded:YYYY-Www", ...]}},
          "counts": {"processed": n, "rejected": {reason: count}}}
 
     Patients never registered are in the ``"unknown"`` group and left out of the equity measures.
+    Patient flags include the carers' view (``network_lost``, ``single_point_of_failure``;
+    :mod:`monitor.carers`).
     """
     engine = AlertEngine(alert_config, clock=lambda: as_of or datetime.now(UTC))
+    carers = CarersState()
     state, counts = replay_state(lines, as_of=as_of, config=config, batch_lines=batch_lines,
-                                 alerts=engine)
+                                 alerts=engine, carers=carers)
     if as_of is not None:
         as_of_s: int | None = epoch_seconds(as_of)
     else:
         as_of_s = state.watermark_s
     ev = state.evaluate(as_of_s if as_of_s is not None else 0)
     summary = state.partial_summary(ev)
+    patients = dict(sorted(ev.patients().items()))
+    carers_out: dict[str, Any] = {}
+    if as_of_s is not None:
+        at = datetime.fromtimestamp(as_of_s, UTC)
+        for pid, extra in carers.patient_flags(at).items():
+            if pid in patients:
+                patients[pid]["flags"] = sorted(set(patients[pid]["flags"]) | set(extra))
+        carers_out = carers.carer_report(at)
     return {
         "as_of": iso_utc(as_of_s) if as_of_s is not None else None,
-        "patients": dict(sorted(ev.patients().items())),
+        "patients": patients,
         "groups": {
             dim: {g: c.indicators() for g, c in groups.items()}
             for dim, groups in summary.groups.items()
         },
         "equity": equity_from_summary(summary, state.config),
         "alerts": _alerts_as_of(engine, state, as_of_s),
+        "carers": carers_out,
         "counts": counts,
     }
 

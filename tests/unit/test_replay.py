@@ -58,9 +58,11 @@ def test_replay_output_shape_and_values():
                      "not_an_object": 1, "unknown_type": 1},
     }
     assert out["patients"] == {
-        "p1": {"flags": ["single_carer"], "active_carers_28d": 1, "care_minutes_7d": 45.0,
+        # one active carer does all the care: single_point_of_failure too (monitor.carers)
+        "p1": {"flags": ["single_carer", "single_point_of_failure"], "active_carers_28d": 1,
+               "care_minutes_7d": 45.0,
                "contact_days_7d": 1, "readings_expected_7d": 14.0, "readings_received_7d": 2},
-        "p2": {"flags": ["single_carer", "support_lapsed"], "active_carers_28d": 1,
+        "p2": {"flags": ["single_carer", "single_point_of_failure", "support_lapsed"], "active_carers_28d": 1,
                "care_minutes_7d": 0.0, "contact_days_7d": 0, "readings_expected_7d": 14.0,
                "readings_received_7d": 0},
         "p3": {"flags": ["no_support_network"], "active_carers_28d": 0, "care_minutes_7d": 0.0,
