@@ -46,6 +46,7 @@ from monitor.core.state import (
     batch_from_documents,
 )
 from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
+from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 
@@ -142,7 +143,11 @@ def dead_letter(raw: bytes | None, reason: str, detail: str, *, topic: str, part
     )
 
 
-_FLAG_BITS = [(np.uint8(bit), name) for bit, name in FLAG_NAMES]
+CARER_FLAG_BITS = {"network_lost": 8, "single_point_of_failure": 16}
+"""Flag bits from the carers' view (monitor.carers), above the support core's bits."""
+_FLAG_BITS = sorted([(np.uint8(bit), name) for bit, name in FLAG_NAMES]
+                    + [(np.uint8(bit), name) for name, bit in CARER_FLAG_BITS.items()],
+                    key=lambda b: b[1])
 
 
 class PartitionState:
@@ -159,6 +164,7 @@ class PartitionState:
         self.partition = partition
         self.support = SupportState(config)
         self.alerts = AlertEngine(alert_config)
+        self.carers = CarersState()
         self.offsets: dict[str, int] = {}
         self.counts = Counts()
         self.published = np.zeros(0, dtype=np.uint8)
@@ -187,6 +193,7 @@ class PartitionState:
             "current": base64.b64encode(self.current.tobytes()).decode(),
             "patients": [p.model_dump_json() for p in self.patients.values()],
             "alerts": base64.b64encode(self.alerts.snapshot()).decode(),
+            "carers": base64.b64encode(self.carers.snapshot()).decode(),
             "last_arrival": self.last_arrival.isoformat() if self.last_arrival else None,
             "checkpoint_seq": self.checkpoint_seq,
             "output_offsets": self.output_offsets,
@@ -210,6 +217,7 @@ class PartitionState:
         st.current = np.frombuffer(base64.b64decode(header["current"]), dtype=np.uint8).copy()
         st.patients = {p.patient_id: p for p in (Patient.model_validate_json(s) for s in header["patients"])}
         st.alerts.restore(base64.b64decode(header["alerts"]))
+        st.carers = CarersState.restore(base64.b64decode(header["carers"]))
         if header["last_arrival"]:
             st.last_arrival = datetime.fromisoformat(header["last_arrival"])
         st.checkpoint_seq = int(header["checkpoint_seq"])
@@ -235,7 +243,8 @@ class Pipeline:
 
     def __init__(self, *, clock: Clock = utc_now, config: SupportConfig | None = None,
                  alert_config: AlertConfig | None = None,
-                 reported_flags: Iterable[str] = ("no_support_network", "support_lapsed", "single_carer"),
+                 reported_flags: Iterable[str] = ("no_support_network", "support_lapsed", "single_carer",
+                                                  "network_lost", "single_point_of_failure"),
                  oldest_reading: timedelta = timedelta(days=30),
                  idle_after: timedelta = timedelta(seconds=60)) -> None:
         self.clock = clock
@@ -318,6 +327,7 @@ class Pipeline:
         for p, items in by_partition.items():
             st = self.partitions[p]
             outcome = st.support.apply(batch_from_documents(st.support, items))
+            st.carers.apply(d for d in items if not isinstance(d, CanonicalReading))
             st.counts.duplicates += int(outcome.get("duplicates", 0))
             st.last_arrival = received_at
             readings = readings_by_partition.get(p, [])
@@ -377,7 +387,15 @@ class Pipeline:
             return []
         ev = sup.evaluate(t)
         n = sup.n_patients
-        st.current = ev.flags[:n].astype(np.uint8) * st.registered_mask()
+        flags = ev.flags[:n].astype(np.uint8)
+        if st.carers.latest_event is not None:
+            index = sup._patient_index
+            for pid, names in st.carers.patient_flags(datetime.fromtimestamp(t, UTC)).items():
+                slot = index.get(pid)
+                if slot is not None and slot < n:
+                    for name in names:
+                        flags[slot] |= np.uint8(CARER_FLAG_BITS[name])
+        st.current = flags * st.registered_mask()
         current = st.current & self.reported_bits
         if st.published.shape[0] < n:
             st.published = np.concatenate([st.published, np.zeros(n - st.published.shape[0], np.uint8)])

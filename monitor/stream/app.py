@@ -42,7 +42,7 @@ import hmac
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -53,7 +53,9 @@ from prometheus_client import generate_latest
 
 from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
 from monitor.alerts.engine import AlertEvent
-from monitor.core.state import PartialSummary, equity_from_summary
+from monitor.carers.ledger import merge_rows, notifications_from_rows, week_of
+from monitor.carers.participation import ParticipationSummary, participation_measures
+from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
 from monitor.kafka.checkpoints import CheckpointStore, read_partition
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import PartitionState, Pipeline, RawRecord
@@ -227,7 +229,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                                key_serializer="raw", partitions=1)
     equity_topic = app.topic(settings.topics.name("equity"), value_serializer="raw", key_serializer="raw",
                              partitions=1)
-    merged: dict[str, Any] = {"latest": {}, "snapshot": None, "digest": None}
+    merged: dict[str, Any] = {"latest": {}, "ledger": {}, "participation": {}, "snapshot": None,
+                              "digest": None, "notified": set()}
     registry = registry_for(pipe, equity_snapshot=lambda: merged["snapshot"])
 
     async def publish(kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
@@ -304,20 +307,33 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                 st = pipe.partitions.get(p)
                 if st is None or st.support.watermark_s is None:
                     continue
-                summary = st.support.partial_summary(as_of=pipe.effective_time(st))
-                await partials_topic.send(key=str(p).encode(), partition=0,
-                                          value=dumps({"partition": p, "summary": summary.to_dict()}))
+                t = pipe.effective_time(st)
+                summary = st.support.partial_summary(as_of=t)
+                doc: dict[str, Any] = {"partition": p, "summary": summary.to_dict()}
+                doc.update(carers_partial(st, datetime.fromtimestamp(t, UTC)))
+                await partials_topic.send(key=str(p).encode(), partition=0, value=dumps(doc))
             if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
                 await mgr.checkpoint(app)
 
     async def rebuild_merge_state() -> None:
         for rec in await read_partition(settings, partials_topic.get_topic_name(), 0):
             take_partial(rec.value)
+        for rec in await read_partition(settings, settings.topics.name("flags"), 0):
+            try:
+                doc = json.loads(rec.value)
+            except (TypeError, ValueError):
+                continue
+            if doc.get("notification") == "carer_overload":
+                merged["notified"].add(doc["notification_id"])
 
     def take_partial(value: bytes | None) -> None:
         try:
             doc = json.loads(value or b"")
-            merged["latest"][int(doc["partition"])] = PartialSummary.from_dict(doc["summary"])
+            p = int(doc["partition"])
+            merged["latest"][p] = PartialSummary.from_dict(doc["summary"])
+            merged["ledger"][p] = (doc.get("as_of"), doc.get("ledger", []))
+            if doc.get("participation"):
+                merged["participation"][p] = ParticipationSummary.from_dict(doc["participation"])
         except (TypeError, ValueError, KeyError):
             log.warning("skipping an unreadable equity partial")
 
@@ -329,6 +345,13 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             snap = population_snapshot(merged["latest"], settings.partitions)
             if snap is None:
                 continue
+            snap["carers"], notes = carers_snapshot(merged)
+            for note in notes:
+                if note.notification_id in merged["notified"]:
+                    continue
+                await out_topics["flags"].send(key=note.carer_id.encode(), partition=0,
+                                               value=dumps(note.to_dict()))
+                merged["notified"].add(note.notification_id)
             digest = hashlib.sha256(dumps(snap)).hexdigest()
             if digest != merged["digest"]:
                 merged["digest"], merged["snapshot"] = digest, snap
@@ -376,6 +399,48 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             return denied or self.json({"patients": pipe.patient_report()})
 
     return app
+
+
+def carers_partial(st: PartitionState, at: datetime) -> dict[str, Any]:
+    """The carers' part of a partition's partial: ledger rows of this and last ISO week and the
+    participation summary (both exactly mergeable across partitions)."""
+    rows: list[dict[str, Any]] = []
+    for week in sorted({week_of(at), week_of(at - timedelta(days=7))}):
+        try:
+            rows.extend(st.carers.ledger.week_rows(week))
+        except StaleAsOfError:
+            continue
+    out: dict[str, Any] = {"as_of": at.isoformat(), "ledger": rows}
+    if st.carers.latest_event is not None:
+        try:
+            out["participation"] = st.carers.participation(at).to_dict()
+        except (StaleAsOfError, ValueError):
+            pass
+    return out
+
+
+def carers_snapshot(merged: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Population carers' view at the merge point: overload per week, participation measures, and
+    the carer_overload notifications due (exact: rows summed across partitions)."""
+    entries = [e for e in merged["ledger"].values() if e[0]]
+    if not entries:
+        return {}, []
+    as_of = max(datetime.fromisoformat(a) for a, _ in entries)
+    rows = merge_rows([r for _, r in entries])
+    notes = notifications_from_rows(rows, as_of)
+    weeks: dict[str, dict[str, float]] = {}
+    for r in rows:
+        w = weeks.setdefault(r["week"], {"carers": 0, "hours": 0.0, "overloaded": 0})
+        w["carers"] += 1
+        w["hours"] += float(r["hours"])
+        w["overloaded"] += int(float(r["minutes"]) >= 2100)
+    out: dict[str, Any] = {"as_of": as_of.isoformat(), "weeks": weeks}
+    parts = list(merged["participation"].values())
+    if parts:
+        day = max(s.as_of_day for s in parts)
+        lifted = [dataclasses.replace(s, as_of_day=day) for s in parts]
+        out["participation"] = participation_measures(ParticipationSummary.merge(*lifted))
+    return out, notes
 
 
 def population_snapshot(latest: dict[int, PartialSummary], partitions: int) -> dict[str, Any] | None:

@@ -52,13 +52,26 @@ def total_inputs(workers: list[WorkerProcess]) -> int:
     return sum(w.get("/summary")["inputs"] for w in workers)
 
 
-def wait_all(workers: list[WorkerProcess], n: int, timeout_s: float = 180) -> None:
+def wait_all(workers: list[WorkerProcess], n: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if total_inputs(workers) >= n:
             return
         time.sleep(0.5)
-    raise AssertionError(f"{total_inputs(workers)} of {n} inputs accounted for")
+    health = [w.get("/health") for w in workers]
+    logs = "\n".join(w.log.read_text()[-2000:] for w in workers)
+    raise AssertionError(f"{total_inputs(workers)} of {n} inputs accounted for; health {health}\n{logs}")
+
+
+def wait_assigned(workers: list[WorkerProcess], partitions: int, timeout_s: float = 120) -> None:
+    """Until the group has settled: every partition owned by exactly one worker."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owned = [p for w in workers for p in w.get("/health")["partitions"]]
+        if sorted(owned) == list(range(partitions)) and all(w.get("/health")["partitions"] for w in workers):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the consumer group did not settle")
 
 
 def final_state(workers: list[WorkerProcess], settings) -> tuple[dict, dict]:
@@ -145,6 +158,7 @@ def test_three_workers_give_the_same_answer_as_one(env, tmp_path):
         for w in workers:
             w.start()
         try:
+            wait_assigned(workers, settings.partitions)
             sent = sum(publish(CFG, settings, progress=False).values())
             wait_all(workers, sent)
             if n == 3:

@@ -151,3 +151,38 @@ def test_bad_input_is_dead_lettered_counted_and_the_worker_keeps_running(setting
     metrics = worker.get("/metrics")
     for _, _, reason in BAD_INPUTS:
         assert f'monitor_dead_letters_total{{reason="{reason}"}} 1.0' in metrics
+
+
+def test_carer_overload_is_decided_across_partitions(settings, worker):
+    """2100 minutes in one ISO week, split over two patients on different partitions: no single
+    partition sees 35 hours, the merge point does, and notifies exactly once."""
+    from monitor.kafka.partitioning import partition_for
+
+    pids = ["OVL-1"]
+    pids.append(next(f"OVL-{i}" for i in range(2, 100)
+                     if partition_for(f"OVL-{i}", settings.partitions) != partition_for("OVL-1", settings.partitions)))
+    prod = KafkaProducer(**settings.kafka_python_config())
+    n = 0
+    for pid in pids:
+        prod.send(settings.topics.name("patients"), key=pid.encode(), partition=partition_for(pid, settings.partitions),
+                  value=json.dumps({"patient_id": pid, "region": "coast", "deprivation_quintile": 1,
+                                    "age_band": "85+"}).encode())
+        n += 1
+    for day in range(5):  # Mon 2026-10-26 .. Fri: 2 x 5 x 210 = 2100 minutes
+        for pid in pids:
+            act = {"activity_id": f"{pid}-{day}", "patient_id": pid, "carer_id": "CARER-X", "kind": "personal_care",
+                   "started_at": f"2026-10-{26 + day}T09:00:00Z", "duration_minutes": 210}
+            prod.send(settings.topics.name("carer_activity"), key=pid.encode(),
+                      partition=partition_for(pid, settings.partitions), value=json.dumps(act).encode())
+            n += 1
+    prod.flush()
+    prod.close()
+    worker.wait_inputs(n)
+    notes = consume(settings, settings.topics.name("flags"),
+                    lambda got: any(f.get("notification") == "carer_overload" for f in got), timeout_s=30)
+    time.sleep(3)
+    notes = [f for f in consume(settings, settings.topics.name("flags"), lambda got: False, timeout_s=3)
+             if f.get("notification") == "carer_overload"]
+    assert [(f["carer_id"], f["week"], f["minutes"]) for f in notes] == [("CARER-X", "2026-W44", 2100)]
+    snapshot = worker.get("/equity")
+    assert snapshot["carers"]["weeks"]["2026-W44"]["overloaded"] == 1
