@@ -186,6 +186,18 @@ def cmd_carers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from monitor.report import from_file, from_url
+
+    s = _settings()
+    if args.source == "live":
+        path = from_url(f"http://{s.web_host}:{s.web_port}", args.out)
+    else:
+        path = from_file(args.source, args.out)
+    print(path)
+    return 0
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from datetime import UTC
 
@@ -282,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an NDJSON events file (default: the live worker's state via its API)")
     cl.add_argument("--format", choices=["csv", "json"], default="csv")
     ca.set_defaults(func=cmd_carers)
+
+    rp = sub.add_parser("report", help="equity report: HTML page with PNG charts")
+    rp.add_argument("--out", type=Path, required=True, help="output directory")
+    rp.add_argument("--from", dest="source", default="live",
+                    help="an NDJSON events file, or 'live' (the worker's /equity snapshot; default)")
+    rp.set_defaults(func=cmd_report)
 
     dc = sub.add_parser("decode", help="decode a file of gateway output to canonical readings")
     dc.add_argument("--format", default="auto",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
 from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
+from monitor.metrics.timing import ALERT_DELAY_BUCKETS_S, LatencyHistogram
 
 Clock = Callable[[], datetime]
 
@@ -253,6 +255,8 @@ class Pipeline:
         self.oldest_reading = oldest_reading
         self.idle_after = idle_after
         self.partitions: dict[int, PartitionState] = {}
+        self.batch_seconds = LatencyHistogram()
+        self.alert_delay_seconds = LatencyHistogram(ALERT_DELAY_BUCKETS_S)
         self.reported_bits = np.uint8(sum(int(b) for b, n in _FLAG_BITS if n in set(reported_flags)))
 
     # -- partitions --------------------------------------------------------------------------
@@ -279,6 +283,7 @@ class Pipeline:
         Records at or below a partition's applied offset are skipped (already in the state after
         a restore). Returns the dead letters to publish. Never raises on bad input.
         """
+        t0 = time.perf_counter()
         received_at = self.clock()
         dead: list[DeadLetter] = []
         by_partition: dict[int, list[Any]] = {}
@@ -337,6 +342,9 @@ class Pipeline:
                 for e in events:
                     st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
                 alerts.extend(events)
+        self.alert_delay_seconds.observe_many((received_at - e.event_at).total_seconds()
+                                              for e in alerts if e.notification == "firing")
+        self.batch_seconds.observe(time.perf_counter() - t0)
         return BatchResult(dead_letters=dead, documents=docs, alerts=alerts)
 
     def effective_time(self, st: PartitionState) -> int | None:

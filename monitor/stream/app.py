@@ -231,7 +231,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                              partitions=1)
     merged: dict[str, Any] = {"latest": {}, "ledger": {}, "participation": {}, "snapshot": None,
                               "digest": None, "notified": set()}
-    registry = registry_for(pipe, equity_snapshot=lambda: merged["snapshot"])
+    registry = registry_for(pipe, equity_snapshot=lambda: merged["snapshot"],
+                            highwater=lambda: {(tp.topic, tp.partition): app.consumer.highwater(tp)
+                                               for tp in app.consumer.assignment()
+                                               if tp.topic in mgr.input_topics})
 
     async def publish(kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
         if not mgr.is_new(partition, output_key(kind, doc)):
@@ -464,7 +467,7 @@ def population_snapshot(latest: dict[int, PartialSummary], partitions: int) -> d
         "partitions": partitions,
         "groups": {dim: {g: c.indicators() for g, c in groups.items()}
                    for dim, groups in total.groups.items()},
-        "equity": equity_from_summary(total),
+        "equity": equity_from_summary(total, lorenz=True),
     }
 
 
