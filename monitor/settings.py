@@ -138,6 +138,25 @@ class Settings(BaseSettings):
         return cfg
 
 
+    def aiokafka_config(self) -> dict[str, object]:
+        """Connection keyword arguments for aiokafka clients (TLS context for SSL protocols)."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            cfg["ssl_context"] = create_ssl_context()
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return cfg
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment (and explicit overrides, for tests) into a validated Settings."""
     return Settings(**overrides)  # type: ignore[arg-type]

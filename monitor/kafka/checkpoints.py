@@ -34,17 +34,7 @@ MAGIC = b"CMCKPT1\n"
 
 
 def _client_kwargs(settings: Settings) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap.split(","),
-        "security_protocol": settings.security_protocol,
-    }
-    if settings.sasl_mechanism:
-        kw["sasl_mechanism"] = settings.sasl_mechanism
-        kw["sasl_plain_username"] = settings.sasl_username
-        kw["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
-    return kw
+    return settings.aiokafka_config()
 
 
 def encode_chunks(partition: int, seq: int, data: bytes) -> list[tuple[bytes, bytes]]:

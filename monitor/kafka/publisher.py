@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
 
 from monitor.settings import Settings
 
@@ -45,8 +44,7 @@ class PublisherNotStarted(RuntimeError):
 def producer_config(settings: Settings) -> dict[str, object]:
     """aiokafka producer keyword arguments for ``settings`` (connection, security, delivery)."""
     cfg: dict[str, object] = {
-        "bootstrap_servers": settings.bootstrap.split(","),
-        "security_protocol": settings.security_protocol,
+        **settings.aiokafka_config(),
         "client_id": f"{settings.app_id}-intake",
         "acks": "all",
         "enable_idempotence": True,  # broker-side dedup of the producer's own retries
@@ -54,14 +52,6 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 30_000,
     }
-    if settings.security_protocol in ("SSL", "SASL_SSL"):
-        cfg["ssl_context"] = create_ssl_context()
-    if settings.sasl_mechanism:
-        cfg["sasl_mechanism"] = settings.sasl_mechanism
-        cfg["sasl_plain_username"] = settings.sasl_username
-        cfg["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
     return cfg
 
 
