@@ -251,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("demo", help="broker (if needed), worker, simulator, summary; stops what it started")
-    d.add_argument("--patients", type=int, default=1200)
-    d.add_argument("--days", type=int, default=21)
-    d.add_argument("--duration", type=float, default=25.0, help="wall-clock seconds of simulation")
+    d.add_argument("--patients", type=int, default=1000)
+    d.add_argument("--days", type=int, default=14)
+    d.add_argument("--duration", type=float, default=20.0, help="wall-clock seconds of simulation")
     d.add_argument("--seed", type=int, default=1)
     d.set_defaults(func=cmd_demo)
 

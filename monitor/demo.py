@@ -115,5 +115,13 @@ def print_summary(summary: dict[str, Any], sent: dict[str, int], base: str, elap
         u = summary["without_support_by_quintile"][str(q)]
         share = 100.0 * u / n if n else 0.0
         print(f"  Q{q}: {u:>6,} of {n:>6,}  ({share:5.1f} %)  {'#' * int(share)}")
+    alerts: dict[str, int] = {}
+    for key, n in summary.get("alerts_published", {}).items():
+        rule, severity, notification = key.split(":")
+        if notification == "firing":
+            alerts[severity] = alerts.get(severity, 0) + n
+    print(f"clinical alerts opened:    {sum(alerts.values()):>9,}  {dict(sorted(alerts.items()))}")
+    flags = {k.split(":")[0]: n for k, n in summary.get("flags_published", {}).items() if k.endswith(":raised")}
+    print(f"coordinator flags raised:  {sum(flags.values()):>9,}  {dict(sorted(flags.items()))}")
     print(f"metrics were served at {base}/metrics (Prometheus); summary at {base}/summary")
     print(f"event-time watermark: {summary['watermark']}; demo took {elapsed:.0f} s")

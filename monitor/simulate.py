@@ -125,6 +125,8 @@ def _value(kind: str, rng: random.Random, abnormal: bool, baseline_kg: float = 7
     v = rng.choice(odd[kind]) if abnormal else rng.gauss(mu, sd)
     if kind == "spo2":
         v = min(v, 100.0)
+    if kind == "glucose":
+        v = max(v, 2.2)  # the normal curve's far tail would be implausible, not just low
     return {"value": round(float(v), nd)}
 
 
