@@ -4,14 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CLI := $(BIN)/coproduction-monitor
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test unit integration bench kafka-up kafka-down schemas clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
+
+# the test extras (hypothesis, PySAL inequality + its geo stack, ...) only where they are needed
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -20,10 +26,10 @@ demo: $(STAMP)
 
 # Starts the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, runs every test, stops the broker
 # it started (also when the tests fail).
-test: $(STAMP)
+test: $(TEST_STAMP)
 	@bash .ci/with-broker.sh $(BIN)/python -m pytest -q
 
-unit: $(STAMP)
+unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
