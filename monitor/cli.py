@@ -187,14 +187,22 @@ def cmd_carers(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from monitor.report import from_file, from_url
+    from monitor.report import build_report, from_file
+
+    if args.source != "live":
+        print(from_file(args.source, args.out))
+        return 0
+    from monitor.kafka.clients import read_topic
 
     s = _settings()
-    if args.source == "live":
-        path = from_url(f"http://{s.web_host}:{s.web_port}", args.out)
-    else:
-        path = from_file(args.source, args.out)
-    print(path)
+    snapshot = None
+    for rec in read_topic(s, s.topics.name("equity"), timeout_s=args.timeout):
+        snapshot = json.loads(rec.value)  # the latest population snapshot wins
+    if not snapshot:
+        print(f"no population snapshot on {s.topics.name('equity')} yet (is a worker running?)",
+              file=sys.stderr)
+        return 1
+    print(build_report(Path(args.out), equity_snapshot=snapshot))
     return 0
 
 
@@ -298,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="equity report: HTML page with PNG charts")
     rp.add_argument("--out", type=Path, required=True, help="output directory")
     rp.add_argument("--from", dest="source", default="live",
-                    help="an NDJSON events file, or 'live' (the worker's /equity snapshot; default)")
+                    help="an NDJSON events file, or 'live': the latest snapshot on the equity topic (default)")
+    rp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records (live)")
     rp.set_defaults(func=cmd_report)
 
     dc = sub.add_parser("decode", help="decode a file of gateway output to canonical readings")

@@ -186,3 +186,23 @@ def test_carer_overload_is_decided_across_partitions(settings, worker):
     assert [(f["carer_id"], f["week"], f["minutes"]) for f in notes] == [("CARER-X", "2026-W44", 2100)]
     snapshot = worker.get("/equity")
     assert snapshot["carers"]["weeks"]["2026-W44"]["overloaded"] == 1
+
+
+def test_report_from_the_live_equity_topic(settings, worker, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = SimConfig(patients=120, days=7, seed=3, end=END)
+    worker.wait_inputs(sum(publish(cfg, settings, progress=False).values()))
+    snaps = consume(settings, settings.topics.name("equity"),
+                    lambda got: bool(got) and got[-1]["partitions_reported"] == settings.partitions)
+    assert snaps and snaps[-1]["equity"]["deprivation_quintile"]["pct_covered"]["SII"] is not None
+    out = subprocess.run([sys.executable, "-m", "monitor", "report", "--out", str(tmp_path / "r")],
+                         env=worker.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    html = tmp_path / "r" / "index.html"
+    assert out.stdout.strip() == str(html) and html.exists()
+    pngs = list((tmp_path / "r").glob("*.png"))
+    assert len(pngs) >= 3 and all(p.stat().st_size > 1000 for p in pngs)
+    text = html.read_text()
+    assert all(p.name in text for p in pngs)
