@@ -53,7 +53,7 @@ from prometheus_client import generate_latest
 
 from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
 from monitor.alerts.engine import AlertEvent
-from monitor.carers.ledger import merge_rows, notifications_from_rows, week_of
+from monitor.carers.ledger import merge_rows, notifications_from_rows, to_csv, to_json, week_of
 from monitor.carers.participation import ParticipationSummary, participation_measures
 from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
 from monitor.kafka.checkpoints import CheckpointStore, read_partition
@@ -395,6 +395,21 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             denied = _check_token(self, request, settings)
             return denied or self.json({"alerts": pipe.open_alerts()})
 
+    @app.page("/carers/ledger")
+    class CarerLedgerView(View):
+        async def get(self, request: Request) -> Response:
+            denied = _check_token(self, request, settings)
+            if denied:
+                return denied
+            week = request.query.get("week", "")
+            fmt = request.query.get("format", "json")
+            rows = live_ledger(pipe, merged, week)
+            if rows is None:
+                return self.json({"error": f"not a retained ISO week: {week!r}"}, status=400)
+            if fmt == "csv":
+                return self.text(to_csv(rows), content_type="text/csv")
+            return self.text(to_json(rows), content_type="application/json")
+
     @app.page("/patients/state")
     class PatientState(View):
         async def get(self, request: Request) -> Response:
@@ -402,6 +417,21 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             return denied or self.json({"patients": pipe.patient_report()})
 
     return app
+
+
+def live_ledger(pipe: Pipeline, merged: dict[str, Any], week: str) -> list[dict[str, Any]] | None:
+    """Ledger rows of ``week``: the merge point's rows summed over every partition when it holds
+    that week (current and last week), else the rows of the partitions this worker owns."""
+    per_partition = [[r for r in rows if r.get("week") == week] for _, rows in merged["ledger"].values()]
+    if any(per_partition) and len(merged["ledger"]) == len(merged["latest"]):
+        return merge_rows(per_partition)
+    parts = []
+    for st in pipe.partitions.values():
+        try:
+            parts.append(st.carers.ledger.week_rows(week))
+        except (StaleAsOfError, ValueError):
+            return None
+    return merge_rows(parts)
 
 
 def carers_partial(st: PartitionState, at: datetime) -> dict[str, Any]:

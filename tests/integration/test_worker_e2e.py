@@ -186,6 +186,14 @@ def test_carer_overload_is_decided_across_partitions(settings, worker):
     assert [(f["carer_id"], f["week"], f["minutes"]) for f in notes] == [("CARER-X", "2026-W44", 2100)]
     snapshot = worker.get("/equity")
     assert snapshot["carers"]["weeks"]["2026-W44"]["overloaded"] == 1
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "monitor", "carers", "ledger", "--week", "2026-W44",
+                          "--format", "json"], env=worker.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert (row["carer_id"], row["minutes"], row["patients"], row["overload"]) == ("CARER-X", 2100, 2, True)
 
 
 def test_report_from_the_live_equity_topic(settings, worker, tmp_path):
