@@ -152,6 +152,16 @@ def test_bad_input_is_dead_lettered_counted_and_the_worker_keeps_running(setting
     for _, _, reason in BAD_INPUTS:
         assert f'monitor_dead_letters_total{{reason="{reason}"}} 1.0' in metrics
 
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "monitor", "dead-letters", "--latest", "2"], env=worker.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["counts"] == {reason: 1 for _, _, reason in BAD_INPUTS}
+    assert len(shown["latest"]) == 2
+
 
 def test_carer_overload_is_decided_across_partitions(settings, worker):
     """2100 minutes in one ISO week, split over two patients on different partitions: no single
