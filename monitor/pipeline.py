@@ -45,10 +45,11 @@ from monitor.core.state import (
     SupportConfig,
     SupportState,
     batch_from_documents,
+    day_of,
 )
 from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
 from monitor.carers.state import CarersState
-from monitor.intake.canonical import CanonicalReading, canonicalize
+from monitor.intake.canonical import CanonicalReading, canonical_items
 from monitor.intake.native import Rejection, decode
 from monitor.metrics.timing import ALERT_DELAY_BUCKETS_S, LatencyHistogram
 
@@ -178,6 +179,21 @@ class PartitionState:
         # ids of outputs already written that re-processing after a restore will produce again;
         # kept across checkpoints until matched (re-processing may span several checkpoints)
         self.suppress: set[str] = set()
+
+    def refresh_flags(self, t: int) -> None:
+        """Evaluate every flag as of ``t`` (epoch s) into ``current``: the support core's bits and
+        the carers' view, registered patients only."""
+        sup = self.support
+        n = sup.n_patients
+        flags = sup.evaluate(t).flags[:n].astype(np.uint8)
+        if self.carers.latest_event is not None:
+            index = sup._patient_index
+            for pid, names in self.carers.patient_flags(datetime.fromtimestamp(t, UTC)).items():
+                slot = index.get(pid)
+                if slot is not None and slot < n:
+                    for name in names:
+                        flags[slot] |= np.uint8(CARER_FLAG_BITS[name])
+        self.current = flags * self.registered_mask()
 
     def support_flags(self) -> dict[str, list[str]]:
         """Patient id -> current support flags (latest evaluation) of patients with any flag."""
@@ -311,10 +327,8 @@ class Pipeline:
             st.counts.processed[type(result).__name__] += 1
             docs += 1
             if isinstance(result, Reading | GatewayBatch):
-                items = [result] if isinstance(result, Reading) else list(result.readings)
                 accepted = readings_by_partition.setdefault(st.partition, [])
-                for r in items:
-                    c = canonicalize(r, received_at=received_at, oldest=self.oldest_reading)
+                for r, c in canonical_items(result, received_at=received_at, oldest=self.oldest_reading):
                     if isinstance(c, Rejection):
                         st.counts.dead_letters[c.reason] += 1
                         dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
@@ -338,7 +352,7 @@ class Pipeline:
             readings = readings_by_partition.get(p, [])
             st.counts.readings += len(readings)
             if readings:
-                events = st.alerts.on_readings(readings, _LazyFlags(self, st))
+                events = st.alerts.on_readings(readings, LazyFlags(lambda st=st: self._current_flags(st)))
                 for e in events:
                     st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
                 alerts.extend(events)
@@ -357,6 +371,12 @@ class Pipeline:
             if idle > self.idle_after:
                 return wm + int(idle.total_seconds())
         return wm
+
+    def _current_flags(self, st: PartitionState) -> dict[str, list[str]]:
+        t = self.effective_time(st)
+        if t is not None:
+            st.refresh_flags(t)
+        return st.support_flags()
 
     def tick(self) -> TickResult:
         """The timer: flag transitions and alert timers (missed readings, re-notify) per partition."""
@@ -393,22 +413,14 @@ class Pipeline:
         t = self.effective_time(st)
         if t is None:
             return []
-        ev = sup.evaluate(t)
+        st.refresh_flags(t)
         n = sup.n_patients
-        flags = ev.flags[:n].astype(np.uint8)
-        if st.carers.latest_event is not None:
-            index = sup._patient_index
-            for pid, names in st.carers.patient_flags(datetime.fromtimestamp(t, UTC)).items():
-                slot = index.get(pid)
-                if slot is not None and slot < n:
-                    for name in names:
-                        flags[slot] |= np.uint8(CARER_FLAG_BITS[name])
-        st.current = flags * st.registered_mask()
+        as_of_day = day_of(t)
         current = st.current & self.reported_bits
         if st.published.shape[0] < n:
             st.published = np.concatenate([st.published, np.zeros(n - st.published.shape[0], np.uint8)])
         changed = np.nonzero(current != st.published[:n])[0]
-        as_of = datetime.fromtimestamp(ev.as_of_s, UTC)
+        as_of = datetime.fromtimestamp(t, UTC)
         events: list[FlagEvent] = []
         for slot in changed.tolist():
             pid = sup.patient_ids[slot]
@@ -420,7 +432,7 @@ class Pipeline:
                     continue
                 status = "raised" if now & b else "cleared"
                 events.append(FlagEvent(
-                    flag_id=flag_id(pid, name, status, ev.as_of_day), patient_id=pid, flag=name,
+                    flag_id=flag_id(pid, name, status, as_of_day), patient_id=pid, flag=name,
                     status=status, as_of=as_of,  # type: ignore[arg-type]
                     region=patient.region if patient else None,
                     deprivation_quintile=patient.deprivation_quintile if patient else None,
@@ -507,21 +519,20 @@ class Pipeline:
         return dict(sorted(out.items()))
 
 
-class _LazyFlags(Mapping[str, list[str]]):
-    """Support flags of a partition, evaluated once on first access (compound-risk lookups)."""
+class LazyFlags(Mapping[str, list[str]]):
+    """Patient id -> support flags, computed by ``load`` on first access only.
 
-    def __init__(self, pipeline: Pipeline, st: PartitionState) -> None:
-        self._pipeline, self._st = pipeline, st
+    The alert engine needs a patient's flags only when a rule fires (compound risk), so a batch
+    without alerts never pays for an evaluation.
+    """
+
+    def __init__(self, load: Callable[[], dict[str, list[str]]]) -> None:
+        self._load_fn = load
         self._flags: dict[str, list[str]] | None = None
 
     def _load(self) -> dict[str, list[str]]:
         if self._flags is None:
-            t = self._pipeline.effective_time(self._st)
-            if t is not None:
-                ev = self._st.support.evaluate(t)
-                n = self._st.support.n_patients
-                self._st.current = ev.flags[:n].astype(np.uint8) * self._st.registered_mask()
-            self._flags = self._st.support_flags()
+            self._flags = self._load_fn()
         return self._flags
 
     def __getitem__(self, key: str) -> list[str]:
@@ -584,4 +595,4 @@ def iter_records(values: Iterable[bytes], topic: str) -> list[RawRecord]:
 
 
 __all__ = ["BatchResult", "Counts", "PartitionState", "Pipeline", "RawRecord", "TickResult",
-           "dead_letter", "flag_id", "iter_records", "utc_now", "warm_up"]
+           "LazyFlags", "dead_letter", "flag_id", "iter_records", "utc_now", "warm_up"]

@@ -8,7 +8,7 @@ It never logs payloads or patient ids.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -25,6 +25,7 @@ from monitor.alerts.engine import AlertConfig, AlertEngine
 from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
+from monitor.pipeline import LazyFlags
 
 __all__ = ["DEFAULT_BATCH_LINES", "replay", "replay_state"]
 
@@ -56,28 +57,15 @@ def _before(doc: Any, as_of: datetime | None) -> bool:
     return t is None or t.date() <= as_of.astimezone(UTC).date()
 
 
-class _Flags(Mapping[str, list[str]]):
+def _flags_of(state: SupportState) -> LazyFlags:
     """Support flags of the replay state as of its watermark, evaluated on first use."""
 
-    def __init__(self, state: SupportState) -> None:
-        self._state = state
-        self._flags: dict[str, list[str]] | None = None
+    def load() -> dict[str, list[str]]:
+        ev = state.evaluate()
+        return {pid: ev.flag_names(i) for i, pid in enumerate(ev.patient_ids) if int(ev.flags[i])}
 
-    def _load(self) -> dict[str, list[str]]:
-        if self._flags is None:
-            ev = self._state.evaluate()
-            self._flags = {pid: ev.flag_names(i) for i, pid in enumerate(ev.patient_ids)
-                           if int(ev.flags[i])}
-        return self._flags
+    return LazyFlags(load)
 
-    def __getitem__(self, key: str) -> list[str]:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
 
 DEFAULT_BATCH_LINES = 10_000
 
@@ -139,8 +127,8 @@ def replay_state(
                 carers.apply(d for d in docs if not isinstance(d, CanonicalReading) and _before(d, as_of))
         if alerts is not None and state.watermark is not None:
             if readings:
-                alerts.on_readings(readings, _Flags(state))
-            alerts.tick(state.watermark, _Flags(state))
+                alerts.on_readings(readings, _flags_of(state))
+            alerts.tick(state.watermark, _flags_of(state))
         readings = []
     return state, {"processed": processed, "rejected": dict(sorted(rejected.items()))}
 
@@ -209,7 +197,7 @@ def replay(
 def _alerts_as_of(engine: AlertEngine, state: SupportState, as_of_s: int | None) -> list[dict[str, Any]]:
     """Every episode with its status as of the end of the replay (timers evaluated at as-of)."""
     if as_of_s is not None:
-        engine.tick(datetime.fromtimestamp(as_of_s, UTC), _Flags(state))
+        engine.tick(datetime.fromtimestamp(as_of_s, UTC), _flags_of(state))
     keys = ("alert_id", "patient_id", "rule", "kind", "severity", "status", "unsupported", "value",
             "threshold", "opened_at", "resolved_at")
     return sorted(({k: e.get(k) for k in keys} for e in engine.episodes()),

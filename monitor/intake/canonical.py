@@ -294,6 +294,15 @@ def canonicalize(
     return validate(canonical, received_at=received_at, **limits)
 
 
+def canonical_items(
+    doc: Reading | Any, *, received_at: datetime, **limits: timedelta
+) -> list[tuple[Reading, CanonicalReading | Rejection]]:
+    """Each native reading a document carries (a Reading, or a GatewayBatch's readings) with its
+    canonical form or the reason it was rejected (see :func:`canonicalize`). Never raises on input."""
+    items = doc.readings if hasattr(doc, "readings") else [doc]
+    return [(r, canonicalize(r, received_at=received_at, **limits)) for r in items]
+
+
 def _outside(name: str, x: float | None, bounded: Bounded | None = None) -> Rejection | None:
     low, high = PLAUSIBLE_RANGES[name]
     if x is None:

@@ -33,10 +33,6 @@ CHUNK_BYTES = 900_000
 MAGIC = b"CMCKPT1\n"
 
 
-def _client_kwargs(settings: Settings) -> dict[str, Any]:
-    return settings.aiokafka_config()
-
-
 def encode_chunks(partition: int, seq: int, data: bytes) -> list[tuple[bytes, bytes]]:
     """(key, value) records of one checkpoint."""
     n = max(1, -(-len(data) // CHUNK_BYTES))
@@ -89,7 +85,7 @@ class CheckpointStore:
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            **_client_kwargs(self.settings), acks="all", max_request_size=CHUNK_BYTES + 100_000,
+            **self.settings.aiokafka_config(), acks="all", max_request_size=CHUNK_BYTES + 100_000,
             linger_ms=5,
         )
         await self._producer.start()
@@ -105,7 +101,7 @@ class CheckpointStore:
     async def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """The next offset to be written of each partition of ``topic`` (one reused client)."""
         if self._offsets is None:
-            self._offsets = AIOKafkaConsumer(**_client_kwargs(self.settings), enable_auto_commit=False,
+            self._offsets = AIOKafkaConsumer(**self.settings.aiokafka_config(), enable_auto_commit=False,
                                              group_id=None)
             await self._offsets.start()
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -141,7 +137,7 @@ async def read_partition(settings: Settings, topic: str, partition: int,
                          start: int | None = None) -> list[Any]:
     """Every record of one topic partition from ``start`` (default: the beginning) to its end."""
     consumer = AIOKafkaConsumer(
-        **_client_kwargs(settings), enable_auto_commit=False, group_id=None,
+        **settings.aiokafka_config(), enable_auto_commit=False, group_id=None,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=CHUNK_BYTES * 2, fetch_max_bytes=CHUNK_BYTES * 8,
     )
@@ -160,17 +156,5 @@ async def read_partition(settings: Settings, topic: str, partition: int,
             for records in batch.values():
                 out.extend(r for r in records if r.offset < end)
         return out
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
-    """The next offset to be written of each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(**_client_kwargs(settings), enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: off for tp, off in ends.items()}
     finally:
         await consumer.stop()
