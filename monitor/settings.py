@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     local_kafka_port: int = Field(default=9092, ge=1, le=65535)
     flag_interval_s: float = Field(default=5.0, gt=0)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    max_poll_records: int = Field(default=10_000, ge=1, le=1_000_000)
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     idle_after_s: float = Field(default=60.0, gt=0)
     oldest_reading_days: float = Field(default=30.0, gt=0)

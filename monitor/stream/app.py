@@ -3,8 +3,8 @@
 Topology (every input topic co-partitioned by patient id, ``MONITOR_PARTITIONS`` partitions)::
 
     readings ─┐
-    carer-activity ─┤ agent "ingest": batches ──► Pipeline.ingest ──► dead-letters, alerts
-    care-network ─┤   (take_events)                     │
+    carer-activity ─┤ batch handler: whole fetches ──► Pipeline.ingest ──► dead-letters, alerts
+    care-network ─┤   (monitor.stream.consumer)            │
     patients ─┘                                          ▼
                      timer (MONITOR_FLAG_INTERVAL_S) ──► Pipeline.tick ──► flags, alerts
                                                      └─► per-partition partial summaries ──► equity-partials
@@ -16,8 +16,8 @@ Durability and exactly-once effects on top of at-least-once delivery
   to the compacted ``checkpoints`` topic (partition ``p`` -> partition ``p``) every
   ``MONITOR_CHECKPOINT_INTERVAL_S``. A checkpoint holds the state, the input offsets it includes and
   the end offsets of this partition's outputs at that moment.
-* Input events are **acknowledged only after the checkpoint that includes them is durable**
-  (the agent holds a reference to each message until then), so faust never commits an offset past
+* Input messages are **acknowledged only after the checkpoint that includes them is durable**
+  (the batch handler holds each message until then), so faust never commits an offset past
   the last checkpoint. After a crash, the new owner restores the checkpoint, skips records at or
   below its offsets and re-processes the rest; state updates are idempotent.
 * Outputs (dead letters, flags, alerts) of partition ``p`` go to partition ``p`` of their topics.
@@ -60,11 +60,10 @@ from monitor.kafka.checkpoints import CheckpointStore, read_partition
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import PartitionState, Pipeline, RawRecord
 from monitor.settings import Settings
+from monitor.stream.consumer import MonitorApp
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 5000
-BATCH_WITHIN_S = 0.1
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp wants the charset separately
 
 
@@ -172,12 +171,13 @@ class PartitionManager:
             st = self.pipe.partitions.get(p)
             if st is None:
                 continue
-            events = self.held.pop(p, [])
+            messages = self.held.pop(p, [])
             st.output_offsets = {kind: ends[kind][p] for kind in OUTPUTS}
             st.checkpoint_seq += 1
             await self.store.save(p, st.checkpoint_seq, st.snapshot())
-            for e in events:
-                e.ack()
+            ack = app.consumer.ack
+            for m in messages:
+                ack(m)
             self.checkpoints_written += 1
         self.dirty.difference_update(parts)
         self.last_checkpoint = time.monotonic()
@@ -196,7 +196,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
             mechanism=settings.sasl_mechanism,
         )
-    app = faust.App(
+    app = MonitorApp(
         settings.app_id,
         broker=_broker_url(settings),
         broker_credentials=credentials,
@@ -211,7 +211,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         key_serializer="raw",
         stream_wait_empty=False,
         stream_buffer_maxsize=65536,
-        broker_max_poll_records=10000,
+        broker_max_poll_records=settings.max_poll_records,
         consumer_auto_offset_reset="earliest",
         # a killed worker's partitions move on after this long (the default 60 s stalls recovery)
         broker_session_timeout=settings.session_timeout_s,
@@ -273,26 +273,29 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         await mgr.on_revoked(revoked)
 
-    @app.agent(inputs, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            async with mgr.lock:
-                records = []
-                for e in events:
-                    m = e.message
-                    e.message.incref()  # held: acknowledged only once checkpointed
-                    if m.partition not in mgr.owned:
-                        continue  # revoked meanwhile: its new owner re-processes it
-                    mgr.held.setdefault(m.partition, []).append(e)
-                    mgr.dirty.add(m.partition)
-                    records.append(RawRecord(m.value, m.topic, m.partition, m.offset))
-                result = pipe.ingest(records, expected)
-                for d in result.dead_letters:
-                    await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
-                if result.alerts:
-                    await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
-                if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
-                    await mgr.checkpoint(app)
+    async def ingest(messages: list[Any]) -> None:
+        """Every input message of one fetch (faust's consumer, see monitor.stream.consumer)."""
+        async with mgr.lock:
+            records = []
+            owned, held, dirty = mgr.owned, mgr.held, mgr.dirty
+            for m in messages:
+                p = m.partition
+                if p not in owned:
+                    continue  # revoked meanwhile: its new owner re-processes it
+                held.setdefault(p, []).append(m)  # acknowledged only once checkpointed
+                dirty.add(p)
+                records.append(RawRecord(m.value, m.topic, p, m.offset))
+            result = pipe.ingest(records, expected)
+            for d in result.dead_letters:
+                await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
+            if result.alerts:
+                await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
+            if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
+                await mgr.checkpoint(app)
+
+    app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
+    app.batch_topics = frozenset(inputs.topics)
+    app.batch_handler = ingest
 
     @app.timer(settings.flag_interval_s)
     async def evaluate_timers() -> None:

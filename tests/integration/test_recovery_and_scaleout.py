@@ -29,7 +29,10 @@ def deployment(env: dict[str, str], tmp: Path, name: str) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     e = dict(env)
     e.update({"MONITOR_TOPIC_PREFIX": f"t{tag}-", "MONITOR_APP_ID": f"monitor-{name}-{tag}",
-              "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1"})
+              "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1",
+              # small fetches: the worker drains this input in ~1 s otherwise, and the kills
+              # must land between batches and checkpoints
+              "MONITOR_MAX_POLL_RECORDS": "100"})
     return e
 
 

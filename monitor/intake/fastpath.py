@@ -1,0 +1,170 @@
+"""The fast path for clean native readings: bytes -> canonical readings without a pydantic object.
+
+Most messages on the readings topic are well-formed native :class:`~monitor.contract.models.Reading`
+documents or :class:`~monitor.contract.models.GatewayBatch` uploads whose readings are all accepted.
+For those, :func:`fast_canonical` gives exactly what the full decoder
+(:func:`monitor.intake.native.decode` followed by :func:`monitor.intake.canonical.canonical_items`)
+gives, at a fraction of the cost: it parses with ``orjson`` and checks the fields by hand.
+
+It accepts only a strict subset of what the full decoder accepts (exact field set, JSON numbers
+for values, identifiers without surrounding whitespace, timestamps ``YYYY-MM-DDTHH:MM:SS`` with
+``Z`` or a ``+HH:MM`` offset, every reading plausible and inside the event-time horizons). Anything
+else - a malformed, unusual or rejected input - returns ``None`` and the caller runs the full
+decoder, which decides and gives the reason code. So the fast path can never accept what the full
+path rejects, nor produce a different canonical reading (a hypothesis test compares the two).
+
+Time: ``received_at`` must be timezone-aware (UTC); timestamps are normalised to UTC.
+Never raises on input; never logs (payloads carry patient identifiers).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, to_canonical
+from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading
+
+_ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+_READING_REQUIRED = frozenset({"reading_id", "patient_id", "device_id", "kind", "unit", "measured_at"})
+_READING_FIELDS = _READING_REQUIRED | {"gateway_id", "value", "systolic", "diastolic", "type"}
+_BATCH_FIELDS = frozenset({"gateway_id", "sent_at", "readings"})
+_MAX_FUTURE = timedelta(minutes=10)
+_LATE_AFTER = timedelta(hours=1)
+_MAX_BATCH = 10_000
+
+
+def _ident(x: Any) -> bool:
+    return type(x) is str and _ID.fullmatch(x) is not None
+
+
+def _number(x: Any) -> float | None:
+    """A finite JSON number as float (bool and anything else: None)."""
+    t = type(x)
+    if t is float:
+        return x if math.isfinite(x) else None
+    if t is int:
+        try:
+            return float(x)
+        except OverflowError:
+            return None
+    return None
+
+
+def _timestamp(x: Any) -> datetime | None:
+    """``YYYY-MM-DDTHH:MM:SSZ`` or ``...+HH:MM``/``-HH:MM`` -> aware UTC datetime; else None."""
+    if type(x) is not str or not x.isascii():
+        return None
+    n = len(x)
+    if not ((n == 20 and x[19] == "Z") or (n == 25 and x[19] in "+-" and x[22] == ":")):
+        return None
+    if x[4] != "-" or x[7] != "-" or x[10] != "T" or x[13] != ":" or x[16] != ":":
+        return None
+    if not (x[:4].isdigit() and x[5:7].isdigit() and x[8:10].isdigit() and x[11:13].isdigit()
+            and x[14:16].isdigit() and x[17:19].isdigit()):
+        return None
+    if n == 25 and not (x[20:22].isdigit() and x[23:25].isdigit()):
+        return None
+    try:
+        ts = datetime.fromisoformat(x)
+        return ts if ts.utcoffset() == timedelta(0) and ts.tzinfo is UTC else ts.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _plausible(name: str, x: float) -> bool:
+    low, high = PLAUSIBLE_RANGES[name]
+    return low <= x <= high
+
+
+def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bool) -> CanonicalReading | None:
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    if not (_READING_REQUIRED <= keys <= _READING_FIELDS):
+        return None
+    if "type" in obj and (in_batch or obj["type"] != "reading"):
+        return None
+    if not (_ident(obj["reading_id"]) and _ident(obj["patient_id"]) and _ident(obj["device_id"])):
+        return None
+    gateway = obj.get("gateway_id")
+    if gateway is not None and not _ident(gateway):
+        return None
+    kind = obj["kind"]
+    unit = obj["unit"]
+    if type(kind) is not str or kind not in ALLOWED_UNITS or type(unit) is not str \
+            or unit not in ALLOWED_UNITS[kind]:
+        return None
+    raw_value, raw_sys, raw_dia = obj.get("value"), obj.get("systolic"), obj.get("diastolic")
+    value = systolic = diastolic = None
+    if kind == "blood_pressure":
+        if raw_value is not None:
+            return None
+        systolic, diastolic = _number(raw_sys), _number(raw_dia)
+        if systolic is None or diastolic is None or not _plausible("systolic", systolic) \
+                or not _plausible("diastolic", diastolic) or systolic <= diastolic:
+            return None
+    else:
+        if raw_sys is not None or raw_dia is not None:
+            return None
+        number = _number(raw_value)
+        if number is None:
+            return None
+        value = to_canonical(kind, number, unit)
+        if not (math.isfinite(value) and _plausible(kind, value)):
+            return None
+    measured_at = _timestamp(obj["measured_at"])
+    if measured_at is None:
+        return None
+    age = received_at - measured_at
+    if -age > _MAX_FUTURE or age > oldest:
+        return None
+    return CanonicalReading(
+        reading_id=obj["reading_id"], patient_id=obj["patient_id"], device_id=obj["device_id"],
+        gateway_id=gateway, kind=kind, value=value, systolic=systolic, diastolic=diastolic,
+        unit=CANONICAL_UNIT[kind], original_unit=unit, original_code=None, measured_at=measured_at,
+        source="native", late=age > _LATE_AFTER,
+    )
+
+
+def fast_canonical(
+    raw: bytes, *, received_at: datetime, oldest: timedelta = timedelta(days=30)
+) -> tuple[str, list[CanonicalReading]] | None:
+    """A clean native reading or gateway batch from the readings topic -> ``(document type name,
+    canonical readings)``; ``None`` when the full decoder must decide (see the module docstring).
+
+    The type name is ``"Reading"`` or ``"GatewayBatch"`` (as counted by the pipeline). ``oldest``
+    is the event-time horizon (as in :func:`monitor.intake.canonical.validate`); the future limit
+    (10 min) and the late mark (1 h) are the intake defaults. ``received_at`` is aware UTC.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    if "readings" not in obj:
+        one = _reading(obj, received_at, oldest, in_batch=False)
+        return None if one is None else ("Reading", [one])
+    declared = obj.pop("type", None)
+    if declared is not None and declared != "gateway_batch":
+        return None
+    if obj.keys() != _BATCH_FIELDS or not _ident(obj["gateway_id"]) or _timestamp(obj["sent_at"]) is None:
+        return None
+    items = obj["readings"]
+    if type(items) is not list or not 1 <= len(items) <= _MAX_BATCH:
+        return None
+    out = []
+    for item in items:
+        c = _reading(item, received_at, oldest, in_batch=True)
+        if c is None:
+            return None
+        out.append(c)
+    return "GatewayBatch", out
+
+
+__all__ = ["fast_canonical"]
