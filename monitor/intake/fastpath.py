@@ -27,9 +27,10 @@ from typing import Any
 import orjson
 
 from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, to_canonical
-from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading
+from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
 
 _ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-]\d\d:\d\d)", re.ASCII)
 _READING_REQUIRED = frozenset({"reading_id", "patient_id", "device_id", "kind", "unit", "measured_at"})
 _READING_FIELDS = _READING_REQUIRED | {"gateway_id", "value", "systolic", "diastolic", "type"}
 _BATCH_FIELDS = frozenset({"gateway_id", "sent_at", "readings"})
@@ -57,21 +58,11 @@ def _number(x: Any) -> float | None:
 
 def _timestamp(x: Any) -> datetime | None:
     """``YYYY-MM-DDTHH:MM:SSZ`` or ``...+HH:MM``/``-HH:MM`` -> aware UTC datetime; else None."""
-    if type(x) is not str or not x.isascii():
-        return None
-    n = len(x)
-    if not ((n == 20 and x[19] == "Z") or (n == 25 and x[19] in "+-" and x[22] == ":")):
-        return None
-    if x[4] != "-" or x[7] != "-" or x[10] != "T" or x[13] != ":" or x[16] != ":":
-        return None
-    if not (x[:4].isdigit() and x[5:7].isdigit() and x[8:10].isdigit() and x[11:13].isdigit()
-            and x[14:16].isdigit() and x[17:19].isdigit()):
-        return None
-    if n == 25 and not (x[20:22].isdigit() and x[23:25].isdigit()):
+    if type(x) is not str or _TS.fullmatch(x) is None:
         return None
     try:
         ts = datetime.fromisoformat(x)
-        return ts if ts.utcoffset() == timedelta(0) and ts.tzinfo is UTC else ts.astimezone(UTC)
+        return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
     except (ValueError, OverflowError):
         return None
 
@@ -123,12 +114,8 @@ def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bo
     age = received_at - measured_at
     if -age > _MAX_FUTURE or age > oldest:
         return None
-    return CanonicalReading(
-        reading_id=obj["reading_id"], patient_id=obj["patient_id"], device_id=obj["device_id"],
-        gateway_id=gateway, kind=kind, value=value, systolic=systolic, diastolic=diastolic,
-        unit=CANONICAL_UNIT[kind], original_unit=unit, original_code=None, measured_at=measured_at,
-        source="native", late=age > _LATE_AFTER,
-    )
+    return native_reading(obj["reading_id"], obj["patient_id"], obj["device_id"], gateway, kind, value,
+                          systolic, diastolic, CANONICAL_UNIT[kind], unit, measured_at, age > _LATE_AFTER)
 
 
 def fast_canonical(

@@ -48,6 +48,11 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
             if name in existing:
                 continue
             configs = {"cleanup.policy": "compact"} if name in settings.topics.compacted else {}
+            if name == settings.topics.name("checkpoints"):
+                # checkpoints are large and superseded often: roll segments early so compaction
+                # (which never touches the active segment) keeps the topic near one checkpoint
+                configs.update({"segment.bytes": str(128 * 1024 * 1024), "segment.ms": str(600_000),
+                                "min.cleanable.dirty.ratio": "0.1"})
             new.append(NewTopic(name, num_partitions=parts, replication_factor=replication,
                                 topic_configs=configs))
         if new:

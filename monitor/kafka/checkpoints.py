@@ -120,17 +120,42 @@ class CheckpointStore:
         await asyncio.gather(*futures)
 
     async def load(self, partition: int) -> tuple[int, bytes] | None:
-        """The newest complete checkpoint of ``partition`` (None when there is none)."""
-        chunks: list[tuple[dict[str, Any], bytes]] = []
-        for rec in await read_partition(self.settings, self.topic, partition):
-            if rec.value is None:
-                continue
-            decoded = decode_chunk(rec.value)
-            if decoded is None:
-                log.warning("skipping a corrupt checkpoint chunk in partition %d", partition)
-                continue
-            chunks.append(decoded)
-        return assemble(chunks)
+        """The newest complete checkpoint of ``partition`` (None when there is none).
+
+        Reads from the tail of the partition backwards (a window of records that grows 4x until
+        it holds a complete checkpoint or reaches the beginning), so the cost does not grow with
+        the superseded chunks that compaction has not removed yet.
+        """
+        window = 64
+        while True:
+            records, at_beginning = await read_tail(self.settings, self.topic, partition, window)
+            chunks: list[tuple[dict[str, Any], bytes]] = []
+            for rec in records:
+                if rec.value is None:
+                    continue
+                decoded = decode_chunk(rec.value)
+                if decoded is None:
+                    log.warning("skipping a corrupt checkpoint chunk in partition %d", partition)
+                    continue
+                chunks.append(decoded)
+            found = assemble(chunks)
+            if found is not None or at_beginning:
+                return found
+            window *= 4
+
+
+async def read_tail(settings: Settings, topic: str, partition: int, count: int) -> tuple[list[Any], bool]:
+    """The last ``count`` records of one topic partition, and whether that reaches its beginning."""
+    probe = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False, group_id=None)
+    await probe.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        begin = (await probe.beginning_offsets([tp]))[tp]
+        end = (await probe.end_offsets([tp]))[tp]
+    finally:
+        await probe.stop()
+    start = max(begin, end - count)
+    return await read_partition(settings, topic, partition, start), start == begin
 
 
 async def read_partition(settings: Settings, topic: str, partition: int,
