@@ -4,7 +4,7 @@ Why Kafka and not the worker's disk: a partition moves to another worker on a re
 crash, and its state must move with it. Partition ``p`` of every input topic is checkpointed to
 partition ``p`` of the checkpoint topic.
 
-A checkpoint is split into chunks of at most ``CHUNK_BYTES`` (Kafka's default message limit is
+A checkpoint is compressed with zlib (level 1) and split into chunks of at most ``CHUNK_BYTES`` (Kafka's default message limit is
 1 MB; snapshots of large partitions are tens of MB). Chunk ``i`` of partition ``p`` has key
 ``b"p:i"`` so compaction keeps the latest chunk per index; every chunk carries the checkpoint's
 sequence number and chunk count, and :meth:`CheckpointStore.load` returns the newest sequence whose
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import zlib
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -33,12 +34,15 @@ CHUNK_BYTES = 900_000
 MAGIC = b"CMCKPT1\n"
 
 
-def encode_chunks(partition: int, seq: int, data: bytes) -> list[tuple[bytes, bytes]]:
-    """(key, value) records of one checkpoint."""
+def encode_chunks(partition: int, seq: int, data: bytes, *, compressed: bool = False) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of one checkpoint (``compressed``: ``data`` is zlib-compressed)."""
     n = max(1, -(-len(data) // CHUNK_BYTES))
     out = []
     for i in range(n):
-        head = json.dumps({"p": partition, "seq": seq, "i": i, "n": n, "size": len(data)}).encode()
+        meta = {"p": partition, "seq": seq, "i": i, "n": n, "size": len(data)}
+        if compressed:
+            meta["z"] = 1
+        head = json.dumps(meta).encode()
         body = data[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]
         out.append((f"{partition}:{i}".encode(), MAGIC + len(head).to_bytes(4, "little") + head + body))
     return out
@@ -59,18 +63,25 @@ def decode_chunk(value: bytes) -> tuple[dict[str, Any], bytes] | None:
 def assemble(chunks: list[tuple[dict[str, Any], bytes]]) -> tuple[int, bytes] | None:
     """The newest complete checkpoint among chunks (in log order): (seq, bytes) or None."""
     by_seq: dict[int, dict[int, bytes]] = {}
-    sizes: dict[int, tuple[int, int]] = {}
+    sizes: dict[int, tuple[int, int, bool]] = {}
     for head, body in chunks:
         seq = int(head["seq"])
         by_seq.setdefault(seq, {})[int(head["i"])] = body
-        sizes[seq] = (int(head["n"]), int(head["size"]))
+        sizes[seq] = (int(head["n"]), int(head["size"]), bool(head.get("z")))
     for seq in sorted(by_seq, reverse=True):
-        n, size = sizes[seq]
+        n, size, compressed = sizes[seq]
         parts = by_seq[seq]
         if len(parts) == n and all(i in parts for i in range(n)):
             data = b"".join(parts[i] for i in range(n))
-            if len(data) == size:
-                return seq, data
+            if len(data) != size:
+                continue
+            if compressed:
+                try:
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    log.warning("skipping a corrupt compressed checkpoint")
+                    continue
+            return seq, data
     return None
 
 
@@ -113,9 +124,11 @@ class CheckpointStore:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
+        # zlib level 1: state arrays are mostly slack, ~7x smaller at ~100 MB/s per core
+        packed = await asyncio.get_running_loop().run_in_executor(None, zlib.compress, data, 1)
         futures = [
             await self._producer.send(self.topic, key=k, value=v, partition=partition)
-            for k, v in encode_chunks(partition, seq, data)
+            for k, v in encode_chunks(partition, seq, packed, compressed=True)
         ]
         await asyncio.gather(*futures)
 

@@ -107,6 +107,8 @@ class PartitionManager:
         self.lock = asyncio.Lock()
         self.store = CheckpointStore(settings, settings.topics.name("checkpoints"))
         self.last_checkpoint = time.monotonic()
+        self.saved_at: dict[int, float] = {}  # partition -> monotonic time of its last checkpoint
+        self.checkpoint_seconds = 0.0  # duration of the latest checkpoint round
         self.checkpoints_written = 0
         self.restored = 0
 
@@ -155,18 +157,31 @@ class PartitionManager:
                 except (TypeError, ValueError):
                     continue
 
-    async def checkpoint(self, app: faust.App) -> None:
-        """Checkpoint every dirty owned partition, then acknowledge the events it includes.
+    def checkpoint_due(self) -> bool:
+        """Time for a checkpoint round: ``MONITOR_CHECKPOINT_INTERVAL_S`` after the last one, and
+        at least 4x the last round's duration (checkpointing takes at most ~20 % of the time, however
+        large the state grows)."""
+        interval = max(self.settings.checkpoint_interval_s, 4 * self.checkpoint_seconds)
+        return time.monotonic() - self.last_checkpoint >= interval
+
+    async def checkpoint(self, app: faust.App, budget_s: float = 2.0) -> None:
+        """Checkpoint dirty owned partitions (least recently saved first), then acknowledge the
+        input messages each checkpoint includes. Stops after ``budget_s`` seconds of work; the
+        partitions left dirty go first in the next round, so a large state does not stall input
+        for one long round.
 
         Caller holds ``self.lock``.
         """
-        parts = sorted(self.dirty & self.owned)
+        t0 = time.monotonic()
+        parts = sorted(self.dirty & self.owned, key=lambda p: (self.saved_at.get(p, 0.0), p))
         if not parts:
             self.last_checkpoint = time.monotonic()
+            self.checkpoint_seconds = 0.0
             return
         await app.producer.flush()  # every output so far is durable before offsets are recorded
         ends = {kind: await self.store.end_offsets(self.settings.topics.name(kind), parts)
                 for kind in OUTPUTS}
+        ack = app.consumer.ack
         for p in parts:
             st = self.pipe.partitions.get(p)
             if st is None:
@@ -175,12 +190,15 @@ class PartitionManager:
             st.output_offsets = {kind: ends[kind][p] for kind in OUTPUTS}
             st.checkpoint_seq += 1
             await self.store.save(p, st.checkpoint_seq, st.snapshot())
-            ack = app.consumer.ack
             for m in messages:
                 ack(m)
             self.checkpoints_written += 1
-        self.dirty.difference_update(parts)
+            self.dirty.discard(p)
+            self.saved_at[p] = time.monotonic()
+            if time.monotonic() - t0 >= budget_s:
+                break
         self.last_checkpoint = time.monotonic()
+        self.checkpoint_seconds = self.last_checkpoint - t0
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
@@ -290,7 +308,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                 await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
             if result.alerts:
                 await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
-            if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
+            if mgr.checkpoint_due():
                 await mgr.checkpoint(app)
 
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
@@ -318,7 +336,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                 doc: dict[str, Any] = {"partition": p, "summary": summary.to_dict()}
                 doc.update(carers_partial(st, datetime.fromtimestamp(t, UTC)))
                 await partials_topic.send(key=str(p).encode(), partition=0, value=dumps(doc))
-            if time.monotonic() - mgr.last_checkpoint >= settings.checkpoint_interval_s:
+            if mgr.checkpoint_due():
                 await mgr.checkpoint(app)
 
     async def rebuild_merge_state() -> None:
@@ -374,6 +392,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             return self.json({"status": "ok", "inputs": pipe.counts.inputs,
                               "partitions": sorted(mgr.owned),
                               "checkpoints_written": mgr.checkpoints_written,
+                              "dirty_partitions": len(mgr.dirty & mgr.owned),
                               "restored": mgr.restored})
 
     @app.page("/summary")
