@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -70,6 +70,20 @@ class RawRecord:
     topic: str
     partition: int = -1
     offset: int = -1
+
+
+class Record(Protocol):
+    """What :meth:`Pipeline.ingest` reads of an input message: a :class:`RawRecord` or a faust
+    message (same attribute names)."""
+
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
 
 
 @dataclass
@@ -294,7 +308,7 @@ class Pipeline:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    def ingest(self, records: Sequence[RawRecord], expected: dict[str, str]) -> BatchResult:
+    def ingest(self, records: Sequence[Record], expected: dict[str, str]) -> BatchResult:
         """Apply a batch. ``expected`` maps each topic to the document type it carries.
 
         Records at or below a partition's applied offset are skipped (already in the state after

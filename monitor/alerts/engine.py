@@ -58,8 +58,12 @@ from typing import Any, Literal
 
 from monitor.alerts.rules import (
     RULES_BY_ID,
+    RULES_BY_KIND,
+    Check,
     Evaluation,
     Severity,
+    any_holds,
+    checks_for,
     effective_thresholds,
     escalate,
     evaluate,
@@ -113,11 +117,20 @@ def alert_id_for(patient_id: str, rule: str, kind: str, opened_at: datetime) -> 
 def _key_strings(r: CanonicalReading) -> tuple[str, ...]:
     def enc(key: tuple[Any, ...]) -> str:
         # repr of a tuple of str/float/None/aware datetime is deterministic across processes and
-        # ~10x cheaper than json.dumps with a default hook (this runs once per reading)
+        # ~10x cheaper than json.dumps with a default hook
         return hashlib.blake2b(repr(key).encode("utf-8"), digest_size=12).hexdigest()
 
     keys = {enc(r.content_key), enc(r.dedup_key)}
     return tuple(sorted(keys))
+
+
+_STR: frozenset[type] = frozenset({str})
+_NONE: frozenset[type] = frozenset({type(None)})
+_STR_OR_NONE: frozenset[type] = _STR | _NONE
+
+_RULE_IDS_BY_KIND: dict[str, tuple[str, ...]] = {
+    kind: tuple(rule.rule_id for rule in rules) for kind, rules in RULES_BY_KIND.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,15 +231,37 @@ class _PatientInfo:
     plan: dict[str, float]
     registered_at: datetime | None
     plan_seen_at: dict[str, datetime] = field(default_factory=dict)
+    checks: dict[str, tuple[Check, ...]] = field(default_factory=dict)
+    """kind -> :func:`~monitor.alerts.rules.checks_for` with ``thresholds`` (a cache, not state)."""
+
+    def checks_for(self, kind: str) -> tuple[Check, ...]:
+        cached = self.checks.get(kind)
+        if cached is None:
+            cached = self.checks[kind] = checks_for(kind, self.thresholds)
+        return cached
 
 
 @dataclass(slots=True)
 class _Stream:
-    """Per (patient, kind): the latest event time, the keys of readings at that time, weights."""
+    """Per (patient, kind): the latest event time, the keys of readings at that time, weights.
+
+    The duplicate keys of the readings at the latest time are ``latest_keys`` plus the keys of
+    ``pending``: readings whose keys are hashed only when needed (a later reading at exactly the
+    latest time, or a snapshot), since most readings are never compared with anything.
+    """
 
     latest: datetime | None = None
     latest_keys: set[str] = field(default_factory=set)
     weights: list[tuple[datetime, float]] = field(default_factory=list)
+    pending: list[CanonicalReading] = field(default_factory=list)
+
+    def keys(self) -> set[str]:
+        """Every duplicate key at the latest time (hashes the pending readings first)."""
+        if self.pending:
+            for r in self.pending:
+                self.latest_keys.update(_key_strings(r))
+            self.pending = []
+        return self.latest_keys
 
 
 class AlertEngine:
@@ -234,11 +269,20 @@ class AlertEngine:
 
     ``clock`` returns the current time (aware UTC) and is used only where no time is passed:
     :meth:`tick` without ``now`` and :meth:`episodes`. Not thread-safe: one engine per worker/partition.
+
+    ``fast=False`` forces the original reference path of :meth:`on_readings` (hash every reading's
+    duplicate keys, evaluate every rule of every reading). The default fast path gives the same
+    events and the same :meth:`snapshot` bytes; the switch exists to prove that (property test).
     """
 
     def __init__(
-        self, config: AlertConfig | None = None, clock: Callable[[], datetime] | None = None
+        self,
+        config: AlertConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        fast: bool = True,
     ) -> None:
+        self._fast = fast
         self.config = config or AlertConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._patients: dict[str, _PatientInfo] = {}
@@ -278,8 +322,14 @@ class AlertEngine:
         Within a batch, only the newest reading(s) of each ``(patient, kind)`` are evaluated; older
         ones are backfill (see the module docstring). The result does not depend on the order of
         readings inside the batch. ``support_flags`` gives each patient's current support flags
-        (absent patient: no flags). Readings without the value(s) their kind needs are skipped.
+        (absent patient: no flags); it is only consulted for a patient when a rule holds or an
+        episode of that patient and kind is open, so a lazy mapping is never loaded for a batch
+        that cannot alert. Readings without the value(s) their kind needs are skipped. Measured
+        times are aware UTC (checked by :class:`CanonicalReading`); nothing here raises on
+        clinical input.
         """
+        if self._fast:
+            return self._on_readings_fast(readings, support_flags)
         flags = support_flags or {}
         groups: dict[tuple[str, str], list[CanonicalReading]] = {}
         for r in readings:
@@ -375,7 +425,7 @@ class AlertEngine:
                     "patient_id": pid,
                     "kind": kind,
                     "latest": _iso(s.latest),
-                    "latest_keys": sorted(s.latest_keys),
+                    "latest_keys": sorted(s.keys()),
                     "weights": [[_iso(t), w] for t, w in s.weights],
                 }
                 for (pid, kind), s in sorted(self._streams.items())
@@ -425,9 +475,222 @@ class AlertEngine:
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _on_readings_fast(
+        self, readings: Sequence[CanonicalReading], support_flags: SupportFlags | None
+    ) -> list[AlertEvent]:
+        # Same contract as the reference path (on_readings with fast=False), cheaper per reading.
+        groups: dict[tuple[str, str], list[CanonicalReading]] = {}
+        skipped = 0
+        for r in readings:
+            kind = r.kind
+            if kind == "blood_pressure":
+                usable = r.systolic is not None and r.diastolic is not None
+            else:
+                usable = r.value is not None
+            if not usable:
+                skipped += 1
+                continue
+            key = (r.patient_id, kind)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [r]
+            else:
+                group.append(r)
+        events: list[AlertEvent] = []
+        for key in sorted(groups):
+            events.extend(self._apply_group_fast(key[0], key[1], groups[key], support_flags))
+        if skipped:
+            log.warning("skipped %d reading(s) without the values of their kind", skipped)
+        return events
+
+    def _fresh_fast(
+        self, stream: _Stream, group: list[CanonicalReading]
+    ) -> tuple[list[CanonicalReading], list[tuple[str, ...] | None] | None, datetime | None]:
+        """The readings of ``group`` that are not duplicates, their keys where already hashed
+        (``None``: none hashed) and, if already known, their latest ``measured_at``.
+
+        Same readings as the reference loop in :meth:`_apply_group`, but a reading's keys are hashed
+        only when another reading could share one: a reading at the stream's latest time, or two
+        readings of the group at the same time. Readings with string ids are duplicates by id
+        exactly when the ids are equal; content keys can only be equal when the times are (the key
+        includes the time); a content key never looks like an id key.
+        """
+        latest = stream.latest
+        if len(group) == 1:
+            r = group[0]
+            if latest is not None and r.measured_at == latest:
+                keys = _key_strings(r)
+                latest_keys = stream.keys()
+                if any(k in latest_keys for k in keys):
+                    return [], None, None
+                return group, [keys], r.measured_at
+            return group, None, r.measured_at
+        times = {r.measured_at for r in group}
+        if len(times) == len(group) and (latest is None or latest not in times):
+            rids = [r.reading_id for r in group]
+            id_types = set(map(type, rids))
+            if id_types == _STR:
+                distinct = len(set(rids)) == len(rids)
+            elif id_types == _NONE:
+                distinct = True
+            elif id_types == _STR_OR_NONE:
+                ids = [rid for rid in rids if rid is not None]
+                distinct = len(set(ids)) == len(ids)
+            else:
+                distinct = False
+            if distinct:  # distinct times and ids, none at the latest time: all fresh
+                return group, None, max(times)
+        fresh: list[CanonicalReading] = []
+        fresh_keys: list[tuple[str, ...] | None] = []
+        by_time: dict[datetime, list[int]] = {}
+        seen_ids: set[str] = set()
+        for r in group:
+            rid = r.reading_id
+            if rid is not None and type(rid) is not str:
+                return self._fresh_reference(stream, group)  # the shortcut holds for string ids only
+            if rid is not None and rid in seen_ids:
+                continue  # duplicate (by id) inside the batch
+            t = r.measured_at
+            keys: tuple[str, ...] | None = None
+            same_time = by_time.get(t)
+            if same_time:
+                keys = _key_strings(r)
+                duplicate = False
+                for i in same_time:
+                    other = fresh_keys[i]
+                    if other is None:
+                        other = fresh_keys[i] = _key_strings(fresh[i])
+                    if any(k in other for k in keys):
+                        duplicate = True
+                        break
+                if duplicate:
+                    continue  # duplicate (by content) inside the batch
+            if latest is not None and t == latest:
+                if keys is None:
+                    keys = _key_strings(r)
+                latest_keys = stream.keys()
+                if any(k in latest_keys for k in keys):
+                    continue  # duplicate of a reading already applied at the latest time
+            if same_time is None:
+                by_time[t] = [len(fresh)]
+            else:
+                same_time.append(len(fresh))
+            if rid is not None:
+                seen_ids.add(rid)
+            fresh.append(r)
+            fresh_keys.append(keys)
+        return fresh, fresh_keys, None
+
+    def _fresh_reference(
+        self, stream: _Stream, group: list[CanonicalReading]
+    ) -> tuple[list[CanonicalReading], list[tuple[str, ...] | None], None]:
+        fresh: list[CanonicalReading] = []
+        fresh_keys: list[tuple[str, ...] | None] = []
+        batch_keys: set[str] = set()
+        for r in group:
+            keys = _key_strings(r)
+            if any(k in batch_keys for k in keys):
+                continue
+            if stream.latest is not None and r.measured_at == stream.latest:
+                latest_keys = stream.keys()
+                if any(k in latest_keys for k in keys):
+                    continue
+            batch_keys.update(keys)
+            fresh.append(r)
+            fresh_keys.append(keys)
+        return fresh, fresh_keys, None
+
+    def _apply_group_fast(
+        self,
+        patient_id: str,
+        kind: str,
+        group: list[CanonicalReading],
+        support_flags: SupportFlags | None,
+    ) -> list[AlertEvent]:
+        key = (patient_id, kind)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+        fresh, fresh_keys, known_max = self._fresh_fast(stream, group)
+        if not fresh:
+            return []
+        if kind == "body_weight":
+            self._add_weights(stream, fresh)
+        single = len(fresh) == 1
+        batch_max = known_max if known_max is not None else max([r.measured_at for r in fresh])
+        latest = stream.latest
+        if latest is not None and batch_max < latest:
+            return []  # all backfill: no firing, no resolving
+        newer = latest is None or batch_max > latest
+        if newer:
+            stream.latest = batch_max
+            if stream.latest_keys:
+                stream.latest_keys = set()
+            stream.pending = []
+        if single:
+            current = fresh
+        else:
+            current = [r for r in fresh if r.measured_at == batch_max]
+        if fresh_keys is None:
+            stream.pending.extend(current)
+        else:
+            for r, keys in zip(fresh, fresh_keys, strict=True):
+                if r.measured_at == batch_max:
+                    if keys is None:
+                        stream.pending.append(r)
+                    else:
+                        stream.latest_keys.update(keys)
+
+        events: list[AlertEvent] = []
+        info = self._patients.get(patient_id)
+        if newer and self._open:
+            ev = self._resolve_missed_on_data(patient_id, kind, batch_max, info)
+            if ev is not None:
+                events.append(ev)
+        if self._quiet(patient_id, kind, stream, current, info):
+            return events  # every rule would decide nothing (see _decide)
+        flags = support_flags or {}
+        unsupported = is_unsupported(flags.get(patient_id))
+        events.extend(self._judge(patient_id, kind, stream, current, batch_max, newer, unsupported, info))
+        return events
+
+    def _quiet(
+        self,
+        patient_id: str,
+        kind: str,
+        stream: _Stream,
+        current: list[CanonicalReading],
+        info: _PatientInfo | None,
+    ) -> bool:
+        """Whether :meth:`_decide` would return nothing and change nothing for every rule of
+        ``kind``: no episode of this patient, kind and rule is open, and no rule holds (hence none
+        opens) for any reading in ``current``."""
+        rule_ids = _RULE_IDS_BY_KIND.get(kind)
+        if not rule_ids:
+            return True
+        open_eps = self._open
+        if open_eps:
+            for rule_id in rule_ids:
+                if (patient_id, rule_id, kind) in open_eps:
+                    return False
+        checks = info.checks_for(kind) if info else checks_for(kind)
+        for r in current:
+            baseline = self._weight_baseline(stream, r.measured_at) if kind == "body_weight" else None
+            if any_holds(
+                checks,
+                value=r.value,
+                systolic=r.systolic,
+                diastolic=r.diastolic,
+                bounded=r.bounded,
+                weight_baseline=baseline,
+            ):
+                return False
+        return True
+
     def _apply_group(
         self, patient_id: str, kind: str, group: list[CanonicalReading], flags: SupportFlags
     ) -> list[AlertEvent]:
+        # The reference path (fast=False): every reading's keys hashed, every rule evaluated.
         stream = self._streams.setdefault((patient_id, kind), _Stream())
         fresh: list[tuple[CanonicalReading, tuple[str, ...]]] = []
         batch_keys: set[str] = set()
@@ -438,7 +701,7 @@ class AlertEngine:
             if (
                 stream.latest is not None
                 and r.measured_at == stream.latest
-                and any(k in stream.latest_keys for k in keys)
+                and any(k in stream.keys() for k in keys)
             ):
                 continue  # duplicate of a reading already applied at the latest time
             batch_keys.update(keys)
@@ -466,6 +729,21 @@ class AlertEngine:
             ev = self._resolve_missed_on_data(patient_id, kind, batch_max, info)
             if ev is not None:
                 events.append(ev)
+        events.extend(self._judge(patient_id, kind, stream, current, batch_max, newer, unsupported, info))
+        return events
+
+    def _judge(
+        self,
+        patient_id: str,
+        kind: str,
+        stream: _Stream,
+        current: list[CanonicalReading],
+        batch_max: datetime,
+        newer: bool,
+        unsupported: bool,
+        info: _PatientInfo | None,
+    ) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
         stale = (
             self.config.stale_after is not None
             and self._watermark is not None

@@ -445,6 +445,99 @@ def evaluate(
     return results
 
 
+Condition = tuple[bool, Op, float, float, float]
+"""``(low_side, op, threshold, below, above)``: one rule's condition (see :func:`checks_for`)."""
+Check = tuple[Component, float, float, tuple[Condition, ...]]
+"""``(component, quiet_from, quiet_to, conditions)``: the rules of a kind on one component."""
+
+_DEFAULT_CHECKS: dict[str, tuple[Check, ...]] = {}
+_MARGIN = 1e-5
+"""Ten units of the last rounded decimal: a value further than this from a threshold compares the
+same before and after rounding to :data:`DECIMALS` places."""
+_MARGIN_LIMIT = 1e6
+"""Thresholds at or beyond this magnitude are always compared after rounding (the margin would be
+near the float spacing there)."""
+
+
+def checks_for(kind: str, thresholds: Mapping[str, float] | None = None) -> tuple[Check, ...]:
+    """The conditions of every rule of ``kind`` for :func:`any_holds` (``()`` for unknown kinds).
+
+    ``thresholds`` are the effective thresholds as for :func:`evaluate` (defaults when ``None``).
+    Each condition carries its threshold as given and ``below`` / ``above``: a value under
+    ``below`` rounds to strictly less than the rounded threshold, one over ``above`` to strictly
+    more (rounding to :data:`DECIMALS` places is monotonic and moves a value by at most half a unit
+    of the last decimal), so most values are decided without rounding. ``quiet_from`` /
+    ``quiet_to`` bound the open interval in which every condition on the component is so decided
+    as not holding. Rules are grouped by the component they compare. Never raises.
+    """
+    if thresholds is None:
+        cached = _DEFAULT_CHECKS.get(kind)
+        if cached is None:
+            cached = _DEFAULT_CHECKS[kind] = checks_for(kind, DEFAULT_THRESHOLDS)
+        return cached
+    by_component: dict[Component, list[Condition]] = {}
+    for rule in RULES_BY_KIND.get(kind, ()):
+        threshold = thresholds.get(rule.rule_id, rule.threshold)
+        t = _q(threshold)
+        if abs(t) < _MARGIN_LIMIT:
+            below, above = t - _MARGIN, t + _MARGIN
+        else:  # (or not a number): always compare exactly
+            below, above = -math.inf, math.inf
+        low_side = rule.op in ("<", "<=")
+        by_component.setdefault(rule.component, []).append((low_side, rule.op, threshold, below, above))
+    checks: list[Check] = []
+    for component, conds in by_component.items():
+        # a low-side condition surely fails above its ``above``, a high-side one below its ``below``
+        quiet_from = max((c[4] for c in conds if c[0]), default=-math.inf)
+        quiet_to = min((c[3] for c in conds if not c[0]), default=math.inf)
+        checks.append((component, quiet_from, quiet_to, tuple(conds)))
+    return tuple(checks)
+
+
+def any_holds(
+    checks: tuple[Check, ...],
+    *,
+    value: float | None = None,
+    systolic: float | None = None,
+    diastolic: float | None = None,
+    bounded: str | None = None,
+    weight_baseline: float | None = None,
+) -> bool:
+    """Whether any rule's one-sided condition holds: ``any(e.holds for e in evaluate(...))``.
+
+    ``checks`` come from :func:`checks_for` with the same kind and thresholds; the other arguments
+    mean what they mean for :func:`evaluate` (canonical units), and each condition is decided
+    exactly as :func:`compare` decides it (rounded to :data:`DECIMALS` places, same bounded-reading
+    rule). Cheaper than :func:`evaluate`: no :class:`Evaluation` objects, and no rounding for a
+    value that is not within ``1e-5`` of a threshold. The engine uses it to skip readings that can
+    neither open nor keep an episode (``opens`` implies ``holds``). A missing or non-finite value
+    holds nothing. Never raises on clinical input.
+    """
+    for component, quiet_from, quiet_to, conds in checks:
+        if component == "value":
+            x = value
+        elif component == "systolic":
+            x = systolic
+        elif component == "diastolic":
+            x = diastolic
+        elif component == "gain":
+            x = None if value is None or weight_baseline is None else value - weight_baseline
+        else:
+            x = value  # as _component: any other component reads the value
+        if x is None or not math.isfinite(x) or quiet_from < x < quiet_to:
+            continue
+        for low_side, op, threshold, below, above in conds:
+            if x < below:  # rounds to less than the threshold
+                if low_side:
+                    return True
+            elif x > above:  # rounds to more than the threshold
+                if not low_side:
+                    return True
+            elif compare(x, op, threshold, bounded):
+                return True
+    return False
+
+
 def triggered(kind: str, **kwargs: object) -> list[str]:
     """Rule ids that would open an episode for this reading (a convenience over :func:`evaluate`)."""
     return [e.rule.rule_id for e in evaluate(kind, **kwargs) if e.opens]  # type: ignore[arg-type]

@@ -31,8 +31,6 @@ from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_
 
 _ID = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-]\d\d:\d\d)", re.ASCII)
-_READING_REQUIRED = frozenset({"reading_id", "patient_id", "device_id", "kind", "unit", "measured_at"})
-_READING_FIELDS = _READING_REQUIRED | {"gateway_id", "value", "systolic", "diastolic", "type"}
 _BATCH_FIELDS = frozenset({"gateway_id", "sent_at", "readings"})
 _MAX_FUTURE = timedelta(minutes=10)
 _LATE_AFTER = timedelta(hours=1)
@@ -73,20 +71,24 @@ def _plausible(name: str, x: float) -> bool:
 
 
 def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bool) -> CanonicalReading | None:
-    if type(obj) is not dict:
+    if type(obj) is not dict or not 6 <= len(obj) <= 11:
         return None
-    keys = obj.keys()
-    if not (_READING_REQUIRED <= keys <= _READING_FIELDS):
+    try:
+        reading_id, patient_id, device_id = obj["reading_id"], obj["patient_id"], obj["device_id"]
+        kind, unit, stamp = obj["kind"], obj["unit"], obj["measured_at"]
+    except KeyError:
         return None
-    if "type" in obj and (in_batch or obj["type"] != "reading"):
+    optional = ("gateway_id" in obj) + ("value" in obj) + ("systolic" in obj) + ("diastolic" in obj)
+    declared = "type" in obj
+    if len(obj) != 6 + optional + declared:
+        return None  # a field outside the contract
+    if declared and (in_batch or obj["type"] != "reading"):
         return None
-    if not (_ident(obj["reading_id"]) and _ident(obj["patient_id"]) and _ident(obj["device_id"])):
+    if not (_ident(reading_id) and _ident(patient_id) and _ident(device_id)):
         return None
     gateway = obj.get("gateway_id")
     if gateway is not None and not _ident(gateway):
         return None
-    kind = obj["kind"]
-    unit = obj["unit"]
     if type(kind) is not str or kind not in ALLOWED_UNITS or type(unit) is not str \
             or unit not in ALLOWED_UNITS[kind]:
         return None
@@ -108,13 +110,13 @@ def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bo
         value = to_canonical(kind, number, unit)
         if not (math.isfinite(value) and _plausible(kind, value)):
             return None
-    measured_at = _timestamp(obj["measured_at"])
+    measured_at = _timestamp(stamp)
     if measured_at is None:
         return None
     age = received_at - measured_at
     if -age > _MAX_FUTURE or age > oldest:
         return None
-    return native_reading(obj["reading_id"], obj["patient_id"], obj["device_id"], gateway, kind, value,
+    return native_reading(reading_id, patient_id, device_id, gateway, kind, value,
                           systolic, diastolic, CANONICAL_UNIT[kind], unit, measured_at, age > _LATE_AFTER)
 
 

@@ -58,7 +58,7 @@ from monitor.carers.participation import ParticipationSummary, participation_mea
 from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
 from monitor.kafka.checkpoints import CheckpointStore, read_partition
 from monitor.metrics.collectors import registry_for
-from monitor.pipeline import PartitionState, Pipeline, RawRecord
+from monitor.pipeline import PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.stream.consumer import MonitorApp
 
@@ -302,7 +302,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                     continue  # revoked meanwhile: its new owner re-processes it
                 held.setdefault(p, []).append(m)  # acknowledged only once checkpointed
                 dirty.add(p)
-                records.append(RawRecord(m.value, m.topic, p, m.offset))
+                records.append(m)  # a faust message has the RawRecord fields
             result = pipe.ingest(records, expected)
             for d in result.dead_letters:
                 await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
