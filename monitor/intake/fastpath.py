@@ -41,6 +41,20 @@ def _ident(x: Any) -> bool:
     return type(x) is str and _ID.fullmatch(x) is not None
 
 
+_SEEN_IDS: set[str] = set()  # patient/device ids already checked (they repeat; reading ids do not)
+
+
+def _known_ident(x: Any) -> bool:
+    if type(x) is str and x in _SEEN_IDS:
+        return True
+    if not _ident(x):
+        return False
+    if len(_SEEN_IDS) >= 200_000:
+        _SEEN_IDS.clear()
+    _SEEN_IDS.add(x)
+    return True
+
+
 def _number(x: Any) -> float | None:
     """A finite JSON number as float (bool and anything else: None)."""
     t = type(x)
@@ -84,7 +98,7 @@ def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bo
         return None  # a field outside the contract
     if declared and (in_batch or obj["type"] != "reading"):
         return None
-    if not (_ident(reading_id) and _ident(patient_id) and _ident(device_id)):
+    if not (_ident(reading_id) and _known_ident(patient_id) and _known_ident(device_id)):
         return None
     gateway = obj.get("gateway_id")
     if gateway is not None and not _ident(gateway):

@@ -7,7 +7,8 @@ caps an agent at about 5k events/s while a raw aiokafka ``getmany`` loop drains 
 README's performance section).
 
 What stays faust's: the consumer group and partition assignment, the fetch itself
-(:meth:`faust.transport.consumer.Consumer.getmany`, with its generation and flow checks), the read
+(``Consumer._wait_next_records``; the generation, flow and active-partition checks of
+``Consumer.getmany`` are repeated once per partition instead of once per record), the read
 offsets and gap tracking, :meth:`~faust.transport.consumer.Consumer.track_message` (sensors,
 pending acks), acknowledgement through :meth:`~faust.transport.consumer.Consumer.ack` and offset
 commits. What changes: for the topics in :attr:`MonitorApp.batch_topics` the messages of one fetch
@@ -45,39 +46,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if handler is None or not batch_topics:
             await super()._drain_messages(fetcher)
             return
-        callback = self.callback
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        read_offset = self._read_offset
-        acks_enabled_for = app.topics.acks_enabled_for
-        track = self.track_message
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                pending: list[Message] = []
                 await self.sleep(0)
                 if not self.should_stop:
-                    async for tp, message in self.getmany(timeout=1.0):
-                        offset = message.offset
-                        r_offset = read_offset[tp]
-                        if r_offset is not None and offset < r_offset:
-                            continue  # already read (faust drops these too)
-                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        if self._commit_every is not None and self._n_acked >= self._commit_every:
-                            self._n_acked = 0
-                            await self.commit()
-                        if message.topic in batch_topics:
-                            track(message)
-                            pending.append(message)
-                        else:
-                            if pending:  # keep input order relative to other topics' callbacks
-                                await handler(pending)
-                                pending = []
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read_offset[tp] = offset
-                    if pending:
-                        await handler(pending)
+                    await self._drain_fetch(handler, batch_topics)
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -94,6 +70,54 @@ class BatchConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _drain_fetch(self, handler: BatchHandler, batch_topics: frozenset[str]) -> None:
+        """One fetch: the batch topics' records per partition to the handler in one call, every
+        other record through faust's per-message path (as ``Consumer.getmany`` +
+        ``_drain_messages`` do, with the per-record checks done once per partition)."""
+        records, active = await self._wait_next_records(1.0)
+        if not records or self.should_stop:
+            return
+        if not self.flow_active:  # a rebalance began while fetching: faust seeks back, so do we
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # noqa: BLE001 - as faust's getmany
+                self.log.warning(f"exception performing seek when flow not active {exc}")
+            return
+        app = self.app
+        generation_id = app.consumer_generation_id
+        read_offset = self._read_offset
+        acks_enabled_for = app.topics.acks_enabled_for
+        to_message = self._to_message
+        track = self.track_message
+        buffered = self._buffered_partitions
+        pending: list[Message] = []
+        for tp, recs in records.items():
+            if not recs or (active is not None and tp not in active and tp not in buffered):
+                continue
+            if app.consumer_generation_id != generation_id:
+                return  # rebalanced meanwhile: faust abandons the fetch too
+            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            batch = tp.topic in batch_topics
+            r_offset = read_offset[tp]
+            for record in recs:
+                offset = record.offset
+                if r_offset is not None and offset < r_offset:
+                    continue  # already read (faust drops these too)
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                message = to_message(tp, record)
+                if batch:
+                    track(message)
+                    pending.append(message)
+                else:
+                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                read_offset[tp] = r_offset = offset
+        if pending:
+            await handler(pending)
 
 
 class BatchTransport(faust_aiokafka.Transport):
