@@ -201,56 +201,67 @@ def throughput(name: str, readings: int, batch: int) -> dict[str, Any]:
 
 def alert_latency(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
     """Produce readings at a fixed rate (1 % of them hypoglycaemia in a new patient) while a
-    consumer thread reads the alerts topic; latency = arrival of the ``firing`` alert at that
-    consumer - the moment its reading was handed to the producer (one process, one clock)."""
-    import threading
+    consumer reads the alerts topic; latency = arrival of the ``firing`` alert at that consumer -
+    the moment its reading was handed to the producer (one process, one clock, aiokafka both)."""
+    from aiokafka import AIOKafkaProducer
 
     env, settings = _deployment("latency")
     w = Worker(env)
     w.start()
     arrived: dict[str, float] = {}
-    stop = threading.Event()
+    sent_at: dict[str, float] = {}
+    n = int(rate * seconds)
 
-    def consume() -> None:
-        consumer = KafkaConsumer(settings.topics.name("alerts"), **settings.kafka_python_config(),
-                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=5)
-        while not stop.is_set():
-            for recs in consumer.poll(timeout_ms=20).values():
+    async def consume(done: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(settings.topics.name("alerts"), bootstrap_servers=settings.bootstrap,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    fetch_max_wait_ms=5)
+        await consumer.start()
+        try:
+            while not done.is_set():
+                batch = await consumer.getmany(timeout_ms=20)
                 now = time.perf_counter()
-                for rec in recs:
-                    doc = json.loads(rec.value)
-                    if doc["notification"] == "firing":
-                        arrived.setdefault(doc["patient_id"], now)
-        consumer.close()
+                for recs in batch.values():
+                    for rec in recs:
+                        doc = json.loads(rec.value)
+                        if doc["notification"] == "firing":
+                            arrived.setdefault(doc["patient_id"], now)
+        finally:
+            await consumer.stop()
 
-    try:
-        w.wait(lambda x: x.get("/health")["partitions"])
-        reader = threading.Thread(target=consume, daemon=True)
-        reader.start()
-        prod = KafkaProducer(**settings.kafka_python_config(), linger_ms=1)
-        sent_at: dict[str, float] = {}
-        n = int(rate * seconds)
+    async def run() -> float:
+        done = asyncio.Event()
+        reader = asyncio.create_task(consume(done))
+        await asyncio.sleep(3)  # the reader is assigned its partitions
+        prod = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=1)
+        await prod.start()
+        topic = settings.topics.name("readings")
         t_start = time.perf_counter()
         for i in range(n):
             low = i % 100 == 0  # 1 % of readings are hypoglycaemia in a new patient
             pid = f"L{i}" if low else f"N{i % 5000}"
             doc = _reading(pid, i, 2.5 if low else 6.0)
             doc["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            prod.send(settings.topics.name("readings"), key=pid.encode(), value=json.dumps(doc).encode(),
-                      partition=partition_for(pid, settings.partitions))
+            await prod.send(topic, key=pid.encode(), value=json.dumps(doc).encode(),
+                            partition=partition_for(pid, settings.partitions))
             if low:
                 sent_at[pid] = time.perf_counter()
-            due = t_start + (i + 1) / rate
-            if due > time.perf_counter():
-                time.sleep(due - time.perf_counter())
-        prod.flush()
+            delay = t_start + (i + 1) / rate - time.perf_counter()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+        await prod.flush()
         achieved = n / (time.perf_counter() - t_start)
         deadline = time.monotonic() + 60
         while len(arrived) < len(sent_at) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        stop.set()
-        reader.join(timeout=10)
-        prod.close()
+            await asyncio.sleep(0.1)
+        done.set()
+        await reader
+        await prod.stop()
+        return achieved
+
+    try:
+        w.wait(lambda x: x.get("/health")["partitions"])
+        achieved = asyncio.run(run())
     finally:
         w.stop()
     lat = sorted((arrived[p] - t) * 1000 for p, t in sent_at.items() if p in arrived)

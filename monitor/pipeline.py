@@ -406,16 +406,21 @@ class Pipeline:
         flags: list[FlagEvent] = []
         alerts: list[AlertEvent] = []
         for p in sorted(self.partitions):
-            st = self.partitions[p]
-            flags.extend(self._partition_transitions(st))
-            t = self.effective_time(st)
-            if t is None:
-                continue
-            events = st.alerts.tick(datetime.fromtimestamp(t, UTC), st.support_flags())
-            for e in events:
-                st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
-            alerts.extend(events)
+            one = self.tick_partition(self.partitions[p])
+            flags.extend(one.flags)
+            alerts.extend(one.alerts)
         return TickResult(flags, alerts)
+
+    def tick_partition(self, st: PartitionState) -> TickResult:
+        """:meth:`tick` for one partition (the worker ticks partitions one at a time)."""
+        flags = self._partition_transitions(st)
+        t = self.effective_time(st)
+        if t is None:
+            return TickResult(flags, [])
+        events = st.alerts.tick(datetime.fromtimestamp(t, UTC), st.support_flags())
+        for e in events:
+            st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
+        return TickResult(flags, events)
 
     # -- flags -------------------------------------------------------------------------------
 

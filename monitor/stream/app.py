@@ -104,7 +104,8 @@ class PartitionManager:
         self.owned: set[int] = set()
         self.held: dict[int, list[Any]] = {}
         self.dirty: set[int] = set()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the partition states: held while they are read or changed
+        self.round_lock = asyncio.Lock()  # one checkpoint round at a time; rebalances wait for it
         self.store = CheckpointStore(settings, settings.topics.name("checkpoints"))
         self.last_checkpoint = time.monotonic()
         self.saved_at: dict[int, float] = {}  # partition -> monotonic time of its last checkpoint
@@ -122,7 +123,7 @@ class PartitionManager:
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         parts = {tp.partition for tp in assigned if tp.topic in self.input_topics}
-        async with self.lock:
+        async with self.round_lock, self.lock:
             for p in sorted(parts - self.owned):
                 await self._restore(p)
             for p in sorted(self.owned - parts):
@@ -131,7 +132,8 @@ class PartitionManager:
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in self.input_topics}
-        async with self.lock:
+        # a checkpoint being written finishes first: the next owner must find it
+        async with self.round_lock, self.lock:
             for p in parts:
                 self._drop(p)
             self.owned -= parts
@@ -165,40 +167,39 @@ class PartitionManager:
         return time.monotonic() - self.last_checkpoint >= interval
 
     async def checkpoint(self, app: faust.App, budget_s: float = 2.0) -> None:
-        """Checkpoint dirty owned partitions (least recently saved first), then acknowledge the
-        input messages each checkpoint includes. Stops after ``budget_s`` seconds of work; the
-        partitions left dirty go first in the next round, so a large state does not stall input
-        for one long round.
+        """One checkpoint round: dirty owned partitions, least recently saved first, until
+        ``budget_s`` seconds of work are spent (the rest go first next round).
 
-        Caller holds ``self.lock``.
+        Per partition, under :attr:`lock` (input waits): flush the outputs, record their end
+        offsets and the applied input offsets in a snapshot, take the held input messages. Then,
+        without the lock (input flows on): write the checkpoint, and acknowledge those messages
+        once it is durable. A rebalance waits for the round (:attr:`round_lock`).
         """
-        t0 = time.monotonic()
-        parts = sorted(self.dirty & self.owned, key=lambda p: (self.saved_at.get(p, 0.0), p))
-        if not parts:
+        async with self.round_lock:
+            t0 = time.monotonic()
+            parts = sorted(self.dirty & self.owned, key=lambda p: (self.saved_at.get(p, 0.0), p))
+            ack = app.consumer.ack
+            for p in parts:
+                async with self.lock:
+                    st = self.pipe.partitions.get(p)
+                    if st is None or p not in self.dirty or p not in self.owned:
+                        continue
+                    await app.producer.flush()  # outputs so far are durable before their offsets
+                    st.output_offsets = {kind: (await self.store.end_offsets(
+                        self.settings.topics.name(kind), [p]))[p] for kind in OUTPUTS}
+                    st.checkpoint_seq += 1
+                    seq, data = st.checkpoint_seq, st.snapshot()
+                    messages = self.held.pop(p, [])
+                    self.dirty.discard(p)
+                await self.store.save(p, seq, data)
+                for m in messages:
+                    ack(m)
+                self.checkpoints_written += 1
+                self.saved_at[p] = time.monotonic()
+                if time.monotonic() - t0 >= budget_s:
+                    break
             self.last_checkpoint = time.monotonic()
-            self.checkpoint_seconds = 0.0
-            return
-        await app.producer.flush()  # every output so far is durable before offsets are recorded
-        ends = {kind: await self.store.end_offsets(self.settings.topics.name(kind), parts)
-                for kind in OUTPUTS}
-        ack = app.consumer.ack
-        for p in parts:
-            st = self.pipe.partitions.get(p)
-            if st is None:
-                continue
-            messages = self.held.pop(p, [])
-            st.output_offsets = {kind: ends[kind][p] for kind in OUTPUTS}
-            st.checkpoint_seq += 1
-            await self.store.save(p, st.checkpoint_seq, st.snapshot())
-            for m in messages:
-                ack(m)
-            self.checkpoints_written += 1
-            self.dirty.discard(p)
-            self.saved_at[p] = time.monotonic()
-            if time.monotonic() - t0 >= budget_s:
-                break
-        self.last_checkpoint = time.monotonic()
-        self.checkpoint_seconds = self.last_checkpoint - t0
+            self.checkpoint_seconds = self.last_checkpoint - t0 if parts else 0.0
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
@@ -308,8 +309,6 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                 await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
             if result.alerts:
                 await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
-            if mgr.checkpoint_due():
-                await mgr.checkpoint(app)
 
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
@@ -317,27 +316,32 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
 
     @app.timer(settings.flag_interval_s)
     async def evaluate_timers() -> None:
-        async with mgr.lock:
-            tick = pipe.tick()
-            ids = {f.patient_id for f in tick.flags} | {a.patient_id for a in tick.alerts}
-            where = partitions_of(ids)
-            for ev in tick.flags:
-                await publish("flags", where[ev.patient_id], ev.patient_id.encode(), ev.model_dump(mode="json"))
-                mgr.dirty.add(where[ev.patient_id])
-            await publish_alerts(tick.alerts, where)
-            for a in tick.alerts:
-                mgr.dirty.add(where[a.patient_id])
-            for p in sorted(mgr.owned):
+        """Flags, alert timers and the partial summary, one partition at a time (input for the
+        other partitions flows between them)."""
+        for p in sorted(mgr.owned):
+            async with mgr.lock:
                 st = pipe.partitions.get(p)
-                if st is None or st.support.watermark_s is None:
+                if st is None or p not in mgr.owned:
+                    continue
+                tick = pipe.tick_partition(st)
+                for ev in tick.flags:
+                    await publish("flags", p, ev.patient_id.encode(), ev.model_dump(mode="json"))
+                await publish_alerts(tick.alerts, {a.patient_id: p for a in tick.alerts})
+                if tick.flags or tick.alerts:
+                    mgr.dirty.add(p)
+                if st.support.watermark_s is None:
                     continue
                 t = pipe.effective_time(st)
                 summary = st.support.partial_summary(as_of=t)
                 doc: dict[str, Any] = {"partition": p, "summary": summary.to_dict()}
                 doc.update(carers_partial(st, datetime.fromtimestamp(t, UTC)))
                 await partials_topic.send(key=str(p).encode(), partition=0, value=dumps(doc))
-            if mgr.checkpoint_due():
-                await mgr.checkpoint(app)
+            await asyncio.sleep(0)
+
+    @app.timer(0.25)
+    async def checkpoints() -> None:
+        if mgr.checkpoint_due():
+            await mgr.checkpoint(app)
 
     async def rebuild_merge_state() -> None:
         for rec in await read_partition(settings, partials_topic.get_topic_name(), 0):
