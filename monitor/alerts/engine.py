@@ -40,18 +40,27 @@ Identity and recovery
     ``alert_id`` is a hash of patient, rule, kind and ``opened_at``: stable across restarts and
     replays. :meth:`~AlertEngine.snapshot` / :meth:`~AlertEngine.restore` carry every piece of
     state (latest times, duplicate keys, weights, episodes with their last notification time), so a
-    restarted worker that sees a redelivered reading sends no second notification.
+    restarted worker that sees a redelivered reading sends no second notification. Snapshots are
+    deterministic JSON (version 2: one column per field, times as integer microseconds since the
+    epoch, UTC). A reading at a stream's latest time is stored as its id and values, from which its
+    duplicate keys (hashes, whose encoding never changes) are rebuilt only when a later reading needs
+    them; each stream's encoding is cached until the stream changes, so a snapshot costs little more
+    than encoding the JSON. ``restore`` also reads version 1 (a dict per stream, keys as hashes).
 
 Logging never includes patient identifiers.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -75,7 +84,7 @@ from monitor.intake.canonical import CanonicalReading
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 MISSED = "missed_readings"
 WEIGHT_GAIN = "weight_gain"
 
@@ -115,18 +124,62 @@ def alert_id_for(patient_id: str, rule: str, kind: str, opened_at: datetime) -> 
 
 
 def _key_strings(r: CanonicalReading) -> tuple[str, ...]:
+    return _encode_keys(r.content_key, r.dedup_key)
+
+
+def _encode_keys(content: tuple[Any, ...], dedup: tuple[Any, ...]) -> tuple[str, ...]:
+    """The sorted, distinct hashes of a reading's content and dedup keys (persisted in snapshots
+    and compared across restarts: the encoding must never change)."""
+
     def enc(key: tuple[Any, ...]) -> str:
         # repr of a tuple of str/float/None/aware datetime is deterministic across processes and
         # ~10x cheaper than json.dumps with a default hook
         return hashlib.blake2b(repr(key).encode("utf-8"), digest_size=12).hexdigest()
 
-    keys = {enc(r.content_key), enc(r.dedup_key)}
+    keys = {enc(content), enc(dedup)}
     return tuple(sorted(keys))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_NO_KEYS: frozenset[str] = frozenset()
+_NO_ROWS: list[Any] = []
+"""A shared empty list in cached snapshot rows (never mutated)."""
+_MATERIAL_FIELDS = operator.attrgetter("reading_id", "measured_at", "value", "systolic", "diastolic")
+
+
+def _to_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch (UTC) of an aware datetime."""
+    return (ts - _EPOCH) // _US
+
+
+def _from_us(us: int) -> datetime:
+    if type(us) is not int:
+        raise TypeError("snapshot time must be an integer")
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _material_order(m: _Material) -> str:
+    return repr(m)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: encoding or decoding a large state allocates many
+    containers, each allocation burst triggering a full traversal of the (large) heap."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _STR: frozenset[type] = frozenset({str})
 _NONE: frozenset[type] = frozenset({type(None)})
 _STR_OR_NONE: frozenset[type] = _STR | _NONE
+_FLOAT_OR_NONE: frozenset[type] = frozenset({float}) | _NONE
 
 _RULE_IDS_BY_KIND: dict[str, tuple[str, ...]] = {
     kind: tuple(rule.rule_id for rule in rules) for kind, rules in RULES_BY_KIND.items()
@@ -241,27 +294,180 @@ class _PatientInfo:
         return cached
 
 
-@dataclass(slots=True)
-class _Stream:
-    """Per (patient, kind): the latest event time, the keys of readings at that time, weights.
+_Material = tuple[str | None, float | None, float | None, float | None]
+"""A reading at a stream's latest time reduced to what its duplicate keys depend on besides the
+stream's patient, kind and latest time: ``(reading_id, value, systolic, diastolic)``."""
 
-    The duplicate keys of the readings at the latest time are ``latest_keys`` plus the keys of
-    ``pending``: readings whose keys are hashed only when needed (a later reading at exactly the
-    latest time, or a snapshot), since most readings are never compared with anything.
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    """Per (patient, kind): the latest event time, the readings at that time, weights.
+
+    The duplicate keys at the latest time are ``opaque`` (keys known only as hashes: restored from a
+    version-1 snapshot) plus the keys of every entry of ``readings`` (the fresh readings at the
+    latest time, or their :data:`_Material` once snapshotted or restored). Keys are hashed only when
+    needed (a later reading at exactly the latest time), since most readings are never compared
+    with anything; ``hashed`` caches the keys of ``opaque`` and of ``readings[:n_hashed]``.
+    ``row`` caches the stream's snapshot encoding; ``None`` means changed since (every change goes
+    through :meth:`advance`, :meth:`add` or :meth:`set_weights`).
     """
 
+    patient_id: str
+    kind: str
     latest: datetime | None = None
-    latest_keys: set[str] = field(default_factory=set)
-    weights: list[tuple[datetime, float]] = field(default_factory=list)
-    pending: list[CanonicalReading] = field(default_factory=list)
+    weights: Sequence[tuple[datetime, float]] = ()
+    readings: list[CanonicalReading | _Material] = field(default_factory=list)
+    opaque: frozenset[str] = frozenset()
+    hashed: set[str] | None = None
+    n_hashed: int = 0
+    row: tuple[Any, ...] | None = None
 
     def keys(self) -> set[str]:
-        """Every duplicate key at the latest time (hashes the pending readings first)."""
-        if self.pending:
-            for r in self.pending:
-                self.latest_keys.update(_key_strings(r))
-            self.pending = []
-        return self.latest_keys
+        """Every duplicate key at the latest time (hashes the readings not hashed yet first)."""
+        hashed = self.hashed
+        if hashed is None:
+            hashed = self.hashed = set(self.opaque)
+        readings = self.readings
+        if self.n_hashed < len(readings):
+            for entry in readings[self.n_hashed :]:
+                hashed.update(self._entry_keys(entry))
+            self.n_hashed = len(readings)
+        return hashed
+
+    def _entry_keys(self, entry: CanonicalReading | _Material) -> tuple[str, ...]:
+        if type(entry) is not tuple:
+            return _key_strings(entry)  # type: ignore[arg-type]
+        rid, value, systolic, diastolic = entry
+        return _key_strings(
+            CanonicalReading(
+                reading_id=rid,
+                patient_id=self.patient_id,
+                device_id=None,
+                gateway_id=None,
+                kind=self.kind,
+                value=value,
+                systolic=systolic,
+                diastolic=diastolic,
+                unit="",
+                original_unit="",
+                original_code=None,
+                measured_at=self.latest,  # type: ignore[arg-type]
+                source="native",
+            )
+        )
+
+    def advance(self, latest: datetime) -> None:
+        """A newer latest time: forget the readings (and keys) of the previous one."""
+        self.latest = latest
+        if self.readings:
+            self.readings = []
+        self.opaque = _NO_KEYS
+        self.hashed = None
+        self.n_hashed = 0
+        self.row = None
+
+    def add(self, reading: CanonicalReading, keys: tuple[str, ...] | None = None) -> None:
+        """Record a fresh reading at the latest time; ``keys``: its keys if already hashed."""
+        readings = self.readings
+        if keys is not None and self.n_hashed == len(readings):
+            if self.hashed is None:
+                self.hashed = set(self.opaque)
+            self.hashed.update(keys)
+            self.n_hashed += 1
+        readings.append(reading)
+        self.row = None
+
+    def set_weights(self, weights: Sequence[tuple[datetime, float]]) -> None:
+        self.weights = weights
+        self.row = None
+
+    def snapshot_row(self) -> tuple[Any, ...]:
+        """``(latest_us, materials, hashes, weight_times_us, weight_kgs)``, cached until a change.
+
+        ``materials`` are the sorted :data:`_Material` rows of the readings at the latest time,
+        ``hashes`` the sorted keys of ``opaque`` and of any reading that has no material row (a
+        reading whose duplicate keys could not be rebuilt exactly from one). Readings are replaced
+        by their material rows in memory (the same keys, without the whole reading).
+        """
+        row = self.row
+        if row is not None:
+            return row
+        latest = self.latest
+        readings = self.readings
+        hashes: list[str] = _NO_ROWS
+        if not readings:
+            materials: list[Any] = _NO_ROWS
+        elif len(readings) == 1:
+            r = readings[0]
+            if type(r) is not tuple:
+                rid, at, value, systolic, diastolic = _MATERIAL_FIELDS(r)
+                if (
+                    at is latest  # the same object: the same repr in the keys
+                    and type(latest) is datetime
+                    and latest.tzinfo is UTC
+                    and not latest.fold
+                    and type(rid) in _STR_OR_NONE
+                    and type(value) in _FLOAT_OR_NONE
+                    and type(systolic) in _FLOAT_OR_NONE
+                    and type(diastolic) in _FLOAT_OR_NONE
+                ):
+                    self.readings = readings = [(rid, value, systolic, diastolic)]
+            if type(readings[0]) is tuple:
+                materials = readings
+            else:
+                materials, hashes = self._materialise()
+        else:
+            materials, hashes = self._materialise()
+        if self.opaque:
+            hashes = sorted({*hashes, *self.opaque})
+        weights = self.weights
+        row = self.row = (
+            None if latest is None else _to_us(latest),
+            materials,
+            hashes,
+            [_to_us(t) for t, _ in weights] if weights else _NO_ROWS,
+            [w for _, w in weights] if weights else _NO_ROWS,
+        )
+        return row
+
+    def _materialise(self) -> tuple[list[Any], list[str]]:
+        """Replace the readings by their material rows where their keys are rebuilt exactly from
+        one (by :meth:`_entry_keys`); return the sorted material rows and the sorted keys of the
+        other readings."""
+        latest = self.latest
+        simple = type(latest) is datetime and latest.tzinfo is UTC and not latest.fold
+        readings = self.readings
+        materials: list[Any] = []
+        keep: list[CanonicalReading] = []
+        for entry in readings:
+            if type(entry) is tuple:
+                materials.append(entry)
+                continue
+            rid, at, value, systolic, diastolic = _MATERIAL_FIELDS(entry)
+            # a reading of this stream has its patient and kind; its time equals the latest time
+            # and must repr the same: the same object, or a plain UTC datetime (fold 0)
+            if (
+                simple
+                and type(rid) in _STR_OR_NONE
+                and (
+                    at is latest
+                    or (type(at) is datetime and at.tzinfo is UTC and not at.fold and at == latest)
+                )
+                and type(value) in _FLOAT_OR_NONE
+                and type(systolic) in _FLOAT_OR_NONE
+                and type(diastolic) in _FLOAT_OR_NONE
+            ):
+                materials.append((rid, value, systolic, diastolic))
+            else:
+                keep.append(entry)  # type: ignore[arg-type]
+        if len(materials) > 1:
+            materials.sort(key=_material_order)
+        if self.n_hashed < len(readings):  # the cache follows the order of readings
+            self.hashed = None
+            self.n_hashed = 0
+        self.readings = [*materials, *keep]
+        hashes = sorted({k for r in keep for k in _key_strings(r)}) if keep else _NO_ROWS
+        return materials if materials else _NO_ROWS, hashes
 
 
 class AlertEngine:
@@ -290,6 +496,8 @@ class AlertEngine:
         self._open: dict[tuple[str, str, str], _Episode] = {}
         self._resolved: list[_Episode] = []
         self._watermark: datetime | None = None
+        self._order: list[_Stream] | None = None
+        """The streams sorted by patient and kind (a cache for :meth:`snapshot`; ``None``: stale)."""
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -406,72 +614,106 @@ class AlertEngine:
     # --- recovery ----------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole engine state as UTF-8 JSON bytes (versioned)."""
+        """The whole engine state as UTF-8 JSON bytes (version 2, columnar; see :meth:`restore`).
+
+        Deterministic: the same state gives the same bytes, whatever the history (streams sorted by
+        patient and kind, patients by id, dict keys sorted). Times are integer microseconds since
+        the Unix epoch (UTC), except in episodes (ISO 8601 UTC with ``Z``). A reading at a stream's
+        latest time is stored as ``(reading_id, value, systolic, diastolic)``, from which its
+        duplicate keys are hashed when needed, so no key is hashed here; keys known only as hashes
+        are stored as such. Each stream's encoding is cached until the stream changes.
+        """
+        with _gc_paused():
+            return self._snapshot()
+
+    def _snapshot(self) -> bytes:
+        order = self._order
+        if order is None:
+            streams = self._streams
+            order = self._order = [streams[k] for k in sorted(streams)]
+        rows = [s.row or s.snapshot_row() for s in order]
+        materials = [m for row in rows for m in row[1]]
+        hashed = [i for i, row in enumerate(rows) if row[2]]
+        weighted = [i for i, row in enumerate(rows) if row[3]]
+        kinds = sorted({s.kind for s in order})
+        kind_index = {k: i for i, k in enumerate(kinds)}
+        pids = sorted(self._patients)
+        infos = [self._patients[pid] for pid in pids]
         state = {
             "version": SNAPSHOT_VERSION,
-            "watermark": _iso(self._watermark),
+            "watermark": None if self._watermark is None else _to_us(self._watermark),
             "patients": {
-                pid: {
-                    "region": p.region,
-                    "overrides": p.overrides,
-                    "plan": p.plan,
-                    "registered_at": _iso(p.registered_at),
-                    "plan_seen_at": {k: _iso(v) for k, v in p.plan_seen_at.items()},
-                }
-                for pid, p in sorted(self._patients.items())
+                "patient_id": pids,
+                "region": [p.region for p in infos],
+                "overrides": [p.overrides for p in infos],
+                "plan": [p.plan for p in infos],
+                "registered_at": [
+                    None if p.registered_at is None else _to_us(p.registered_at) for p in infos
+                ],
+                "plan_seen_at": [
+                    {k: _to_us(v) for k, v in p.plan_seen_at.items()} if p.plan_seen_at else {} for p in infos
+                ],
             },
-            "streams": [
-                {
-                    "patient_id": pid,
-                    "kind": kind,
-                    "latest": _iso(s.latest),
-                    "latest_keys": sorted(s.keys()),
-                    "weights": [[_iso(t), w] for t, w in s.weights],
-                }
-                for (pid, kind), s in sorted(self._streams.items())
-            ],
+            "streams": {
+                "patient_id": [s.patient_id for s in order],
+                "kinds": kinds,
+                "kind": [kind_index[s.kind] for s in order],
+                "latest": [row[0] for row in rows],
+                "readings": [len(row[1]) for row in rows],
+                "reading_id": [m[0] for m in materials],
+                "value": [m[1] for m in materials],
+                "systolic": [m[2] for m in materials],
+                "diastolic": [m[3] for m in materials],
+                "hashed": hashed,
+                "hashes": [rows[i][2] for i in hashed],
+                "weighted": weighted,
+                "weight_at": [rows[i][3] for i in weighted],
+                "weight_kg": [rows[i][4] for i in weighted],
+            },
             "open": [self._open[k].to_state() for k in sorted(self._open)],
             "resolved": [e.to_state() for e in self._resolved],
         }
         return json.dumps(state, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def restore(self, data: bytes) -> None:
-        """Replace the state with a :meth:`snapshot`. Raises :class:`AlertStateError` on bad input
-        (the current state is then left unchanged)."""
+        """Replace the state with a :meth:`snapshot` (version 2, or version 1 from older releases).
+
+        Raises :class:`AlertStateError` on bad input (not UTF-8 JSON, unknown version, missing or
+        mistyped fields, columns of different lengths); the current state is then left unchanged.
+        """
+        with _gc_paused():
+            self._restore(data)
+
+    def _restore(self, data: bytes) -> None:
         try:
             state = json.loads(data.decode("utf-8"))
-            if state.get("version") != SNAPSHOT_VERSION:
-                raise AlertStateError(f"unsupported snapshot version {state.get('version')!r}")
-            patients: dict[str, _PatientInfo] = {}
-            for pid, p in state["patients"].items():
-                thresholds, _ = effective_thresholds(p["overrides"])
-                patients[pid] = _PatientInfo(
-                    region=p["region"],
-                    overrides=dict(p["overrides"]),
-                    thresholds=thresholds,
-                    plan={k: float(v) for k, v in p["plan"].items()},
-                    registered_at=_parse(p["registered_at"]),
-                    plan_seen_at={k: _parse(v) for k, v in p["plan_seen_at"].items()},  # type: ignore[misc]
-                )
-            streams: dict[tuple[str, str], _Stream] = {}
-            for s in state["streams"]:
-                streams[(s["patient_id"], s["kind"])] = _Stream(
-                    latest=_parse(s["latest"]),
-                    latest_keys=set(s["latest_keys"]),
-                    weights=[(_parse(t), float(w)) for t, w in s["weights"]],  # type: ignore[misc]
-                )
+            version = state.get("version")
+            if version == SNAPSHOT_VERSION:
+                parsed = _parse_v2(state)
+            elif version == 1:
+                parsed = _parse_v1(state)
+            else:
+                raise AlertStateError(f"unsupported snapshot version {version!r}")
             open_eps = {}
             for e in state["open"]:
                 ep = _Episode.from_state(e)
                 open_eps[(ep.patient_id, ep.rule, ep.kind)] = ep
             resolved = [_Episode.from_state(e) for e in state["resolved"]]
-            watermark = _parse(state["watermark"])
         except AlertStateError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+            RecursionError,
+            UnicodeDecodeError,
+        ) as exc:
             raise AlertStateError(f"malformed alert engine snapshot: {type(exc).__name__}") from exc
-        self._patients, self._streams = patients, streams
-        self._open, self._resolved, self._watermark = open_eps, resolved, watermark
+        self._patients, self._streams, self._order, self._watermark = parsed
+        self._open, self._resolved = open_eps, resolved
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -610,7 +852,8 @@ class AlertEngine:
         key = (patient_id, kind)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream()
+            stream = self._streams[key] = _Stream(patient_id, kind)
+            self._order = None
         fresh, fresh_keys, known_max = self._fresh_fast(stream, group)
         if not fresh:
             return []
@@ -623,23 +866,18 @@ class AlertEngine:
             return []  # all backfill: no firing, no resolving
         newer = latest is None or batch_max > latest
         if newer:
-            stream.latest = batch_max
-            if stream.latest_keys:
-                stream.latest_keys = set()
-            stream.pending = []
+            stream.advance(batch_max)
         if single:
             current = fresh
         else:
             current = [r for r in fresh if r.measured_at == batch_max]
         if fresh_keys is None:
-            stream.pending.extend(current)
+            for r in current:
+                stream.add(r)
         else:
             for r, keys in zip(fresh, fresh_keys, strict=True):
                 if r.measured_at == batch_max:
-                    if keys is None:
-                        stream.pending.append(r)
-                    else:
-                        stream.latest_keys.update(keys)
+                    stream.add(r, keys)
 
         events: list[AlertEvent] = []
         info = self._patients.get(patient_id)
@@ -691,7 +929,10 @@ class AlertEngine:
         self, patient_id: str, kind: str, group: list[CanonicalReading], flags: SupportFlags
     ) -> list[AlertEvent]:
         # The reference path (fast=False): every reading's keys hashed, every rule evaluated.
-        stream = self._streams.setdefault((patient_id, kind), _Stream())
+        stream = self._streams.get((patient_id, kind))
+        if stream is None:
+            stream = self._streams[(patient_id, kind)] = _Stream(patient_id, kind)
+            self._order = None
         fresh: list[tuple[CanonicalReading, tuple[str, ...]]] = []
         batch_keys: set[str] = set()
         for r in group:
@@ -715,12 +956,11 @@ class AlertEngine:
             return []  # all backfill: no firing, no resolving
         newer = stream.latest is None or batch_max > stream.latest
         if newer:
-            stream.latest = batch_max
-            stream.latest_keys = set()
+            stream.advance(batch_max)
         current = [r for r, _ in fresh if r.measured_at == batch_max]
         for r, keys in fresh:
             if r.measured_at == batch_max:
-                stream.latest_keys.update(keys)
+                stream.add(r, keys)
 
         events: list[AlertEvent] = []
         info = self._patients.get(patient_id)
@@ -916,7 +1156,7 @@ class AlertEngine:
             merged[r.measured_at] = min(r.value, merged.get(r.measured_at, r.value))
         newest = max(merged)
         horizon = newest - self.config.weight_window - timedelta(days=1)
-        stream.weights = sorted((t, w) for t, w in merged.items() if t >= horizon)
+        stream.set_weights(sorted((t, w) for t, w in merged.items() if t >= horizon))
 
     def _weight_baseline(self, stream: _Stream, at: datetime) -> float | None:
         start = at - self.config.weight_window
@@ -946,6 +1186,195 @@ class AlertEngine:
             region=info.region if info else None,
             escalated_from=escalated_from,
         )
+
+
+# --- snapshot decoding ---------------------------------------------------------------------------
+
+_Parsed = tuple[
+    dict[str, _PatientInfo], dict[tuple[str, str], _Stream], list[tuple[str, str]] | None, datetime | None
+]
+
+
+def _check_types(values: Any, allowed: frozenset[type], name: str) -> None:
+    if type(values) is not list or not set(map(type, values)) <= allowed:
+        raise TypeError(f"snapshot field {name} has a value of the wrong type")
+
+
+def _check_mapping(value: Any, allowed: frozenset[type], name: str) -> None:
+    if type(value) is not dict or not set(map(type, value.values())) <= allowed:
+        raise TypeError(f"snapshot field {name} must be an object of the right values")
+
+
+_INT: frozenset[type] = frozenset({int})
+_NUMBER: frozenset[type] = frozenset({int, float})
+_INT_OR_NONE: frozenset[type] = frozenset({int, type(None)})
+_LIST: frozenset[type] = frozenset({list})
+
+
+def _parse_v2(state: Mapping[str, Any]) -> _Parsed:
+    """Decode a version-2 snapshot (see :meth:`AlertEngine.snapshot`); raises on malformed input."""
+    watermark = state["watermark"]
+    watermark = None if watermark is None else _from_us(watermark)
+
+    p = state["patients"]
+    pids = p["patient_id"]
+    _check_types(pids, _STR, "patients.patient_id")
+    _check_types(p["region"], _STR_OR_NONE, "patients.region")
+    _check_types(p["registered_at"], _INT_OR_NONE, "patients.registered_at")
+    patients: dict[str, _PatientInfo] = {}
+    times: dict[int, datetime] = {}
+
+    def at(us: int) -> datetime:
+        ts = times.get(us)
+        if ts is None:
+            ts = times[us] = _from_us(us)
+        return ts
+
+    for pid, region, overrides, plan, registered, seen in zip(
+        pids, p["region"], p["overrides"], p["plan"], p["registered_at"], p["plan_seen_at"], strict=True
+    ):
+        _check_mapping(overrides, _NUMBER, "patients.overrides")
+        _check_mapping(plan, _NUMBER, "patients.plan")
+        _check_mapping(seen, _INT, "patients.plan_seen_at")
+        thresholds, _ = effective_thresholds(overrides)
+        patients[pid] = _PatientInfo(
+            region=region,
+            overrides=dict(overrides),
+            thresholds=thresholds,
+            plan={k: float(v) for k, v in plan.items()},
+            registered_at=None if registered is None else at(registered),
+            plan_seen_at={k: at(v) for k, v in seen.items()} if seen else {},
+        )
+    if len(patients) != len(pids):
+        raise ValueError("duplicate patient in snapshot")
+
+    s = state["streams"]
+    kinds = s["kinds"]
+    _check_types(kinds, _STR, "streams.kinds")
+    _check_types(s["kind"], _INT, "streams.kind")
+    if min(s["kind"], default=0) < 0:
+        raise ValueError("snapshot kind index out of range")
+    _check_types(s["patient_id"], _STR, "streams.patient_id")
+    keys = list(zip(s["patient_id"], [kinds[i] for i in s["kind"]], strict=True))
+    n = len(keys)
+    latest = s["latest"]
+    counts = s["readings"]
+    _check_types(latest, _INT_OR_NONE, "streams.latest")
+    _check_types(counts, _INT, "streams.readings")
+    rids, values, systolics, diastolics = s["reading_id"], s["value"], s["systolic"], s["diastolic"]
+    _check_types(rids, _STR_OR_NONE, "streams.reading_id")
+    for name in ("value", "systolic", "diastolic"):
+        _check_types(s[name], _FLOAT_OR_NONE, f"streams.{name}")
+    materials = list(zip(rids, values, systolics, diastolics, strict=True))
+    if len(latest) != n or len(counts) != n or sum(counts) != len(materials) or min(counts, default=0) < 0:
+        raise ValueError("snapshot stream columns differ in length")
+    if any(c and t is None for c, t in zip(counts, latest, strict=True)):
+        raise ValueError("readings without a latest time in snapshot")
+
+    hashes: dict[int, list[str]] = {}
+    _check_types(s["hashed"], _INT, "streams.hashed")
+    _check_types(s["hashes"], _LIST, "streams.hashes")
+    for i, hs in zip(s["hashed"], s["hashes"], strict=True):
+        _check_types(hs, _STR, "streams.hashes")
+        hashes[i] = hs
+    weights: dict[int, list[tuple[datetime, float]]] = {}
+    _check_types(s["weighted"], _INT, "streams.weighted")
+    _check_types(s["weight_at"], _LIST, "streams.weight_at")
+    _check_types(s["weight_kg"], _LIST, "streams.weight_kg")
+    for i, ts, kgs in zip(s["weighted"], s["weight_at"], s["weight_kg"], strict=True):
+        _check_types(ts, _INT, "streams.weight_at")
+        _check_types(kgs, _NUMBER, "streams.weight_kg")
+        weights[i] = [(at(t), float(w)) for t, w in zip(ts, kgs, strict=True)]
+
+    streams: dict[tuple[str, str], _Stream] = {}
+    rows = iter(materials)
+    for key, us, count in zip(keys, latest, counts, strict=True):
+        if count == 1:
+            entries: list[Any] = [next(rows)]
+        elif count:
+            entries = list(itertools.islice(rows, count))
+        else:
+            entries = []
+        if us is None:
+            ts = None
+        else:
+            ts = times.get(us)
+            if ts is None:
+                ts = times[us] = _from_us(us)
+        # the row is canonical as it stands unless sorting could change it: reuse it in snapshot()
+        row = (us, entries if count else _NO_ROWS, _NO_ROWS, _NO_ROWS, _NO_ROWS) if count <= 1 else None
+        streams[key] = _Stream(key[0], key[1], ts, (), entries, _NO_KEYS, None, 0, row)
+    if len(streams) != n:
+        raise ValueError("duplicate stream in snapshot")
+    if not all(0 <= i < n for i in hashes) or not all(0 <= i < n for i in weights):
+        raise ValueError("snapshot stream index out of range")
+    for i, hs in hashes.items():
+        stream = streams[keys[i]]
+        stream.opaque = frozenset(hs)
+        stream.row = None
+    for i, ws in weights.items():
+        stream = streams[keys[i]]
+        stream.weights = ws
+        stream.row = None
+    ordered = all(a < b for a, b in zip(keys, keys[1:], strict=False))
+    return patients, streams, list(streams.values()) if ordered else None, watermark
+
+
+def _parse_v1(state: Mapping[str, Any]) -> _Parsed:
+    """Decode a version-1 snapshot (dict per patient and stream, ISO times, keys as hashes)."""
+    patients: dict[str, _PatientInfo] = {}
+    for pid, p in state["patients"].items():
+        thresholds, _ = effective_thresholds(p["overrides"])
+        patients[pid] = _PatientInfo(
+            region=p["region"],
+            overrides=dict(p["overrides"]),
+            thresholds=thresholds,
+            plan={k: float(v) for k, v in p["plan"].items()},
+            registered_at=_parse(p["registered_at"]),
+            plan_seen_at={k: _parse(v) for k, v in p["plan_seen_at"].items()},  # type: ignore[misc]
+        )
+    streams: dict[tuple[str, str], _Stream] = {}
+    for s in state["streams"]:
+        streams[(s["patient_id"], s["kind"])] = _Stream(
+            s["patient_id"],
+            s["kind"],
+            latest=_parse(s["latest"]),
+            opaque=frozenset(s["latest_keys"]),
+            weights=[(_parse(t), float(w)) for t, w in s["weights"]],  # type: ignore[misc]
+        )
+    return patients, streams, None, _parse(state["watermark"])
+
+
+def _snapshot_v1(engine: AlertEngine) -> bytes:
+    """The engine state in the version-1 layout (the encoder of older releases; kept for tests
+    that prove :meth:`AlertEngine.restore` still reads it). Hashes every key not hashed yet."""
+    state = {
+        "version": 1,
+        "watermark": _iso(engine._watermark),
+        "patients": {
+            pid: {
+                "region": p.region,
+                "overrides": p.overrides,
+                "plan": p.plan,
+                "registered_at": _iso(p.registered_at),
+                "plan_seen_at": {k: _iso(v) for k, v in p.plan_seen_at.items()},
+            }
+            for pid, p in sorted(engine._patients.items())
+        },
+        "streams": [
+            {
+                "patient_id": pid,
+                "kind": kind,
+                "latest": _iso(s.latest),
+                "latest_keys": sorted(s.keys()),
+                "weights": [[_iso(t), w] for t, w in s.weights],
+            }
+            for (pid, kind), s in sorted(engine._streams.items())
+        ],
+        "open": [engine._open[k].to_state() for k in sorted(engine._open)],
+        "resolved": [e.to_state() for e in engine._resolved],
+    }
+    return json.dumps(state, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def _hours(delta: timedelta) -> float:
