@@ -276,7 +276,9 @@ def recovery(patients: int) -> dict[str, Any]:
     env, settings = _deployment("recovery")
     _produce(settings, [("readings", f"R{i}", json.dumps(_reading(f"R{i}", 0)).encode())
                         for i in range(patients)])
-    w = Worker({**env, "MONITOR_CHECKPOINT_INTERVAL_S": "2"})
+    # a restarted worker keeps its identity (static membership, as a StatefulSet pod would): it
+    # takes its partitions back at once instead of after the dead member's session timeout
+    w = Worker({**env, "MONITOR_CHECKPOINT_INTERVAL_S": "2", "MONITOR_INSTANCE_ID": "bench-recovery-0"})
     w.start()
     t_ingest = time.monotonic()
     w.wait(lambda x: x.get("/summary")["readings"] >= patients, timeout_s=1800)

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     replication_factor: int | None = Field(default=None, ge=1, le=7)
 
     app_id: str = "coproduction-monitor"
+    # static group membership (KIP-345): a restarted worker with the same id takes its partitions
+    # back at once instead of after the session timeout; unique per worker, stable across restarts
+    instance_id: str | None = Field(default=None, min_length=1, max_length=249)
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     data_dir: Path = Path(".state/worker")

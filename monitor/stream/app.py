@@ -234,6 +234,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         consumer_auto_offset_reset="earliest",
         # a killed worker's partitions move on after this long (the default 60 s stalls recovery)
         broker_session_timeout=settings.session_timeout_s,
+        consumer_group_instance_id=settings.instance_id,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         autodiscover=False,
     )
