@@ -29,8 +29,8 @@ A carer activity counts on the UTC day of ``started_at``; a reading on the day o
 Idempotence and order independence
 ----------------------------------
 Re-deliveries are harmless by construction: maxima (last contact/reading, per-pair last contact
-day), bit-or (a 64-day contact bitmask per patient) and "latest link wins" are idempotent and
-commutative. The only sums (care minutes and readings per day, kept in a ring of day cells per
+day), bit-or (a contact-day bit per day of the coverage window) and "latest link wins" are
+idempotent and commutative. The only sums (care minutes and readings per day, kept in a ring of day cells per
 patient) admit an event id at most once through an **exact duplicate table**: an open-addressing
 hash set of 64-bit event-id hashes (blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``),
 holding only events of the last ``coverage_days`` days before the watermark day. Older events
@@ -47,15 +47,20 @@ order independent too.
 
 State size and layout
 ---------------------
-The update kernels are bound by random memory access (one patient, pair and duplicate-table line
-per event, 80-300 ns per miss), so every structure an event touches is packed so that one cache
-line serves it, and the lines of later events of a batch are prefetched. Per patient: a 32-byte
-*hot* record (contact bitmask, its last day, last contact, last reading; two per line), a ring of
-``ring_days`` (8) day cells of 16 bytes (day tag, readings, care ms; a 128-byte ring is two
-aligned lines, a cell never straddles one) and the cold registry (3 group codes, expected
-readings, version, registered flag; 37 bytes) ~ 200 bytes; per (patient, carer) pair one 32-byte
-slot (key, link time and action, last-contact day) in a table kept 35-70 % full; per event in the
-current coverage window ~13-20 bytes of duplicate table. Arrays are allocated aligned to 64 bytes.
+The update kernels are bound by random memory access (~20 ns per cache miss with prefetching,
+~60 M random lines/s on one core of the reference machine), so every structure an event touches
+is packed so that one cache line serves it, and the lines of later events of a batch are
+prefetched: a reading touches its patient's record and one duplicate-table line, an activity
+also one pair-table line, a care link one link-table line. Per patient: one 64-byte *record*
+(last contact and last reading times, a ring of ``coverage_days`` day cells of care ms (low 32
+bits) and readings (low 16 bits), the contact-day bits; layout
+:func:`monitor.core.support.record_layout`), the high parts of the cells (``hi``, 56 bytes, only
+touched after an overflow of a low part) and the cold registry (3 group codes, expected
+readings, version, registered flag; 37 bytes); per (patient, carer) pair one 16-byte slot (key,
+last-contact day) in the pair table and, for pairs with a care link, one 16-byte slot (key,
+latest link) in the link table, both in 64-byte buckets of 4 slots and kept 35-70 % full; per
+event in the current coverage window ~13-20 bytes of duplicate table. Arrays are allocated
+aligned to 64 bytes.
 :meth:`SupportState.bytes_per_patient` reports the measured total. The Python id
 maps (patient and carer id -> slot) are extra (~100 bytes per id) and not counted there.
 """
@@ -129,7 +134,7 @@ UNKNOWN_GROUP = "unknown"
 """Group of a patient seen in events but never registered (excluded from equity measures)."""
 
 SNAPSHOT_MAGIC = b"CMSUPPORT"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 MICRO = 1_000_000
 
 
@@ -214,7 +219,8 @@ class SupportConfig:
 
     @property
     def ring_days(self) -> int:
-        """Cells of the per-patient day ring: the smallest power of two >= ``coverage_days``."""
+        """The smallest power of two >= ``coverage_days`` (the ring size of snapshot version 2;
+        the records of version 3 have exactly ``coverage_days`` cells)."""
         return 1 << (self.coverage_days - 1).bit_length()
 
     def to_dict(self) -> dict[str, Any]:
@@ -314,8 +320,9 @@ class EventBatch:
     def __len__(self) -> int:
         return self.n_activities + self.n_links + self.n_readings + len(self.patients)
 
-    def check(self, n_patients: int, n_carers: int) -> None:
-        """Raise ``ValueError`` if dtypes, lengths or slots are invalid (before any kernel runs)."""
+    def check(self, n_patients: int, n_carers: int) -> int | None:
+        """Raise ``ValueError`` if dtypes, lengths or values are invalid (before any kernel runs);
+        returns the latest event time (epoch seconds), None for a batch without events."""
         for name, dt in self._DTYPES.items():
             a = getattr(self, name)
             if a.dtype != dt or a.ndim != 1 or not a.flags.c_contiguous:
@@ -328,25 +335,35 @@ class EventBatch:
             lengths = {getattr(self, f"{prefix}_{c}").shape[0] for c in cols}
             if len(lengths) != 1:
                 raise ValueError(f"EventBatch {prefix} columns have different lengths")
-        for name in ("activity_patient", "link_patient", "reading_patient"):
-            a = getattr(self, name)
-            if a.size and (a.min() < 0 or a.max() >= n_patients):
-                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_patients - 1}")
-        for name in ("activity_carer", "link_carer"):
-            a = getattr(self, name)
-            if a.size and (a.min() < 0 or a.max() >= n_carers):
-                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_carers - 1}")
-        m = self.activity_minutes
-        if m.size and not (np.all(np.isfinite(m)) and m.min() > 0 and m.max() <= 1440):
-            raise ValueError("EventBatch.activity_minutes must be in (0, 1440]")
-        if self.link_action.size and not np.all(np.abs(self.link_action) == 1):
-            raise ValueError("EventBatch.link_action must be +1 (join) or -1 (leave)")
-        for name in ("activity_id_hash", "reading_id_hash"):
-            if np.any(getattr(self, name) == 0):
-                raise ValueError(f"EventBatch.{name} must be non-zero")
+        t_max = self._scan(n_patients, n_carers)
         for rec in self.patients:
             if not 0 <= rec.patient_slot < n_patients:
                 raise ValueError("EventBatch.patients has a slot outside the state")
+        return t_max
+
+    def _scan(self, n_patients: int, n_carers: int) -> int | None:
+        """Range checks of every column in one kernel pass (after the dtype and length checks);
+        returns the latest event time (None without events), raises ``ValueError``."""
+        code, t_max = _k.scan_batch(
+            self.activity_patient, self.activity_carer, self.activity_start_s,
+            self.activity_minutes, self.activity_id_hash, self.link_patient, self.link_carer,
+            self.link_t, self.link_action, self.reading_patient, self.reading_t,
+            self.reading_id_hash, np.int64(n_patients), np.int64(n_carers))
+        if code:
+            name = _k.BATCH_ERRORS[code]
+            if name.endswith("_patient"):
+                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_patients - 1}")
+            if name.endswith("_carer"):
+                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_carers - 1}")
+            if name == "activity_minutes":
+                raise ValueError("EventBatch.activity_minutes must be in (0, 1440]")
+            if name == "link_action":
+                raise ValueError("EventBatch.link_action must be +1 (join) or -1 (leave)")
+            if name == "link_t":
+                raise ValueError("EventBatch.link_t must be within +-2**62 seconds")
+            raise ValueError(f"EventBatch.{name} must be non-zero")
+        n = self.activity_start_s.shape[0] + self.link_t.shape[0] + self.reading_t.shape[0]
+        return int(t_max) if n else None
 
     def times(self) -> np.ndarray:
         """Every event time of the batch (epoch seconds), for the watermark."""
@@ -716,8 +733,6 @@ def _record(dtype: np.dtype, **values: Any) -> np.ndarray:
 
 _PATIENT_ARRAYS: dict[str, tuple[Any, Any]] = {
     # name: (dtype, fill)
-    "hot": (_k.HOT_DTYPE, _record(_k.HOT_DTYPE, contact_last_day=_k.NO_DAY,
-                                   last_contact_s=_k.NO_TIME, last_reading_s=_k.NO_TIME)),
     "registered": (np.bool_, False),
     "expected_micro_per_day": (np.int64, 0),
     "version_t": (np.int64, _k.NO_TIME),
@@ -726,12 +741,33 @@ _PATIENT_ARRAYS: dict[str, tuple[Any, Any]] = {
     "code_deprivation_quintile": (np.int32, -1),
     "code_age_band": (np.int32, -1),
 }
-_RING_ARRAYS: dict[str, tuple[Any, Any]] = {
-    "ring": (_k.CELL_DTYPE, _record(_k.CELL_DTYPE, tag=_k.NO_DAY)),
-}
+_RECORD_ARRAYS = ("record", "hi")
+"""Per-patient 2-d arrays whose width depends on ``coverage_days`` (see :func:`_record_specs`)."""
+
+
+def _record_specs(config: SupportConfig) -> dict[str, tuple[tuple[Any, Any], int]]:
+    """``record``: the patient records as uint64 words (one 64-byte line per patient with the
+    default windows, layout :func:`monitor.core.support.record_layout`), filled with "no contact,
+    no reading"; ``hi``: the high 32 bits of the care-ms cells and of the readings cells (beyond
+    16 bits), used only after an overflow of the low parts in the record."""
+    cov = config.coverage_days
+    words = _k.record_layout(cov)["bytes"] // 8
+    fill = np.zeros(words, np.uint64)
+    fill.view(np.int64)[:2] = _k.NO_TIME
+    return {"record": ((np.uint64, fill), words), "hi": ((np.uint32, 0), 2 * cov)}
+
+
+def _record_views(record: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """int64, uint32, uint16 and uint8 views of the record array (the kernels' arguments)."""
+    return (record.view(np.int64), record.view(np.uint32), record.view(np.uint16),
+            record.view(np.uint8))
+
+
 _PAIR_ARRAYS: dict[str, tuple[Any, Any]] = {
-    "pairs": (_k.PAIR_DTYPE, _record(_k.PAIR_DTYPE, last_day=_k.NO_DAY, link_t=_k.NO_TIME)),
+    "pairs": (_k.PAIR_DTYPE, _record(_k.PAIR_DTYPE, last_day=_k.NO_DAY)),
+    "links": (_k.LINK_DTYPE, _record(_k.LINK_DTYPE, link=_k.NO_TIME)),
 }
+_REHASH = {"pairs": _k.rehash_pairs, "links": _k.rehash_links}
 _DEDUP_ARRAYS: dict[str, tuple[Any, Any]] = {
     "dedup": (np.uint64, 0),  # (buckets, DEDUP_WAYS + 1), see monitor.core.support.DEDUP_WAYS
 }
@@ -766,7 +802,7 @@ CACHE_LINE = 64
 
 def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray:
     """An array of ``n`` (x ``width``) elements filled with ``spec``'s fill, its data aligned to
-    a cache line (so a 64-byte dedup bucket, 32-byte record or 128-byte ring is never split)."""
+    a cache line (so a 64-byte dedup or pair bucket or patient record is never split)."""
     dtype, fill = spec
     dtype = np.dtype(dtype)
     shape = (n,) if width is None else (n, width)
@@ -804,10 +840,11 @@ class SupportState:
         self._dedup_count = 0
         self._dedup_min_day = int(_k.NO_DAY)
         self._pair_count = 0
+        self._link_count = 0
         cap = _pow2_at_least(expected_patients, 1024)
         self._arrays: dict[str, np.ndarray] = {n: _full(cap, s) for n, s in _PATIENT_ARRAYS.items()}
-        for n, s in _RING_ARRAYS.items():
-            self._arrays[n] = _full(cap, s, self.config.ring_days)
+        for n, (s, width) in _record_specs(self.config).items():
+            self._arrays[n] = _full(cap, s, width)
         pcap = _capacity_for(expected_pairs)
         for n, s in _PAIR_ARRAYS.items():
             self._arrays[n] = _full(pcap, s)
@@ -878,20 +915,20 @@ class SupportState:
             new = _full(new_cap, spec)
             new[:cap] = self._arrays[name]
             self._arrays[name] = new
-        for name, spec in _RING_ARRAYS.items():
-            new = _full(new_cap, spec, self.config.ring_days)
+        for name, (spec, width) in _record_specs(self.config).items():
+            new = _full(new_cap, spec, width)
             new[:cap] = self._arrays[name]
             self._arrays[name] = new
 
-    def _ensure_pairs(self, incoming: int) -> None:
-        """Keep the pair table at most :data:`MAX_LOAD` full for ``incoming`` more pairs."""
+    def _ensure_table(self, name: str, count: int, incoming: int) -> None:
+        """Keep the pair or link table at most :data:`MAX_LOAD` full for ``incoming`` more keys."""
         a = self._arrays
-        need = self._pair_count + incoming
-        if need <= MAX_LOAD * a["pairs"].shape[0]:
+        need = count + incoming
+        if need <= MAX_LOAD * a[name].shape[0]:
             return
-        new = _full(_capacity_for(need), _PAIR_ARRAYS["pairs"])
-        _k.rehash_pairs(a["pairs"], new)
-        a["pairs"] = new
+        new = _full(_capacity_for(need), _PAIR_ARRAYS[name])
+        _REHASH[name](a[name], new)
+        a[name] = new
 
     def _min_sum_day(self) -> int:
         """Oldest day whose sums can still be evaluated: watermark day - coverage_days + 1."""
@@ -939,29 +976,28 @@ class SupportState:
         of events within and across batches (see the module docstring). Raises ``ValueError`` on
         a malformed batch, before anything is changed.
         """
-        batch.check(self.n_patients, self.n_carers)
+        t_max = batch.check(self.n_patients, self.n_carers)
         for rec in batch.patients:
             self._upsert_patient(rec)
-        times = batch.times()
-        if times.size:
-            t_max = int(times.max())
-            if self.watermark_s is None or t_max > self.watermark_s:
-                self.watermark_s = t_max
+        if t_max is not None and (self.watermark_s is None or t_max > self.watermark_s):
+            self.watermark_s = t_max
         a = self._arrays
         if batch.n_links:
-            self._ensure_pairs(batch.n_links)
-            self._pair_count += int(_k.apply_links(
+            self._ensure_table("links", self._link_count, batch.n_links)
+            self._link_count += int(_k.apply_links(
                 batch.link_patient, batch.link_carer, batch.link_t, batch.link_action,
-                a["pairs"]))
+                a["links"]))
         min_day = np.int64(self._min_sum_day())
+        cov = np.int64(self.config.coverage_days)
+        r64, r32, r16, r8 = _record_views(a["record"])
         dup = stale = 0
         if batch.n_activities:
-            self._ensure_pairs(batch.n_activities)
+            self._ensure_table("pairs", self._pair_count, batch.n_activities)
             self._ensure_dedup(batch.n_activities)
             new_pairs, new_dedup, d, s = _k.apply_activities(
                 batch.activity_patient, batch.activity_carer, batch.activity_start_s,
-                batch.activity_minutes, batch.activity_id_hash, min_day,
-                a["hot"], a["ring"], a["pairs"], a["dedup"])
+                batch.activity_minutes, batch.activity_id_hash, min_day, cov, r64, r32, r16, r8,
+                a["hi"], a["pairs"], a["dedup"])
             self._pair_count += int(new_pairs)
             self._dedup_count += int(new_dedup)
             dup += int(d)
@@ -969,8 +1005,8 @@ class SupportState:
         if batch.n_readings:
             self._ensure_dedup(batch.n_readings)
             new_dedup, d, s = _k.apply_readings(
-                batch.reading_patient, batch.reading_t, batch.reading_id_hash, min_day,
-                a["hot"], a["ring"], a["dedup"])
+                batch.reading_patient, batch.reading_t, batch.reading_id_hash, min_day, cov,
+                r64, r16, r8, a["hi"], a["dedup"])
             self._dedup_count += int(new_dedup)
             dup += int(d)
             stale += int(s)
@@ -1033,16 +1069,16 @@ class SupportState:
         covered = np.zeros(n, np.bool_)
         _k.evaluate(np.int64(n), np.int64(day), np.int64(cfg.coverage_days),
                     np.int64(cfg.active_days), np.int64(cfg.lapse_days),
-                    a["hot"], a["ring"], a["pairs"], active, registered, care_ms, contact_days,
-                    readings, flags, covered)
+                    *_record_views(a["record"]), a["hi"], a["pairs"], a["links"], active, registered,
+                    care_ms, contact_days, readings, flags, covered)
         expected = a["expected_micro_per_day"][:n] * cfg.coverage_days
         return Evaluation(
             as_of_s=t, as_of_day=day, patient_ids=tuple(self.patient_ids),
             active_carers=active, registered_carers=registered, care_ms=care_ms,
             contact_days=contact_days, readings_received=readings,
             readings_expected_micro=expected, flags=flags, covered=covered,
-            last_contact_s=np.ascontiguousarray(a["hot"]["last_contact_s"][:n]),
-            last_reading_s=np.ascontiguousarray(a["hot"]["last_reading_s"][:n]),
+            last_contact_s=a["record"].view(np.int64)[:n, 0].copy(),
+            last_reading_s=a["record"].view(np.int64)[:n, 1].copy(),
         )
 
     def group_codes(self, dimension: str) -> tuple[np.ndarray, list[str]]:
@@ -1094,7 +1130,7 @@ class SupportState:
         n = self.n_patients
         arrays: dict[str, np.ndarray] = {}
         for name, arr in self._arrays.items():
-            arrays[name] = arr[:n] if name in _PATIENT_ARRAYS or name in _RING_ARRAYS else arr
+            arrays[name] = arr[:n] if name in _PATIENT_ARRAYS or name in _RECORD_ARRAYS else arr
         header = {
             "config": self.config.to_dict(),
             "patient_ids": self.patient_ids,
@@ -1105,6 +1141,7 @@ class SupportState:
             "dedup_count": self._dedup_count,
             "dedup_min_day": self._dedup_min_day,
             "pair_count": self._pair_count,
+            "link_count": self._link_count,
         }
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         buf = io.BytesIO()
@@ -1137,9 +1174,10 @@ class SupportState:
             state._dedup_count = int(header["dedup_count"])
             state._dedup_min_day = int(header["dedup_min_day"])
             state._pair_count = int(header["pair_count"])
+            state._link_count = int(header["link_count"])
             n = len(state.patient_ids)
             state._grow_patients(n)
-            for name in (*_PATIENT_ARRAYS, *_RING_ARRAYS):
+            for name in (*_PATIENT_ARRAYS, *_RECORD_ARRAYS):
                 arr = arrays[name]
                 target = state._arrays[name]
                 if arr.shape[0] != n or arr.dtype != target.dtype or arr.shape[1:] != target.shape[1:]:
@@ -1149,10 +1187,10 @@ class SupportState:
                                       *((n, s, _DEDUP_WIDTH) for n, s in _DEDUP_ARRAYS.items())):
                 arr = arrays[name]
                 rows = arr.shape[0] if arr.ndim else 0
-                pow2 = width is None  # the pair table is a power of two, the dedup table not
+                pow2 = width is None  # pair and link tables: a power of two >= one bucket
                 if (arr.dtype != np.dtype(spec[0]) or arr.ndim != (1 if width is None else 2)
                         or arr.shape[1:] != (() if width is None else (width,))
-                        or rows == 0 or (pow2 and rows & (rows - 1))):
+                        or rows == 0 or (pow2 and (rows & (rows - 1) or rows < _k.PAIR_WAYS))):
                     raise SnapshotError(f"snapshot table {name} is corrupt")
                 table = _full(rows, spec, width)
                 table[...] = arr

@@ -19,10 +19,12 @@ Sentinels
 
 Order independence
     Every update is commutative and idempotent, or guarded by the exact duplicate table:
-    ``max`` (last contact, last reading, pair last-contact day), bit-or (contact-day bitmask),
+    ``max`` (last contact, last reading, pair last-contact day), bit-or (contact-day bits),
     "latest wins" with a total order (care links), and integer sums whose terms are admitted at
-    most once per event id. A day ring cell holds the sums of the *latest* day mapped to it; an
-    older day mapped to the same cell is outside every window that can still be evaluated.
+    most once per event id. A day ring holds the ``coverage_days`` days up to its head (the day
+    of the last contact / reading); a day that leaves the ring when the head advances is outside
+    every window that can still be evaluated (an admitted event is on a day >= watermark day -
+    coverage_days + 1, and a head is never after the watermark day).
 """
 
 from __future__ import annotations
@@ -61,30 +63,66 @@ GROUP_COLUMNS: tuple[str, ...] = (
 )
 
 _ONE = np.uint64(1)
+_M32 = np.uint64(0xFFFFFFFF)
 
-#: Hot per-patient fields touched by every event of the patient (one 32-byte record, two per
-#: cache line): the 64-day contact bitmask and its last day, the last contact and reading times.
-HOT_DTYPE = np.dtype([
-    ("contact_bits", "<u8"), ("last_contact_s", "<i8"), ("last_reading_s", "<i8"),
-    ("contact_last_day", "<i4"), ("_pad", "<i4"),
-])
-#: One day cell of a patient's ring (16 bytes; a ring of 8 cells is two aligned cache lines).
-CELL_DTYPE = np.dtype([("tag", "<i4"), ("reads", "<i4"), ("ms", "<i8")])
-#: One slot of the (patient, carer) pair table (32 bytes, two per cache line; key 0 = empty).
-PAIR_DTYPE = np.dtype([
-    ("key", "<u8"), ("link_t", "<i8"), ("last_day", "<i4"), ("action", "i1"), ("_pad1", "i1"),
-    ("_pad2", "<i2"), ("_pad3", "<i8"),
-])
+#: One slot of the (patient, carer) activity-pair table: the day of the pair's last activity
+#: (16 bytes, four per cache line; key 0 = empty, see :func:`pair_key`).
+PAIR_DTYPE = np.dtype([("key", "<u8"), ("last_day", "<i4"), ("_pad", "<i4")])
+#: One slot of the (patient, carer) care-link table: the pair's latest care link, encoded as
+#: ``2 * effective_at + (1 if leave else 0)`` so that one integer max orders links by time and,
+#: at the same instant, a leave after a join (``NO_TIME`` = none; 16 bytes, key 0 = empty).
+LINK_DTYPE = np.dtype([("key", "<u8"), ("link", "<i8")])
+PAIR_WAYS = 4
+"""Slots per bucket of the pair and link tables (one 64-byte line): a probe scans the home
+bucket's slots, then the next buckets (linear probing over buckets), so a lookup touches one
+line almost always."""
+LINK_T_LIMIT = 1 << 62
+"""Care-link times must lie strictly inside ``(-LINK_T_LIMIT, LINK_T_LIMIT)`` (the encoding)."""
+
+LINE_BYTES = 64
+HI_MS = np.uint8(1)
+HI_READS = np.uint8(2)
+
+
+def record_layout(coverage_days: int) -> dict[str, int]:
+    """Byte layout of the per-patient record for a coverage window of ``coverage_days`` days.
+
+    One record (64 bytes, one cache line, for ``coverage_days`` <= 7) holds everything an
+    activity or a reading of the patient touches, so an event touches one patient line:
+
+    * ``last_contact_s`` (int64, byte 0) and ``last_reading_s`` (int64, byte 8), ``NO_TIME`` if
+      none. Their days are the *heads* of two day rings;
+    * the care-ms ring: ``coverage_days`` uint32 cells (low 32 bits of the care ms of a day);
+    * the readings ring: ``coverage_days`` uint16 cells (low 16 bits of the readings of a day);
+    * the contact-day bits: bit ``c`` = a carer contact on the day of cell ``c``;
+    * a flag byte: :data:`HI_MS` / :data:`HI_READS` = the high parts (in the ``hi`` array, an
+      overflow that practically never happens) may be non-zero.
+
+    Ring cell ``c`` of a ring with head day ``H`` holds day ``H - ((H - c) mod coverage_days)``,
+    the unique day of ``H - coverage_days + 1 .. H`` congruent to ``c``: when the head advances,
+    the cells of the new days are cleared, so no per-cell day tag is needed. The head of the care
+    ring is the day of the last contact (the day of the largest contact time is the largest
+    contact day), that of the readings ring the day of the last reading.
+    """
+    cov = int(coverage_days)
+    ms = 16
+    reads = ms + 4 * cov
+    bits = reads + 2 * cov
+    flags = bits + (cov + 7) // 8
+    size = -(-(flags + 1) // LINE_BYTES) * LINE_BYTES
+    return {"ms": ms, "reads": reads, "bits": bits, "flags": flags, "bytes": size}
+
+
 DEDUP_WAYS = 7
 """Keys per duplicate-table bucket: a bucket is one 64-byte line of 8 ``uint64`` words, words
 0..6 the event-id hashes (0 = empty, filled in order), word 7 their ``day mod 256`` tags (byte k
 = tag of key k). Probing is linear over buckets (any bucket count, see :func:`_dedup_bucket`),
 so a lookup touches one line almost always."""
 
-PREFETCH_DISTANCE = 16
+PREFETCH_DISTANCE = 32
 """Events ahead whose state is prefetched: the kernels are bound by random memory access (one
-patient, pair and duplicate-table line per event), and event order within a batch does not
-matter, so the misses of later events are overlapped with the work on the current one."""
+patient record, pair and duplicate-table line per event), and event order within a batch does
+not matter, so the misses of later events are overlapped with the work on the current one."""
 
 
 if numba.config.DISABLE_JIT:  # pragma: no cover - plain-Python debugging mode
@@ -131,21 +169,30 @@ def pair_key(patient: np.int64, carer: np.int64) -> np.uint64:  # pragma: no cov
 
 
 @kernel
-def _pair_slot(pairs: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover - jitted
-    """Find or insert ``key`` in the open-addressing (linear probing) pair table; (index, inserted).
+def _pair_slot(table: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover - jitted
+    """Find or insert ``key`` in a pair or link table (buckets of :data:`PAIR_WAYS` slots, a
+    power-of-two slot count, linear probing over buckets); (slot index, inserted).
 
-    The caller keeps the table at most 70 % full, so the probe always terminates.
+    Slots of a bucket fill in order and are never deleted, so the first empty slot ends the
+    search. The caller keeps the table at most 70 % full, so the probe always terminates.
     """
-    mask = pairs.shape[0] - 1
-    i = np.int64(mix64(key) & np.uint64(mask))
+    mask = table.shape[0] - 1
+    i = np.int64(mix64(key) & np.uint64(mask)) & ~(PAIR_WAYS - 1)
     while True:
-        k = pairs[i].key
-        if k == key:
-            return i, False
-        if k == 0:
-            pairs[i].key = key
-            return i, True
-        i = (i + 1) & mask
+        for s in range(PAIR_WAYS):
+            k = table[i + s].key
+            if k == key:
+                return i + s, False
+            if k == 0:
+                table[i + s].key = key
+                return i + s, True
+        i = (i + PAIR_WAYS) & mask
+
+
+@kernel
+def _pair_home(table: np.ndarray, key: np.uint64) -> int:  # pragma: no cover - jitted
+    """The first slot of ``key``'s home bucket (for prefetching)."""
+    return np.int64(mix64(key) & np.uint64(table.shape[0] - 1)) & ~(PAIR_WAYS - 1)
 
 
 @kernel
@@ -181,69 +228,157 @@ def _dedup_admit(dedup: np.ndarray, h: np.uint64, day: np.int64) -> bool:  # pra
             b = 0
 
 
-@kernel
-def _add_contact_day(rec: Any, day: np.int64) -> None:  # pragma: no cover - jitted
-    """Set ``day`` in a hot record's 64-day contact bitmask (bit k = contact on ``last day - k``)."""
-    last = np.int64(rec.contact_last_day)
-    if last == NO_DAY:
-        rec.contact_last_day = day
-        rec.contact_bits = _ONE
-    elif day > last:
-        shift = day - last
-        if shift < 64:
-            rec.contact_bits = (rec.contact_bits << np.uint64(shift)) | _ONE
-        else:
-            rec.contact_bits = _ONE
-        rec.contact_last_day = day
-    else:
-        k = last - day
-        if k < 64:
-            rec.contact_bits = rec.contact_bits | (_ONE << np.uint64(k))
+BATCH_ERRORS: tuple[str, ...] = (
+    "", "activity_patient", "link_patient", "reading_patient", "activity_carer", "link_carer",
+    "activity_minutes", "link_action", "activity_id_hash", "reading_id_hash", "link_t",
+)
+"""Error codes of :func:`scan_batch`: the index of the first invalid column (0 = valid)."""
 
 
 @kernel
-def _ring_cell(ring: np.ndarray, p: np.int64, day: np.int64) -> int:  # pragma: no cover - jitted
-    """The ring cell of ``day`` for patient ``p`` (reset if it held an older day); -1 if stale."""
-    c = np.int64(day & (ring.shape[1] - 1))
-    cell = ring[p, c]
-    tag = np.int64(cell.tag)
-    if tag != day:
-        if tag != NO_DAY and tag > day:
-            return -1
-        cell.tag = day
-        cell.ms = 0
-        cell.reads = 0
-    return c
+def _slots_ok(slots: np.ndarray, n: np.int64) -> bool:  # pragma: no cover - jitted
+    ok = True
+    for i in range(slots.shape[0]):
+        s = np.int64(slots[i])
+        ok &= (s >= 0) & (s < n)
+    return ok
+
+
+@kernel
+def _no_zero(h: np.ndarray) -> bool:  # pragma: no cover - jitted
+    ok = True
+    for i in range(h.shape[0]):
+        ok &= h[i] != 0
+    return ok
+
+
+@kernel
+def _t_max(t: np.ndarray, acc: np.int64) -> np.int64:  # pragma: no cover - jitted
+    for i in range(t.shape[0]):
+        acc = max(acc, np.int64(t[i]))
+    return acc
+
+
+@kernel
+def scan_batch(
+    activity_patient: np.ndarray, activity_carer: np.ndarray, activity_start_s: np.ndarray,
+    activity_minutes: np.ndarray, activity_id_hash: np.ndarray, link_patient: np.ndarray,
+    link_carer: np.ndarray, link_t: np.ndarray, link_action: np.ndarray,
+    reading_patient: np.ndarray, reading_t: np.ndarray, reading_id_hash: np.ndarray,
+    n_patients: np.int64, n_carers: np.int64,
+) -> tuple[int, int]:  # pragma: no cover - jitted
+    """Validate the value ranges of a batch in one pass per column; (error code, latest time).
+
+    The error code indexes :data:`BATCH_ERRORS` (the first invalid column in that order, 0 if
+    all are valid): slots outside ``0 .. n - 1``, minutes not in (0, 1440] (NaN included), an
+    action other than +1 / -1, an id hash 0, a link time outside ``+-LINK_T_LIMIT``. The latest time is ``NO_TIME`` for no event.
+    """
+    if not _slots_ok(activity_patient, n_patients):
+        return 1, NO_TIME
+    if not _slots_ok(link_patient, n_patients):
+        return 2, NO_TIME
+    if not _slots_ok(reading_patient, n_patients):
+        return 3, NO_TIME
+    if not _slots_ok(activity_carer, n_carers):
+        return 4, NO_TIME
+    if not _slots_ok(link_carer, n_carers):
+        return 5, NO_TIME
+    ok = True
+    for i in range(activity_minutes.shape[0]):
+        m = activity_minutes[i]
+        ok &= (m > 0.0) & (m <= 1440.0)
+    if not ok:
+        return 6, NO_TIME
+    for i in range(link_action.shape[0]):
+        a = link_action[i]
+        ok &= (a == 1) | (a == -1)
+    if not ok:
+        return 7, NO_TIME
+    if not _no_zero(activity_id_hash):
+        return 8, NO_TIME
+    if not _no_zero(reading_id_hash):
+        return 9, NO_TIME
+    for i in range(link_t.shape[0]):
+        lt = link_t[i]
+        ok &= (lt > -LINK_T_LIMIT) & (lt < LINK_T_LIMIT)
+    if not ok:
+        return 10, NO_TIME
+    t = _t_max(activity_start_s, NO_TIME)
+    t = _t_max(link_t, t)
+    return 0, _t_max(reading_t, t)
+
+
+@kernel
+def _clear_care_cells(r32: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
+                      old_head: np.int64, day: np.int64, cov: np.int64) -> None:  # pragma: no cover
+    """Advance the care ring of patient ``p`` from head ``old_head`` to ``day``: clear the cells
+    (care ms, contact bit, high part) of the days ``old_head + 1 .. day``."""
+    bits = 16 + 6 * cov
+    has_hi = (r8[p, bits + (cov + 7) // 8] & HI_MS) != 0
+    k = day - old_head
+    if k > cov:
+        k = cov
+    c = (old_head + 1) % cov
+    for _ in range(k):
+        r32[p, 4 + c] = 0
+        r8[p, bits + (c >> 3)] &= ~np.uint8(1 << (c & 7))
+        if has_hi:
+            hi[p, c] = 0
+        c += 1
+        if c == cov:
+            c = 0
+
+
+@kernel
+def _clear_reading_cells(r16: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
+                         old_head: np.int64, day: np.int64, cov: np.int64) -> None:  # pragma: no cover
+    """Advance the readings ring of patient ``p`` from head ``old_head`` to ``day``."""
+    has_hi = (r8[p, 16 + 6 * cov + (cov + 7) // 8] & HI_READS) != 0
+    base = 8 + 2 * cov
+    k = day - old_head
+    if k > cov:
+        k = cov
+    c = (old_head + 1) % cov
+    for _ in range(k):
+        r16[p, base + c] = 0
+        if has_hi:
+            hi[p, cov + c] = 0
+        c += 1
+        if c == cov:
+            c = 0
 
 
 @kernel
 def apply_activities(
     patient: np.ndarray, carer: np.ndarray, start_s: np.ndarray, minutes: np.ndarray,
-    id_hash: np.ndarray, min_sum_day: np.int64,
-    hot: np.ndarray, ring: np.ndarray, pairs: np.ndarray, dedup: np.ndarray,
+    id_hash: np.ndarray, min_sum_day: np.int64, cov: np.int64,
+    r64: np.ndarray, r32: np.ndarray, r16: np.ndarray, r8: np.ndarray, hi: np.ndarray,
+    pairs: np.ndarray, dedup: np.ndarray,
 ) -> tuple[int, int, int, int]:  # pragma: no cover - jitted
     """Apply a batch of carer activities; returns (new pairs, new dedup entries, duplicates, stale).
 
-    Idempotent parts (pair last-contact day, contact bitmask, last contact time) are applied to
-    every event. Care minutes are added only for events on a day ``>= min_sum_day`` (the oldest
-    day any future evaluation can still sum) whose id hash is new to the duplicate table;
-    ``duplicates`` counts re-deliveries found there, ``stale`` events older than ``min_sum_day``
-    (their minutes can no longer appear in any window).
+    ``r64`` / ``r32`` / ``r16`` / ``r8`` are views of the patient records (see
+    :func:`record_layout`), ``hi`` the high parts of their ring cells. Idempotent parts (pair
+    last-contact day, contact-day bit, last contact time) are applied to every event. Care
+    minutes are added only for events on a day ``>= min_sum_day`` (the oldest day any future
+    evaluation can still sum) whose id hash is new to the duplicate table; ``duplicates`` counts
+    re-deliveries found there, ``stale`` events older than ``min_sum_day`` (their minutes can no
+    longer appear in any window).
     """
     new_pairs = 0
     new_dedup = 0
     duplicates = 0
     stale = 0
     n = patient.shape[0]
-    width = ring.shape[1]
-    pmask = np.uint64(pairs.shape[0] - 1)
+    words = r64.shape[1]
+    bits = 16 + 6 * cov
+    flags = bits + (cov + 7) // 8
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
             fp = np.int64(patient[f])
-            _prefetch(hot, fp)
-            _prefetch(ring, fp * width + ((start_s[f] // SECONDS_PER_DAY) & (width - 1)))
-            _prefetch(pairs, np.int64(mix64(pair_key(fp, np.int64(carer[f]))) & pmask))
+            _prefetch(r64, fp * words)
+            _prefetch(pairs, _pair_home(pairs, pair_key(fp, np.int64(carer[f]))))
             _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(start_s[i])
@@ -254,10 +389,21 @@ def apply_activities(
         pr = pairs[j]
         if pr.last_day == NO_DAY or day > pr.last_day:
             pr.last_day = day
-        rec = hot[p]
-        _add_contact_day(rec, day)
-        if t > rec.last_contact_s:
-            rec.last_contact_s = t
+        last = r64[p, 0]
+        if last == NO_TIME:
+            r64[p, 0] = t
+            head = day
+        else:
+            head = last // SECONDS_PER_DAY
+            if day > head:
+                _clear_care_cells(r32, r8, hi, p, head, day, cov)
+                head = day
+            if t > last:
+                r64[p, 0] = t
+        in_ring = day > head - cov
+        c = day % cov
+        if in_ring:
+            r8[p, bits + (c >> 3)] |= np.uint8(1 << (c & 7))
         if day < min_sum_day:
             stale += 1
             continue
@@ -265,48 +411,47 @@ def apply_activities(
             duplicates += 1
             continue
         new_dedup += 1
-        c = _ring_cell(ring, p, day)
-        if c >= 0:
-            ring[p, c].ms += np.int64(np.rint(minutes[i] * MS_PER_MINUTE))
+        if in_ring:  # always, for an admitted event (its day is >= watermark day - cov + 1)
+            v = np.uint64(r32[p, 4 + c]) + np.uint64(np.rint(minutes[i] * MS_PER_MINUTE))
+            if v > _M32:
+                hi[p, c] += np.uint32(v >> np.uint64(32))
+                r8[p, flags] |= HI_MS
+                v &= _M32
+            r32[p, 4 + c] = v
     return new_pairs, new_dedup, duplicates, stale
 
 
 @kernel
 def apply_links(
     patient: np.ndarray, carer: np.ndarray, t_s: np.ndarray, action: np.ndarray,
-    pairs: np.ndarray,
+    links: np.ndarray,
 ) -> int:  # pragma: no cover - jitted
-    """Apply care-link events (action +1 join, -1 leave); returns the number of new pairs.
+    """Apply care-link events (action +1 join, -1 leave); returns the number of new link slots.
 
     Per pair the latest event by ``effective_at`` wins; at equal ``effective_at`` a leave wins over
-    a join (a total order, so the result does not depend on arrival order, and re-deliveries are
-    no-ops).
+    a join (a total order - one integer max of the encoding of :data:`LINK_DTYPE` - so the result
+    does not depend on arrival order, and re-deliveries are no-ops).
     """
-    new_pairs = 0
+    new_links = 0
     n = patient.shape[0]
-    pmask = np.uint64(pairs.shape[0] - 1)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
-            k = mix64(pair_key(np.int64(patient[f]), np.int64(carer[f]))) & pmask
-            _prefetch(pairs, np.int64(k))
-        j, inserted = _pair_slot(pairs, pair_key(np.int64(patient[i]), np.int64(carer[i])))
+            _prefetch(links, _pair_home(links, pair_key(np.int64(patient[f]), np.int64(carer[f]))))
+        j, inserted = _pair_slot(links, pair_key(np.int64(patient[i]), np.int64(carer[i])))
         if inserted:
-            new_pairs += 1
-        t = np.int64(t_s[i])
-        a = np.int8(action[i])
-        pr = pairs[j]
-        cur_t = pr.link_t
-        if t > cur_t or (t == cur_t and a < pr.action):
-            pr.link_t = t
-            pr.action = a
-    return new_pairs
+            new_links += 1
+        e = 2 * np.int64(t_s[i]) + (1 if action[i] < 0 else 0)
+        if e > links[j].link:
+            links[j].link = e
+    return new_links
 
 
 @kernel
 def apply_readings(
     patient: np.ndarray, t_s: np.ndarray, id_hash: np.ndarray, min_sum_day: np.int64,
-    hot: np.ndarray, ring: np.ndarray, dedup: np.ndarray,
+    cov: np.int64, r64: np.ndarray, r16: np.ndarray, r8: np.ndarray, hi: np.ndarray,
+    dedup: np.ndarray,
 ) -> tuple[int, int, int]:  # pragma: no cover - jitted
     """Apply self-monitoring readings; returns (new dedup entries, duplicates, stale).
 
@@ -317,20 +462,28 @@ def apply_readings(
     duplicates = 0
     stale = 0
     n = patient.shape[0]
-    width = ring.shape[1]
+    words = r64.shape[1]
+    base = 8 + 2 * cov
+    flags = 16 + 6 * cov + (cov + 7) // 8
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
-            fp = np.int64(patient[f])
-            _prefetch(hot, fp)
-            _prefetch(ring, fp * width + ((t_s[f] // SECONDS_PER_DAY) & (width - 1)))
+            _prefetch(r64, np.int64(patient[f]) * words)
             _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(t_s[i])
-        rec = hot[p]
-        if t > rec.last_reading_s:
-            rec.last_reading_s = t
         day = t // SECONDS_PER_DAY
+        last = r64[p, 1]
+        if last == NO_TIME:
+            r64[p, 1] = t
+            head = day
+        else:
+            head = last // SECONDS_PER_DAY
+            if day > head:
+                _clear_reading_cells(r16, r8, hi, p, head, day, cov)
+                head = day
+            if t > last:
+                r64[p, 1] = t
         if day < min_sum_day:
             stale += 1
             continue
@@ -338,23 +491,40 @@ def apply_readings(
             duplicates += 1
             continue
         new_dedup += 1
-        c = _ring_cell(ring, p, day)
-        if c >= 0:
-            ring[p, c].reads += 1
+        if day > head - cov:  # always, for an admitted event
+            c = day % cov
+            v = r16[p, base + c]
+            if v == np.uint16(0xFFFF):
+                hi[p, cov + c] += np.uint32(1)
+                r8[p, flags] |= HI_READS
+                r16[p, base + c] = 0
+            else:
+                r16[p, base + c] = v + np.uint16(1)
     return new_dedup, duplicates, stale
 
 
 @kernel
 def rehash_pairs(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
-    """Re-insert every pair of an old table into a new (larger, empty) one; returns the count."""
+    """Re-insert every pair of an old pair table into a new (larger, empty) one; the count."""
     n = 0
     for i in range(old.shape[0]):
         k = old[i].key
         if k != 0:
             j, _ = _pair_slot(new, k)
             new[j].last_day = old[i].last_day
-            new[j].link_t = old[i].link_t
-            new[j].action = old[i].action
+            n += 1
+    return n
+
+
+@kernel
+def rehash_links(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
+    """Re-insert every slot of an old link table into a new (larger, empty) one; the count."""
+    n = 0
+    for i in range(old.shape[0]):
+        k = old[i].key
+        if k != 0:
+            j, _ = _pair_slot(new, k)
+            new[j].link = old[i].link
             n += 1
     return n
 
@@ -381,24 +551,18 @@ def rehash_dedup(old: np.ndarray, watermark_day: np.int64, keep_days: np.int64,
 
 
 @kernel
-def _popcount(x: np.uint64) -> int:  # pragma: no cover - jitted
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
-
-
-@kernel
 def evaluate(
     n: np.int64, as_of_day: np.int64, coverage_days: np.int64, active_days: np.int64,
-    lapse_days: np.int64, hot: np.ndarray, ring: np.ndarray, pairs: np.ndarray,
+    lapse_days: np.int64, r64: np.ndarray, r32: np.ndarray, r16: np.ndarray, r8: np.ndarray,
+    hi: np.ndarray, pairs: np.ndarray, links: np.ndarray,
     active: np.ndarray, registered: np.ndarray, care_ms: np.ndarray, contact_days: np.ndarray,
     readings: np.ndarray, flags: np.ndarray, covered: np.ndarray,
 ) -> None:  # pragma: no cover - jitted
     """Per-patient metrics and flags of patients ``0 .. n-1`` as of UTC day ``as_of_day``.
 
-    Requires ``as_of_day`` >= the day of every event applied (the caller checks the watermark).
-    Output arrays (length >= n) are overwritten:
+    Requires ``as_of_day`` >= the day of every event applied (the caller checks the watermark),
+    and ``coverage_days`` = the ring size of the records. Output arrays (length >= n) are
+    overwritten:
 
     * ``active``: carers with an activity in the last ``active_days`` days;
     * ``registered``: carers whose latest care link (effective day <= as_of_day) is a join;
@@ -421,38 +585,50 @@ def evaluate(
         d = np.int64(pr.last_day)
         if d != NO_DAY and min_active_day <= d <= as_of_day:
             active[p] += 1
-        if pr.action == 1 and pr.link_t // SECONDS_PER_DAY <= as_of_day:
-            registered[p] += 1
-    width = ring.shape[1]
-    lo = as_of_day - coverage_days + 1
+    for i in range(links.shape[0]):
+        k = links[i].key
+        e = links[i].link
+        if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) // SECONDS_PER_DAY <= as_of_day:
+            registered[np.int64(k >> np.uint64(32)) - 1] += 1
+    cov = coverage_days
+    bits = 16 + 6 * cov
+    fl = bits + (cov + 7) // 8
+    rbase = 8 + 2 * cov
     for p in range(n):
-        rec = hot[p]
-        last = np.int64(rec.contact_last_day)
-        ever = last != NO_DAY
+        last = r64[p, 0]
+        ever = last != NO_TIME
         n_days = 0
         recent = False
         is_covered = False
+        ms = np.int64(0)
+        hif = r8[p, fl]
         if ever:
-            off = as_of_day - last  # days_ago of bit 0
+            head = last // SECONDS_PER_DAY
+            off = as_of_day - head  # days_ago of the ring head
             if off < lapse_days:
                 recent = True
-            if off < coverage_days:
+            if off < cov:
                 is_covered = True
-                keep = coverage_days - off  # bits 0 .. keep-1 lie inside the coverage window
-                b = rec.contact_bits
-                if keep < 64:
-                    b = b & ((_ONE << np.uint64(keep)) - _ONE)
-                n_days = _popcount(b)
-        ms = np.int64(0)
+                # the cells of days head, head - 1, .., as_of_day - cov + 1 (cov - off days)
+                c = head % cov
+                for _ in range(cov - off):
+                    ms += np.int64(r32[p, 4 + c])
+                    if hif & HI_MS:
+                        ms += np.int64(hi[p, c]) << 32
+                    n_days += (r8[p, bits + (c >> 3)] >> (c & 7)) & 1
+                    c = c - 1 if c > 0 else cov - 1
         reads = np.int64(0)
-        # every day of the window maps to its own cell (width >= coverage_days), and a cell
-        # holds the latest day mapped to it, so a cell is in the window iff its tag is
-        for c in range(width):
-            cell = ring[p, c]
-            tag = np.int64(cell.tag)
-            if lo <= tag <= as_of_day:
-                ms += cell.ms
-                reads += cell.reads
+        last_r = r64[p, 1]
+        if last_r != NO_TIME:
+            head = last_r // SECONDS_PER_DAY
+            off = as_of_day - head
+            if off < cov:
+                c = head % cov
+                for _ in range(cov - off):
+                    reads += np.int64(r16[p, rbase + c])
+                    if hif & HI_READS:
+                        reads += np.int64(hi[p, cov + c]) << 16
+                    c = c - 1 if c > 0 else cov - 1
         care_ms[p] = ms
         readings[p] = reads
         contact_days[p] = n_days

@@ -272,3 +272,39 @@ def test_growth_of_every_table_keeps_the_state():
     want = ref.evaluate(as_of)
     for slot in want:
         assert ev.patient(slot) == {k: want[slot][k] for k in ev.patient(slot)}
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(-2, 6), st.integers(-2, 5), st.sampled_from(
+    [0.0, -1.0, 0.5, 1440.0, 1440.5, math.nan, math.inf]), st.integers(0, 3)), max_size=6),
+    st.lists(st.tuples(st.integers(-1, 6), st.integers(-1, 5), st.sampled_from([-2, -1, 0, 1]),
+                       st.sampled_from([0, 2**62 - 1, 2**62, -(2**62)])), max_size=4),
+    st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 2)), max_size=4))
+def test_batch_validation_kernel_agrees_with_numpy(acts, lnks, reads):
+    """One-pass range checks (scan_batch) == the numpy predicates; the latest time is the max."""
+    from monitor.core.state import EventBatch
+
+    b = EventBatch.from_columns(
+        activity_patient=[a[0] for a in acts], activity_carer=[a[1] for a in acts],
+        activity_start_s=[100 * i for i in range(len(acts))],
+        activity_minutes=[a[2] for a in acts], activity_id_hash=[a[3] for a in acts],
+        link_patient=[x[0] for x in lnks], link_carer=[x[1] for x in lnks],
+        link_action=[x[2] for x in lnks], link_t=[x[3] for x in lnks],
+        reading_patient=[r[0] for r in reads], reading_kind=[0] * len(reads),
+        reading_t=[7 * i for i in range(len(reads))], reading_id_hash=[r[1] for r in reads])
+    m = b.activity_minutes
+    valid = (all(0 <= x < 5 for x in np.concatenate(
+                (b.activity_patient, b.link_patient, b.reading_patient)))
+             and all(0 <= x < 4 for x in np.concatenate((b.activity_carer, b.link_carer)))
+             and bool(np.all(np.isfinite(m)) and np.all(m > 0) and np.all(m <= 1440))
+             and bool(np.all(np.abs(b.link_action) == 1))
+             and bool(np.all(b.activity_id_hash != 0) and np.all(b.reading_id_hash != 0))
+             and bool(np.all(np.abs(b.link_t) < 2**62)))
+    try:
+        t_max = b.check(5, 4)
+    except ValueError:
+        assert not valid
+    else:
+        assert valid
+        times = b.times()
+        assert t_max == (int(times.max()) if times.size else None)

@@ -333,6 +333,9 @@ def test_registry_upsert_is_order_independent():
          "activity_minutes": [1.0], "activity_id_hash": [1]},  # length mismatch
         {"reading_patient": [0], "reading_kind": [0], "reading_t": [0], "reading_id_hash": [0]},
         {"link_patient": [0], "link_carer": [0], "link_t": [0], "link_action": [0]},
+        {"link_patient": [0], "link_carer": [0], "link_t": [2**62], "link_action": [1]},
+        {"activity_patient": [0], "activity_carer": [0], "activity_start_s": [0],
+         "activity_minutes": [float("nan")], "activity_id_hash": [1]},
     ],
 )
 def test_malformed_batches_are_refused_before_any_change(columns):
@@ -505,10 +508,47 @@ def test_state_arrays_are_cache_line_aligned_records():
     s = SupportState(expected_patients=3000, expected_pairs=100, expected_window_events=1000)
     for name, arr in s._arrays.items():
         assert arr.ctypes.data % 64 == 0, name
-    assert s._arrays["hot"].dtype.itemsize == 32
-    assert s._arrays["ring"].dtype.itemsize * s.config.ring_days == 128
-    assert s._arrays["pairs"].dtype.itemsize == 32
+    assert s._arrays["record"].shape[1] * 8 == 64  # one line per patient (default windows)
+    assert SupportState(SupportConfig(coverage_days=64))._arrays["record"].shape[1] * 8 % 64 == 0
+    assert s._arrays["pairs"].dtype.itemsize * 4 == 64
+    assert s._arrays["links"].dtype.itemsize * 4 == 64
     assert s._arrays["dedup"].shape[1] * 8 == 64
     r = SupportState.restore(s.snapshot())
     for name, arr in r._arrays.items():
         assert arr.ctypes.data % 64 == 0, name
+
+
+def test_ring_cell_overflow_of_the_low_parts_keeps_exact_sums():
+    """More than 2**16 readings and 2**32 care ms on one patient-day use the high parts of the
+    ring cells; they are summed, and cleared when the ring moves past their day."""
+    s = fresh(2, 60)
+    ref = ReferenceSupport()
+    n_r = 70_000
+    batches = [
+        readings(*[(0, at(2, i % 86400)) for i in range(n_r)]),
+        readings((0, at(1)), (1, at(1))),
+        activities(*[(0, c, at(3, 60 * c), 1440.0) for c in range(55)],  # 55 x 86.4e6 ms
+                   (0, 0, at(1), 30.0), (1, 0, at(3), 1440.0)),
+    ]
+    for b in batches:
+        s.apply(b)
+        ref.apply(b)
+
+    def check(as_of: int) -> None:
+        ev = s.evaluate(as_of)
+        want = ref.evaluate(as_of)
+        for slot in (0, 1):
+            assert ev.patient(slot) == {k: want[slot][k] for k in ev.patient(slot)}
+
+    assert s.evaluate(AS_OF).patient(0)["readings_received_7d"] == n_r + 1
+    assert s.evaluate(AS_OF).care_ms[0] == 55 * 86_400_000 + 30 * 60_000
+    for later in range(0, 9):
+        check(AS_OF + later * 86400)
+    # the rings move on by 6 and 10 days: the cells (and high parts) of the old days are cleared
+    for b in (readings((0, at(-4))), activities((0, 1, at(-4))), readings((0, at(-8))),
+              activities((0, 2, at(-8)))):
+        s.apply(b)
+        ref.apply(b)
+        check(s.watermark_s)
+    restored = SupportState.restore(s.snapshot())
+    assert restored.evaluate(s.watermark_s).patients() == s.evaluate(s.watermark_s).patients()
