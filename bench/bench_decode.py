@@ -9,6 +9,8 @@ Run: ``.venv/bin/python -m bench.bench_decode [--messages N] [--repeats R]``. Wr
   FHIR), conversion to canonical units, plausibility and event-time checks;
 * ``native_json_loads_per_s`` / ``fhir_json_loads_per_s``: plain ``json.loads`` of the same bytes in
   the same run (the floor any decoder pays);
+* ``native_fast_per_s`` / ``native_fast_ratio``: the worker's readings-topic fast path
+  (:mod:`monitor.intake.fastpath`: orjson and hand checks, same result) on the native messages.
 * ``native_ratio`` / ``fhir_ratio``: decode throughput divided by ``json.loads`` throughput (0.05
   means decoding costs 20 times a bare parse).
 
@@ -34,6 +36,7 @@ from typing import Any
 from bench.results import merge_section
 from monitor.intake.canonical import CanonicalReading
 from monitor.intake.formats import decode_items
+from monitor.intake.fastpath import fast_canonical
 from monitor.intake.native import decode as native_decode
 
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -168,6 +171,11 @@ def _native_contract_all(messages: list[bytes]) -> None:
         native_decode(m, "reading")
 
 
+def _fast_all(messages: list[bytes]) -> None:
+    for m in messages:
+        fast_canonical(m, received_at=RECEIVED_AT)
+
+
 def _check_all_accepted(messages: list[bytes], label: str) -> None:
     for m in messages:
         (result,) = decode_items(m, received_at=RECEIVED_AT)
@@ -189,7 +197,14 @@ def run(messages: int, repeats: int) -> dict[str, Any]:
         size = sum(map(len, msgs)) / len(msgs)
         print(f"{name:>6}: {decoded:>10,.0f} msg/s decode+validate, {parsed:>10,.0f} msg/s json.loads, "
               f"ratio {decoded / parsed:.3f} ({size:.0f} bytes/message)", flush=True)
-    # For context only (not written): the worker's native path (pydantic contract, no canonical step).
+    # The worker's readings-topic path: the fast path for clean native readings (no pydantic).
+    if any(fast_canonical(m, received_at=RECEIVED_AT) is None for m in native):
+        raise AssertionError("native: every message of the workload must take the fast path")
+    fast, parsed = _best_rates([_fast_all, _json_loads_all], native, repeats)
+    values["native_fast_per_s"] = round(fast)
+    values["native_fast_ratio"] = round(fast / parsed, 4)
+    print(f"  fast: {fast:>10,.0f} msg/s (monitor.intake.fastpath), ratio {fast / parsed:.3f}", flush=True)
+    # For context only (not written): the pydantic contract step alone (no canonical step).
     (contract,) = _best_rates([_native_contract_all], native, repeats)
     print(f"native contract only (monitor.intake.native.decode): {contract:,.0f} msg/s", flush=True)
     return values
