@@ -101,7 +101,9 @@ class PartitionManager:
         self.settings = settings
         self.pipe = pipe
         self.input_topics = set(settings.topics.inputs)
-        self.owned: set[int] = set()
+        self.owned: set[int] = set()  # restored and ours
+        self.assigned: set[int] = set()  # ours (restored or being restored)
+        self.restoring: asyncio.Future[None] | None = None
         self.held: dict[int, list[Any]] = {}
         self.dirty: set[int] = set()
         self.lock = asyncio.Lock()  # the partition states: held while they are read or changed
@@ -122,13 +124,38 @@ class PartitionManager:
         return True
 
     async def on_assigned(self, assigned: set[TP]) -> None:
+        """Drop partitions no longer ours; restore new ones in the background.
+
+        Restoring a large partition takes seconds; doing it inside faust's rebalance callback
+        kept the group rebalancing (every partition restored up to three times at 1M patients).
+        Input of a partition being restored waits for it (:meth:`wait_restored`).
+        """
         parts = {tp.partition for tp in assigned if tp.topic in self.input_topics}
         async with self.round_lock, self.lock:
-            for p in sorted(parts - self.owned):
-                await self._restore(p)
             for p in sorted(self.owned - parts):
                 self._drop(p)
-            self.owned = parts
+            self.assigned = parts
+            self.owned &= parts
+            new = sorted(parts - self.owned)
+        if new:
+            task = asyncio.ensure_future(self._restore_all(new))
+            self.restoring = task
+
+    async def _restore_all(self, parts: list[int]) -> None:
+        for p in parts:
+            async with self.lock:
+                if p in self.assigned and p not in self.owned:
+                    await self._restore(p)
+                    self.owned.add(p)
+
+    async def wait_restored(self) -> None:
+        """Return once every assigned partition is restored (input must not reach the pipeline
+        before its partition's state is back)."""
+        while self.restoring is not None:
+            task = self.restoring
+            await asyncio.shield(task)
+            if self.restoring is task:
+                self.restoring = None
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in self.input_topics}
@@ -137,6 +164,7 @@ class PartitionManager:
             for p in parts:
                 self._drop(p)
             self.owned -= parts
+            self.assigned -= parts
 
     def _drop(self, p: int) -> None:
         self.pipe.release(p)
@@ -295,21 +323,29 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
 
     async def ingest(messages: list[Any]) -> None:
         """Every input message of one fetch (faust's consumer, see monitor.stream.consumer)."""
-        async with mgr.lock:
-            records = []
-            owned, held, dirty = mgr.owned, mgr.held, mgr.dirty
-            for m in messages:
-                p = m.partition
-                if p not in owned:
-                    continue  # revoked meanwhile: its new owner re-processes it
-                held.setdefault(p, []).append(m)  # acknowledged only once checkpointed
-                dirty.add(p)
-                records.append(m)  # a faust message has the RawRecord fields
-            result = pipe.ingest(records, expected)
-            for d in result.dead_letters:
-                await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
-            if result.alerts:
-                await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
+        while True:
+            await mgr.wait_restored()
+            async with mgr.lock:
+                if not any(m.partition in mgr.assigned and m.partition not in mgr.owned for m in messages):
+                    await apply(messages)
+                    return
+
+    async def apply(messages: list[Any]) -> None:
+        """Apply a fetch (caller holds the lock; every partition of it is restored or not ours)."""
+        records = []
+        owned, held, dirty = mgr.owned, mgr.held, mgr.dirty
+        for m in messages:
+            p = m.partition
+            if p not in owned:
+                continue  # revoked meanwhile: its new owner re-processes it
+            held.setdefault(p, []).append(m)  # acknowledged only once checkpointed
+            dirty.add(p)
+            records.append(m)  # a faust message has the RawRecord fields
+        result = pipe.ingest(records, expected)
+        for d in result.dead_letters:
+            await publish("dead_letters", d.partition or 0, None, d.model_dump(mode="json"))
+        if result.alerts:
+            await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
 
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
