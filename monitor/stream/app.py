@@ -434,6 +434,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                               "partitions": sorted(mgr.owned),
                               "checkpoints_written": mgr.checkpoints_written,
                               "dirty_partitions": len(mgr.dirty & mgr.owned),
+                              "restoring_partitions": len(mgr.assigned - mgr.owned),
                               "restored": mgr.restored})
 
     @app.page("/summary")
