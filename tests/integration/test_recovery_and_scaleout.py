@@ -121,7 +121,10 @@ def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
         w.start()
         target = int(sent * fraction)
         deadline = time.monotonic() + 120
-        while w.get("/summary")["inputs"] < target and time.monotonic() < deadline:
+        # killed once past the target and once this run has written a checkpoint (otherwise a
+        # fast run can die before its first round, and the restart has nothing to restore)
+        while time.monotonic() < deadline and (w.get("/summary")["inputs"] < target
+                                               or w.get("/health")["checkpoints_written"] == 0):
             time.sleep(0.05)
         os.killpg(w.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
         w.proc.wait()  # type: ignore[union-attr]
@@ -129,7 +132,9 @@ def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
     w.start()
     try:
         deadline = time.monotonic() + 60
-        while not w.get("/health")["partitions"] and time.monotonic() < deadline:
+        # restores run in the background once the partitions are assigned
+        while time.monotonic() < deadline and (not w.get("/health")["partitions"]
+                                               or w.get("/health")["restoring_partitions"]):
             time.sleep(0.2)
         assert w.get("/health")["restored"] > 0, "the restarted worker restored no checkpoint"
         wait_all([w], sent)
