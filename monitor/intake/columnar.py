@@ -1,0 +1,179 @@
+"""Columnar intake of a whole fetch of readings-topic messages: clean native readings and gateway
+batches -> one :class:`ReadingColumns`, without a Python object per reading.
+
+:func:`scan_readings` parses every message with ``orjson`` and checks the fields of all readings of
+the fetch at once (joined regular expressions for identifiers and timestamps, numpy for values,
+units, plausibility and event-time horizons). It accepts exactly what
+:func:`monitor.intake.fastpath.fast_canonical` accepts, with the same canonical readings: a reading
+that fails a vectorised check is re-checked with the fast path's own per-reading check (timestamps
+with a ``+HH:MM`` offset take that route), and a message with any reading the fast path would not
+accept is left to the caller (``None`` span), which runs the per-message path and, for a bad message,
+the full decoder with its reason code. A hypothesis test compares the two.
+
+Time: ``received_at`` must be timezone-aware (UTC); event times are whole epoch seconds (UTC).
+Never raises on input; never logs (payloads carry patient identifiers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, GLUCOSE_MG_PER_DL_PER_MMOL_PER_L
+from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
+from monitor.intake.scan_kernel import KEYS, LITERALS, POW10, STATUS_DECLINED, scan, table
+
+KINDS = _KINDS = tuple(ALLOWED_UNITS)
+UNITS = _UNITS = tuple(sorted({u for units in ALLOWED_UNITS.values() for u in units}))
+_BP = _KINDS.index("blood_pressure")
+_KEYS, _KEY_LENS = table(KEYS)
+_LITERALS, _LITERAL_LENS = table(LITERALS)
+_KIND_TABLE, _KIND_LENS = table(_KINDS)
+_UNIT_TABLE, _UNIT_LENS = table(_UNITS)
+_ALLOWED = np.array([[u in ALLOWED_UNITS[k] for u in _UNITS] for k in _KINDS], dtype=np.bool_)
+_LOW = np.array([PLAUSIBLE_RANGES[k][0] if k != "blood_pressure" else -np.inf for k in _KINDS])
+_HIGH = np.array([PLAUSIBLE_RANGES[k][1] if k != "blood_pressure" else np.inf for k in _KINDS])
+_SYS, _DIA = PLAUSIBLE_RANGES["systolic"], PLAUSIBLE_RANGES["diastolic"]
+_FUTURE_US = 10 * 60 * 1_000_000  # as fastpath._MAX_FUTURE
+_LATE_US = 3600 * 1_000_000  # as fastpath._LATE_AFTER
+_US = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_READING_BYTES = 70  # no reading object is shorter: bounds the rows of a fetch
+READING_ID, PATIENT_ID, DEVICE_ID, GATEWAY_ID = range(4)
+
+
+@dataclass(slots=True, eq=False)
+class ReadingColumns:
+    """The readings of a fetch, one row per reading, in message order.
+
+    ``buf`` holds the messages; ``ids[row, 2 * f : 2 * f + 2]`` are the offsets in ``buf`` of
+    field ``f`` (:data:`READING_ID`, :data:`PATIENT_ID`, :data:`DEVICE_ID`, :data:`GATEWAY_ID`;
+    ``-1``: none). ``kind`` and ``unit`` index :data:`KINDS` / :data:`UNITS` (unit as sent);
+    ``value``, ``systolic``, ``diastolic`` are in canonical units (``nan``: none); ``t_s`` the event
+    time in whole epoch seconds (UTC); ``late``: received more than an hour after the event. Rows of
+    declined messages may be present but are never referenced (see :func:`scan_readings`).
+    """
+
+    buf: bytes
+    ids: np.ndarray
+    kind: np.ndarray
+    unit: np.ndarray
+    value: np.ndarray
+    systolic: np.ndarray
+    diastolic: np.ndarray
+    t_s: np.ndarray
+    late: np.ndarray
+
+    def text(self, j: int, field: int) -> str | None:
+        s, e = self.ids[j, 2 * field], self.ids[j, 2 * field + 1]
+        return None if s < 0 else self.buf[s:e].decode("ascii")
+
+    def texts(self, field: int, start: int, stop: int) -> list[str]:
+        """Field ``field`` of rows ``start:stop`` (never :data:`GATEWAY_ID`, which may be none)."""
+        buf = self.buf
+        cols = self.ids[start:stop, 2 * field : 2 * field + 2].tolist()
+        return [buf[s:e].decode("ascii") for s, e in cols]
+
+    def reading(self, j: int) -> CanonicalReading:
+        """Row ``j`` as the :class:`CanonicalReading` the fast path gives for it."""
+        kind = _KINDS[self.kind[j]]
+        bp = kind == "blood_pressure"
+        return native_reading(self.text(j, READING_ID), self.text(j, PATIENT_ID), self.text(j, DEVICE_ID),  # type: ignore[arg-type]
+                              self.text(j, GATEWAY_ID), kind, None if bp else float(self.value[j]),
+                              float(self.systolic[j]) if bp else None, float(self.diastolic[j]) if bp else None,
+                              CANONICAL_UNIT[kind], _UNITS[self.unit[j]], datetime_from_s(int(self.t_s[j])),
+                              bool(self.late[j]))
+
+
+@dataclass(slots=True)
+class ReadingSlice:
+    """Rows ``start:stop`` of ``columns``: the readings of consecutive accepted messages."""
+
+    columns: ReadingColumns
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def readings(self) -> list[CanonicalReading]:
+        return [self.columns.reading(j) for j in range(self.start, self.stop)]
+
+
+_DT_CACHE: dict[int, datetime] = {}
+
+
+def datetime_from_s(t: int) -> datetime:
+    """Epoch seconds -> aware UTC datetime (cached: readings of a fetch share event times)."""
+    dt = _DT_CACHE.get(t)
+    if dt is None:
+        if len(_DT_CACHE) >= 100_000:
+            _DT_CACHE.clear()
+        dt = _DT_CACHE[t] = _EPOCH + timedelta(seconds=t)
+    return dt
+
+
+def _convert(value: np.ndarray, unit: np.ndarray) -> None:
+    """Non-canonical units -> canonical, in place, exactly as :func:`monitor.contract.units.to_canonical`."""
+    for name, f in (("mg/dL", lambda v: v / GLUCOSE_MG_PER_DL_PER_MMOL_PER_L),
+                    ("[degF]", lambda v: (v - 32.0) * 5.0 / 9.0),
+                    ("[lb_av]", lambda v: v * 0.45359237),
+                    ("g", lambda v: v / 1000.0)):
+        rows = unit == _UNITS.index(name)
+        if rows.any():
+            value[rows] = f(value[rows])
+
+
+def scan_readings(
+    values: Sequence[bytes | None], *, received_at: datetime, oldest: timedelta = timedelta(days=30)
+) -> tuple[list[tuple[str, int, int] | None], ReadingColumns]:
+    """Messages of the readings topic -> per message ``(document type name, first row, end row)``
+    in the returned columns, or ``None`` when the caller must decode that message itself.
+
+    The type name is ``"Reading"`` or ``"GatewayBatch"``. ``oldest`` is the event-time horizon and
+    ``received_at`` (aware UTC) the arrival time, as for
+    :func:`~monitor.intake.fastpath.fast_canonical`, whose results these are, row for row.
+    """
+    m = len(values)
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=m)
+    buf = b"".join(v for v in values if v is not None)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    cap = len(buf) // _MIN_READING_BYTES + 1
+    status = np.zeros(m, dtype=np.int64)
+    row_start = np.zeros(m, dtype=np.int64)
+    row_end = np.zeros(m, dtype=np.int64)
+    ids = np.empty((cap, 8), dtype=np.int64)
+    kind = np.empty(cap, dtype=np.int64)
+    unit = np.empty(cap, dtype=np.int64)
+    nums = np.empty((cap, 3), dtype=np.float64)
+    t_s = np.empty(cap, dtype=np.int64)
+    n = scan(np.frombuffer(buf, dtype=np.uint8), starts, ends, _KEYS, _KEY_LENS, _LITERALS, _LITERAL_LENS,
+             _KIND_TABLE, _KIND_LENS, _BP, _UNIT_TABLE, _UNIT_LENS, _ALLOWED, POW10, status, row_start,
+             row_end, ids, kind, unit, nums, t_s)
+    ids, kind, unit, t_s = ids[:n], kind[:n], unit[:n], t_s[:n]
+    value, systolic, diastolic = nums[:n, 0].copy(), nums[:n, 1].copy(), nums[:n, 2].copy()
+    _convert(value, unit)
+    bp = kind == _BP
+    with np.errstate(invalid="ignore"):
+        ok = np.where(bp, (_SYS[0] <= systolic) & (systolic <= _SYS[1]) & (_DIA[0] <= diastolic)
+                      & (diastolic <= _DIA[1]) & (systolic > diastolic),
+                      np.isfinite(value) & (_LOW[kind] <= value) & (value <= _HIGH[kind]))
+    age_us = (received_at - _EPOCH) // _US - t_s * 1_000_000
+    ok &= (-age_us <= _FUTURE_US) & (age_us <= oldest // _US)
+    late = age_us > _LATE_US
+    counts = row_end - row_start
+    if not ok.all():
+        owner = np.repeat(np.arange(m), counts)
+        status[np.unique(owner[~ok])] = STATUS_DECLINED
+    names = (None, "Reading", "GatewayBatch")
+    spans: list[tuple[str, int, int] | None] = [
+        None if s == STATUS_DECLINED else (names[s], a, b)  # type: ignore[misc]
+        for s, a, b in zip(status.tolist(), row_start.tolist(), row_end.tolist(), strict=True)]
+    return spans, ReadingColumns(buf, ids, kind, unit, value, systolic, diastolic, t_s, late)
+
+
+__all__ = ["KINDS", "UNITS", "ReadingColumns", "ReadingSlice", "datetime_from_s", "scan_readings"]
