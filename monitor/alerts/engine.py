@@ -81,6 +81,7 @@ from monitor.alerts.rules import (
 from monitor.contract.models import Patient
 from monitor.errors import MonitorError
 from monitor.intake.canonical import CanonicalReading
+from monitor.intake.columnar import datetime_from_s
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,35 @@ _NO_KEYS: frozenset[str] = frozenset()
 _NO_ROWS: list[Any] = []
 """A shared empty list in cached snapshot rows (never mutated)."""
 _MATERIAL_FIELDS = operator.attrgetter("reading_id", "measured_at", "value", "systolic", "diastolic")
+
+
+def _materialised(readings: Sequence[Any]) -> Sequence[CanonicalReading]:
+    """Columnar slices in ``readings`` replaced by their reading objects (the reference path)."""
+    if all(type(r) is CanonicalReading for r in readings):
+        return readings
+    out: list[CanonicalReading] = []
+    for r in readings:
+        if type(r) is CanonicalReading:
+            out.append(r)
+        else:
+            out.extend(r.readings())
+    return out
+
+
+_SECONDS: dict[datetime, int] = {}
+
+
+def _seconds(t: datetime) -> int | None:
+    """Whole epoch seconds of an aware time (``None`` when it has a fraction of a second)."""
+    s = _SECONDS.get(t)
+    if s is None:
+        us = (t - _EPOCH) // _US
+        if us % 1_000_000:
+            return None
+        if len(_SECONDS) >= 100_000:
+            _SECONDS.clear()
+        s = _SECONDS[t] = us // 1_000_000
+    return s
 
 
 def _to_us(ts: datetime) -> int:
@@ -538,6 +568,7 @@ class AlertEngine:
         """
         if self._fast:
             return self._on_readings_fast(readings, support_flags)
+        readings = _materialised(readings)
         flags = support_flags or {}
         groups: dict[tuple[str, str], list[CanonicalReading]] = {}
         for r in readings:
@@ -722,6 +753,17 @@ class AlertEngine:
     ) -> list[AlertEvent]:
         # Same contract as the reference path (on_readings with fast=False), cheaper per reading.
         groups: dict[tuple[str, str], list[CanonicalReading]] = {}
+        if any(type(r) is not CanonicalReading for r in readings):
+            # columnar slices: quick groups applied now, the rest in place (the first of duplicates
+            # wins, so the order of readings within a stream is kept)
+            taken = {(r.patient_id, r.kind) for r in readings if type(r) is CanonicalReading}
+            ordered: list[CanonicalReading] = []
+            for r in readings:
+                if type(r) is CanonicalReading:
+                    ordered.append(r)
+                else:
+                    ordered.extend(self._apply_columns(r, taken))
+            readings = ordered
         skipped = 0
         for r in readings:
             kind = r.kind
@@ -744,6 +786,74 @@ class AlertEngine:
         if skipped:
             log.warning("skipped %d reading(s) without the values of their kind", skipped)
         return events
+
+    def _apply_columns(self, sl: Any, taken: set[tuple[str, str]]) -> list[CanonicalReading]:
+        """The readings of a columnar slice (see :class:`monitor.intake.columnar.ReadingSlice`):
+        a (patient, kind) group that surely decides nothing is applied here, without a reading
+        object - its stream advances to the group's latest time and keeps that reading's duplicate
+        keys as a material row - and the other groups are returned as readings for the general
+        path. Surely nothing: no object reading of the batch in that stream (``taken``), not
+        body weight, no open episode of the patient and kind, times and ids distinct within the
+        group and not at the stream's latest time, and no rule holding for the latest reading.
+        """
+        cols, start = sl.columns, sl.start
+        patients = sl.patient_ids()
+        kinds = sl.kind_names()
+        t_s = cols.t_s[start:sl.stop].tolist()
+        rids = sl.reading_ids()
+        groups: dict[tuple[str, str], list[int]] = {}
+        prev: tuple[str, str] | None = None
+        rows: list[int] = []
+        for i, key in enumerate(zip(patients, kinds)):
+            if key != prev:
+                rows = groups.setdefault(key, [])
+                prev = key
+            rows.append(i)
+        general: list[CanonicalReading] = []
+        open_eps = self._open
+        streams = self._streams
+        for key, rows in groups.items():
+            patient_id, kind = key
+            stream = streams.get(key)
+            latest = stream.latest if stream is not None else None
+            latest_s = _seconds(latest) if latest is not None else None
+            if latest is not None and latest_s is None:
+                general.extend(cols.reading(start + i) for i in rows)  # a latest time with a fraction
+                taken.add(key)
+                continue
+            if len(rows) == 1:
+                top = rows[0]
+                quick = latest_s is None or t_s[top] != latest_s
+            else:
+                times = [t_s[i] for i in rows]
+                top = rows[times.index(max(times))]
+                quick = (len(set(times)) == len(rows) and (latest_s is None or latest_s not in times)
+                         and len({rids[i] for i in rows}) == len(rows))
+            if quick and (key in taken or kind == "body_weight"):
+                quick = False
+            if quick and open_eps and ((patient_id, MISSED, kind) in open_eps or any(
+                    (patient_id, rule_id, kind) in open_eps for rule_id in _RULE_IDS_BY_KIND.get(kind, ()))):
+                quick = False
+            if quick and latest_s is not None and t_s[top] < latest_s:
+                continue  # all backfill (older than the latest, never a duplicate): no change
+            j = start + top
+            value = float(cols.value[j]) if kind != "blood_pressure" else None
+            systolic = float(cols.systolic[j]) if kind == "blood_pressure" else None
+            diastolic = float(cols.diastolic[j]) if kind == "blood_pressure" else None
+            if quick and _RULE_IDS_BY_KIND.get(kind):
+                info = self._patients.get(patient_id)
+                checks = info.checks_for(kind) if info else checks_for(kind)
+                quick = not any_holds(checks, value=value, systolic=systolic, diastolic=diastolic)
+            if not quick:
+                general.extend(cols.reading(start + i) for i in rows)
+                taken.add(key)  # later slices' readings of this stream come after these
+                continue
+            if stream is None:
+                stream = streams[key] = _Stream(patient_id, kind)
+                self._order = None
+            stream.advance(datetime_from_s(t_s[top]))
+            stream.add((rids[top], value, systolic, diastolic))  # type: ignore[arg-type]
+        return general
 
     def _fresh_fast(
         self, stream: _Stream, group: list[CanonicalReading]

@@ -390,7 +390,9 @@ def batch_from_documents(
     """Convert validated contract documents into an :class:`EventBatch`, assigning slots in ``state``.
 
     Documents are recognised by their fields (``core`` does not import the pydantic models):
-    ``Reading``, ``GatewayBatch`` (its readings), ``CarerActivity``, ``CareLink``, ``Patient``.
+    ``Reading``, ``GatewayBatch`` (its readings), ``CarerActivity``, ``CareLink``, ``Patient``, and
+    columnar slices of readings (anything with ``event_seconds()``, ``patient_ids()``,
+    ``kind_names()`` and ``reading_ids()``, see :class:`monitor.intake.columnar.ReadingSlice`).
     With ``until``, events on a UTC day after ``until``'s day are left out (counted in
     ``skipped_after_until``; no slot is assigned for them) - replay uses this for an as-of in the
     past. Raises ``TypeError`` for an object that is not a contract document. Never logs ids.
@@ -423,8 +425,34 @@ def batch_from_documents(
         r_t.append(t)
         r_h.append(id_hash("r", r.reading_id))
 
+    def add_columns(sl: Any) -> None:
+        nonlocal skipped
+        t = sl.event_seconds()
+        patients, kinds = sl.patient_ids(), sl.kind_names()
+        if until_day is not None:
+            keep = (t // _k.SECONDS_PER_DAY <= until_day).tolist()
+            skipped += keep.count(False)
+            patients = [x for x, k in zip(patients, keep, strict=True) if k]
+            kinds = [x for x, k in zip(kinds, keep, strict=True) if k]
+            hashes = [x for x, k in zip(sl.reading_hashes().tolist(), keep, strict=True) if k]
+            t = t[np.array(keep, dtype=bool)]
+        else:
+            hashes = sl.reading_hashes().tolist()
+        slot = state.patient_slot
+        prev, s = None, -1
+        for p in patients:
+            if p != prev:
+                prev, s = p, slot(p)
+            r_p.append(s)
+        code = _KIND_CODE
+        r_k.extend([code.get(k, -1) for k in kinds])
+        r_t.extend(t.tolist())
+        r_h.extend(hashes)  # id_hash("r", reading_id), computed in numba
+
     for doc in docs:
-        if hasattr(doc, "readings"):
+        if hasattr(doc, "event_seconds"):  # a columnar slice of readings (monitor.intake.columnar)
+            add_columns(doc)
+        elif hasattr(doc, "readings"):
             for r in doc.readings:
                 add_reading(r)
         elif hasattr(doc, "reading_id"):

@@ -17,14 +17,16 @@ Never raises on input; never logs (payloads carry patient identifiers).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
 from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, GLUCOSE_MG_PER_DL_PER_MMOL_PER_L
 from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
-from monitor.intake.scan_kernel import KEYS, LITERALS, POW10, STATUS_DECLINED, scan, table
+from monitor.core.idhash import id_hashes
+from monitor.intake.scan_kernel import KEYS, LITERALS, POW10, STATUS_DECLINED, same_as_previous, scan, table
 
 KINDS = _KINDS = tuple(ALLOWED_UNITS)
 UNITS = _UNITS = tuple(sorted({u for units in ALLOWED_UNITS.values() for u in units}))
@@ -66,16 +68,39 @@ class ReadingColumns:
     diastolic: np.ndarray
     t_s: np.ndarray
     late: np.ndarray
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     def text(self, j: int, field: int) -> str | None:
         s, e = self.ids[j, 2 * field], self.ids[j, 2 * field + 1]
         return None if s < 0 else self.buf[s:e].decode("ascii")
 
     def texts(self, field: int, start: int, stop: int) -> list[str]:
-        """Field ``field`` of rows ``start:stop`` (never :data:`GATEWAY_ID`, which may be none)."""
-        buf = self.buf
-        cols = self.ids[start:stop, 2 * field : 2 * field + 2].tolist()
-        return [buf[s:e].decode("ascii") for s, e in cols]
+        """Field ``field`` of rows ``start:stop`` (never :data:`GATEWAY_ID`, which may be none).
+
+        Decoded once per fetch and field; consecutive equal patient ids share one string."""
+        column = self.cache.get(field)
+        if column is None:
+            text = self.cache.get("text")
+            if text is None:  # every accepted id is ASCII: latin-1 slices are the same strings
+                text = self.cache["text"] = self.buf.decode("latin-1")
+            s, e = self.ids[:, 2 * field], self.ids[:, 2 * field + 1]
+            if field == PATIENT_ID and s.size:
+                first = np.flatnonzero(~same_as_previous(np.frombuffer(self.buf, dtype=np.uint8), s, e))
+                names = [text[a:b] for a, b in zip(s[first].tolist(), e[first].tolist(), strict=True)]
+                runs = np.diff(np.append(first, s.size))
+                column = np.repeat(np.array(names, dtype=object), runs).tolist()
+            else:
+                column = [text[a:b] for a, b in zip(s.tolist(), e.tolist(), strict=True)]
+            self.cache[field] = column
+        return column[start:stop]
+
+    def reading_hashes(self, start: int, stop: int) -> np.ndarray:
+        """``id_hash("r", reading_id)`` of rows ``start:stop`` (uint64; numba BLAKE2b)."""
+        hashes = self.cache.get("hashes")
+        if hashes is None:
+            hashes = self.cache["hashes"] = id_hashes(np.frombuffer(self.buf, dtype=np.uint8), self.ids[:, 0],
+                                                      self.ids[:, 1], "r")
+        return hashes[start:stop]
 
     def reading(self, j: int) -> CanonicalReading:
         """Row ``j`` as the :class:`CanonicalReading` the fast path gives for it."""
@@ -100,7 +125,25 @@ class ReadingSlice:
         return self.stop - self.start
 
     def readings(self) -> list[CanonicalReading]:
+        """Every row as a reading object (what the fast path gives for these messages)."""
         return [self.columns.reading(j) for j in range(self.start, self.stop)]
+
+    def patient_ids(self) -> list[str]:
+        return self.columns.texts(PATIENT_ID, self.start, self.stop)
+
+    def reading_ids(self) -> list[str]:
+        return self.columns.texts(READING_ID, self.start, self.stop)
+
+    def kind_names(self) -> list[str]:
+        names = _KINDS
+        return [names[k] for k in self.columns.kind[self.start : self.stop].tolist()]
+
+    def reading_hashes(self) -> np.ndarray:
+        return self.columns.reading_hashes(self.start, self.stop)
+
+    def event_seconds(self) -> np.ndarray:
+        """Event times, whole epoch seconds (UTC)."""
+        return self.columns.t_s[self.start : self.stop]
 
 
 _DT_CACHE: dict[int, datetime] = {}

@@ -474,3 +474,27 @@ def scan(buf, starts, ends, keys, key_lens, literals, literal_lens, kinds, kind_
         else:
             row = first  # the rows of a declined batch are dropped
     return row
+
+
+@kernel(_nrt=False)
+def _same_as_previous(buf, starts, ends, out):  # type: ignore[no-untyped-def]
+    n = starts.shape[0]
+    for i in range(1, n):
+        a, b = starts[i - 1], starts[i]
+        size = ends[i] - b
+        if size != ends[i - 1] - a:
+            continue
+        same = True
+        for k in range(size):
+            if buf[a + k] != buf[b + k]:
+                same = False
+                break
+        out[i] = same
+    return out
+
+
+def same_as_previous(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per row: whether ``buf[starts[i]:ends[i]]`` equals the previous row's bytes (row 0: False)."""
+    out = np.zeros(starts.shape[0], dtype=np.bool_)
+    _same_as_previous(buf, np.ascontiguousarray(starts), np.ascontiguousarray(ends), out)
+    return out
