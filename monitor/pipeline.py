@@ -331,65 +331,19 @@ class Pipeline:
             values = [rec.value if expected.get(rec.topic) == "reading" else None for rec in records]
             if any(v is not None for v in values):
                 spans, cols = scan_readings(values, received_at=received_at, oldest=self.oldest_reading)
-        for k, rec in enumerate(records):
-            st = self.partition(max(rec.partition, 0))
-            if rec.offset >= 0 and rec.partition >= 0 and rec.offset <= st.offsets.get(rec.topic, -1):
-                continue
-            if rec.offset >= 0 and rec.partition >= 0:
-                st.offsets[rec.topic] = rec.offset
-            exp = expected.get(rec.topic)
-            st.counts.messages += 1
-            if cols is not None and spans[k] is not None:
-                name, start, stop = spans[k]  # type: ignore[misc]
-                st.counts.processed[name] += 1
-                docs += 1
-                p_items = by_partition.setdefault(st.partition, [])
-                p_readings = readings_by_partition.setdefault(st.partition, [])
-                last = p_readings[-1] if p_readings else None
-                if type(last) is ReadingSlice and last.stop == start and p_items and p_items[-1] is last:
-                    last.stop = stop  # consecutive messages: one slice
-                else:
-                    sl = ReadingSlice(cols, start, stop)
-                    p_items.append(sl)
-                    p_readings.append(sl)
-                continue
-            if exp == "reading" and rec.value is not None:
-                fast = fast_canonical(rec.value, received_at=received_at, oldest=self.oldest_reading)
-                if fast is not None:  # a clean native reading or batch: same result, no pydantic
-                    st.counts.processed[fast[0]] += 1
-                    docs += 1
-                    readings_by_partition.setdefault(st.partition, []).extend(fast[1])
-                    by_partition.setdefault(st.partition, []).extend(fast[1])
+        if self.columnar and all(rec.partition >= 0 and rec.offset >= 0 for rec in records):
+            docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition,
+                                     readings_by_partition)
+        else:
+            for rec in records:
+                st = self.partition(max(rec.partition, 0))
+                if rec.offset >= 0 and rec.partition >= 0 and rec.offset <= st.offsets.get(rec.topic, -1):
                     continue
-            if rec.value is None:
-                result: _Document | Rejection = Rejection("empty_message", "the message has no value")
-            else:
-                result = decode(rec.value, exp)
-            if isinstance(result, Rejection):
-                st.counts.dead_letters[result.reason] += 1
-                st.counts.rejected_messages += 1
-                dead.append(dead_letter(rec.value, result.reason, result.detail, topic=rec.topic,
-                                        partition=rec.partition, offset=rec.offset,
-                                        received_at=received_at))
-                continue
-            st.counts.processed[type(result).__name__] += 1
-            docs += 1
-            if isinstance(result, Reading | GatewayBatch):
-                accepted = readings_by_partition.setdefault(st.partition, [])
-                for r, c in canonical_items(result, received_at=received_at, oldest=self.oldest_reading):
-                    if isinstance(c, Rejection):
-                        st.counts.dead_letters[c.reason] += 1
-                        dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
-                                                topic=rec.topic, partition=rec.partition,
-                                                offset=rec.offset, received_at=received_at))
-                        continue
-                    accepted.append(c)
-                    by_partition.setdefault(st.partition, []).append(c)
-                continue
-            if isinstance(result, Patient):
-                st.patients[result.patient_id] = result
-                st.alerts.on_patient(result)
-            by_partition.setdefault(st.partition, []).append(result)
+                if rec.offset >= 0 and rec.partition >= 0:
+                    st.offsets[rec.topic] = rec.offset
+                st.counts.messages += 1
+                docs += self._decode_one(rec, st, expected.get(rec.topic), received_at, dead, by_partition,
+                                         readings_by_partition)
         alerts: list[AlertEvent] = []
         for p, items in by_partition.items():
             st = self.partitions[p]
@@ -408,6 +362,93 @@ class Pipeline:
                                               for e in alerts if e.notification == "firing")
         self.batch_seconds.observe(time.perf_counter() - t0)
         return BatchResult(dead_letters=dead, documents=docs, alerts=alerts)
+
+    def _ingest_runs(self, records: Sequence[Record], expected: dict[str, str],
+                     spans: list[tuple[str, int, int] | None], cols: Any, received_at: datetime,
+                     dead: list[DeadLetter], by_partition: dict[int, list[Any]],
+                     readings_by_partition: dict[int, list[Any]]) -> int:
+        """The loop of :meth:`ingest` for Kafka records (partition and offset known), run by run
+        of one topic and partition (a fetch comes that way): the messages the columnar scan
+        accepted become one :class:`ReadingSlice` per stretch of consecutive messages; the others
+        are decoded in place (:meth:`_decode_one`), so the order of documents is kept."""
+        docs = 0
+        n = len(records)
+        k = 0
+        while k < n:
+            first = records[k]
+            topic, part = first.topic, first.partition
+            j = k + 1
+            while j < n and records[j].partition == part and records[j].topic == topic:
+                j += 1
+            st = self.partition(part)
+            applied = st.offsets.get(topic, -1)
+            exp = expected.get(topic)
+            counts = st.counts
+            processed = counts.processed
+            current: ReadingSlice | None = None  # the slice the next accepted message extends
+            for i in range(k, j):
+                rec = records[i]
+                if rec.offset <= applied:
+                    continue  # already in the state (re-delivered after a restore)
+                applied = rec.offset
+                counts.messages += 1
+                span = spans[i] if cols is not None else None
+                if span is not None:
+                    processed[span[0]] += 1
+                    docs += 1
+                    if current is not None and current.stop == span[1]:
+                        current.stop = span[2]
+                    else:
+                        current = ReadingSlice(cols, span[1], span[2])
+                        by_partition.setdefault(part, []).append(current)
+                        readings_by_partition.setdefault(part, []).append(current)
+                    continue
+                current = None
+                docs += self._decode_one(rec, st, exp, received_at, dead, by_partition, readings_by_partition)
+            st.offsets[topic] = applied
+            k = j
+        return docs
+
+    def _decode_one(self, rec: Record, st: PartitionState, exp: str | None, received_at: datetime,
+                    dead: list[DeadLetter], by_partition: dict[int, list[Any]],
+                    readings_by_partition: dict[int, list[Any]]) -> int:
+        """Decode one message into the partition's documents (or a dead letter); 1 if a document
+        was accepted."""
+        if exp == "reading" and rec.value is not None:
+            fast = fast_canonical(rec.value, received_at=received_at, oldest=self.oldest_reading)
+            if fast is not None:  # a clean native reading or batch: same result, no pydantic
+                st.counts.processed[fast[0]] += 1
+                readings_by_partition.setdefault(st.partition, []).extend(fast[1])
+                by_partition.setdefault(st.partition, []).extend(fast[1])
+                return 1
+        if rec.value is None:
+            result: _Document | Rejection = Rejection("empty_message", "the message has no value")
+        else:
+            result = decode(rec.value, exp)
+        if isinstance(result, Rejection):
+            st.counts.dead_letters[result.reason] += 1
+            st.counts.rejected_messages += 1
+            dead.append(dead_letter(rec.value, result.reason, result.detail, topic=rec.topic,
+                                    partition=rec.partition, offset=rec.offset, received_at=received_at))
+            return 0
+        st.counts.processed[type(result).__name__] += 1
+        if isinstance(result, Reading | GatewayBatch):
+            accepted = readings_by_partition.setdefault(st.partition, [])
+            for r, c in canonical_items(result, received_at=received_at, oldest=self.oldest_reading):
+                if isinstance(c, Rejection):
+                    st.counts.dead_letters[c.reason] += 1
+                    dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
+                                            topic=rec.topic, partition=rec.partition,
+                                            offset=rec.offset, received_at=received_at))
+                    continue
+                accepted.append(c)
+                by_partition.setdefault(st.partition, []).append(c)
+            return 1
+        if isinstance(result, Patient):
+            st.patients[result.patient_id] = result
+            st.alerts.on_patient(result)
+        by_partition.setdefault(st.partition, []).append(result)
+        return 1
 
     def effective_time(self, st: PartitionState) -> int | None:
         """Evaluation time of a partition (epoch s): its watermark, advanced by idle wall time."""

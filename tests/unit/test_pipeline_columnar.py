@@ -106,3 +106,13 @@ def test_columnar_intake_gives_the_same_answers(seed: int, chunk: int) -> None:
     assert got["report"] == want["report"]
     assert got["snapshots"] == want["snapshots"]
     assert want["alerts"] and want["dead"] and want["counts"]["readings"] > 500  # not vacuous
+
+
+def test_a_fetch_of_only_bad_messages_changes_the_same_state() -> None:
+    """Dead letters only: no document, so no arrival time either (as the per-message path)."""
+    bad = [RawRecord(b'{"reading_id": "broken"', "readings", 0, i) for i in range(3)]
+    for columnar in (False, True):
+        pipe = Pipeline(clock=clock, columnar=columnar)
+        result = pipe.ingest(bad, EXPECTED)
+        assert len(result.dead_letters) == 3
+        assert pipe.partitions[0].last_arrival is None
