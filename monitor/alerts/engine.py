@@ -65,6 +65,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
+
 from monitor.alerts.rules import (
     RULES_BY_ID,
     RULES_BY_KIND,
@@ -147,6 +149,25 @@ _NO_KEYS: frozenset[str] = frozenset()
 _NO_ROWS: list[Any] = []
 """A shared empty list in cached snapshot rows (never mutated)."""
 _MATERIAL_FIELDS = operator.attrgetter("reading_id", "measured_at", "value", "systolic", "diastolic")
+
+
+def _surely_quiet(kinds: list[str], value: Any, systolic: Any, diastolic: Any) -> list[bool]:
+    """Per reading (canonical values as arrays, nan: none): whether no rule of its kind can hold
+    under the default thresholds, decided without rounding (every component strictly inside its
+    check's quiet interval, or missing). ``False`` means: let :func:`any_holds` decide."""
+    n = len(kinds)
+    out = np.ones(n, dtype=bool)
+    names = np.array(kinds, dtype=object)
+    by = {"systolic": systolic, "diastolic": diastolic}
+    for kind in set(kinds):
+        rows = names == kind
+        for component, quiet_from, quiet_to, _ in checks_for(kind):
+            if component == "gain":
+                continue  # needs a baseline: body weight never takes the columnar route
+            x = by.get(component, value)[rows]
+            with np.errstate(invalid="ignore"):
+                out[rows] &= ~np.isfinite(x) | ((quiet_from < x) & (x < quiet_to))
+    return out.tolist()
 
 
 def _materialised(readings: Sequence[Any]) -> Sequence[CanonicalReading]:
@@ -796,11 +817,15 @@ class AlertEngine:
         body weight, no open episode of the patient and kind, times and ids distinct within the
         group and not at the stream's latest time, and no rule holding for the latest reading.
         """
-        cols, start = sl.columns, sl.start
+        cols, start, stop = sl.columns, sl.start, sl.stop
         patients = sl.patient_ids()
         kinds = sl.kind_names()
-        t_s = cols.t_s[start:sl.stop].tolist()
+        t_s = cols.t_s[start:stop].tolist()
         rids = sl.reading_ids()
+        values = cols.value[start:stop]
+        systolics = cols.systolic[start:stop]
+        diastolics = cols.diastolic[start:stop]
+        surely_quiet = _surely_quiet(kinds, values, systolics, diastolics)
         groups: dict[tuple[str, str], list[int]] = {}
         prev: tuple[str, str] | None = None
         rows: list[int] = []
@@ -812,16 +837,15 @@ class AlertEngine:
         general: list[CanonicalReading] = []
         open_eps = self._open
         streams = self._streams
+        patients_info = self._patients
         for key, rows in groups.items():
             patient_id, kind = key
             stream = streams.get(key)
             latest = stream.latest if stream is not None else None
             latest_s = _seconds(latest) if latest is not None else None
             if latest is not None and latest_s is None:
-                general.extend(cols.reading(start + i) for i in rows)  # a latest time with a fraction
-                taken.add(key)
-                continue
-            if len(rows) == 1:
+                quick = False  # a latest time with a fraction of a second
+            elif len(rows) == 1:
                 top = rows[0]
                 quick = latest_s is None or t_s[top] != latest_s
             else:
@@ -836,14 +860,15 @@ class AlertEngine:
                 quick = False
             if quick and latest_s is not None and t_s[top] < latest_s:
                 continue  # all backfill (older than the latest, never a duplicate): no change
-            j = start + top
-            value = float(cols.value[j]) if kind != "blood_pressure" else None
-            systolic = float(cols.systolic[j]) if kind == "blood_pressure" else None
-            diastolic = float(cols.diastolic[j]) if kind == "blood_pressure" else None
-            if quick and _RULE_IDS_BY_KIND.get(kind):
-                info = self._patients.get(patient_id)
-                checks = info.checks_for(kind) if info else checks_for(kind)
-                quick = not any_holds(checks, value=value, systolic=systolic, diastolic=diastolic)
+            if quick:
+                bp = kind == "blood_pressure"
+                value = None if bp else float(values[top])
+                systolic = float(systolics[top]) if bp else None
+                diastolic = float(diastolics[top]) if bp else None
+                info = patients_info.get(patient_id)
+                if info is not None or not surely_quiet[top]:  # decide exactly
+                    checks = info.checks_for(kind) if info else checks_for(kind)
+                    quick = not any_holds(checks, value=value, systolic=systolic, diastolic=diastolic)
             if not quick:
                 general.extend(cols.reading(start + i) for i in rows)
                 taken.add(key)  # later slices' readings of this stream come after these

@@ -32,7 +32,8 @@ def _tricky(rng: random.Random, pid: str, i: int) -> list[bytes]:
     t = (END - timedelta(hours=rng.randint(0, 200), seconds=rng.randint(0, 59))).strftime("%Y-%m-%dT%H:%M:%S")
     base = {"reading_id": f"x{i}", "patient_id": pid, "device_id": "d", "kind": "glucose", "value": 5.5,
             "unit": "mmol/L", "measured_at": t + "Z"}
-    low = dict(base, reading_id=f"low{i}", value=rng.choice([2.1, 3.0, 3.9, 4.0, 25.0]))
+    low = dict(base, reading_id=f"low{i}",
+               value=rng.choice([2.1, 3.0, 3.9, 3.8999996, 3.8999994, 4.0, 13.9, 13.9000004, 25.0, 7.5]))
     return [
         json.dumps(base).encode(),
         json.dumps(base).encode(),  # the same reading twice
@@ -62,8 +63,13 @@ def records(seed: int, patients: int = 60) -> list[RawRecord]:
             continue
         pid = doc["patient_id"] if "patient_id" in doc else doc["readings"][0]["patient_id"]
         out.append((TOPIC_OF[typ], pid, json.dumps(doc, separators=(",", ":")).encode()))
+    for k in range(5):  # registered patients with their own thresholds
+        pid = f"T{k}"
+        out.append(("patients", pid, json.dumps({
+            "patient_id": pid, "region": "north", "deprivation_quintile": 1 + k, "age_band": "65-74",
+            "monitoring_plan": {"glucose": 4}, "thresholds": {"glucose_low": 5.0, "glucose_high": 7.0}}).encode()))
     for i in range(40):
-        pid = f"P{rng.randrange(patients)}"
+        pid = f"P{rng.randrange(patients)}" if i % 4 else f"T{i % 5}"
         out.extend(("readings", pid, raw) for raw in _tricky(rng, pid, i))
     rng.shuffle(out)  # out of order, interleaved
     offsets: dict[tuple[str, int], int] = {}
