@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -93,6 +94,7 @@ class CheckpointStore:
         self.topic = topic
         self._producer: AIOKafkaProducer | None = None
         self._offsets: AIOKafkaConsumer | None = None
+        self._looked_up: set[str] = set()
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -108,16 +110,42 @@ class CheckpointStore:
         if self._offsets is not None:
             await self._offsets.stop()
             self._offsets = None
+            self._looked_up.clear()
+
+    async def ensure_started(self, topics: Sequence[str] = ()) -> None:
+        """Connect the producer and the offsets client now and look up ``topics`` once (the first
+        :meth:`save` or :meth:`end_offsets` otherwise pays for that, ~0.3 s, maybe while its
+        caller holds a lock)."""
+        if self._producer is None:
+            await self.start()
+        await self._offsets_client()
+        new = [t for t in topics if t not in self._looked_up]
+        if new:
+            await self.end_offsets_of([(t, 0) for t in new])
+            self._looked_up.update(new)
+
+    async def _offsets_client(self) -> AIOKafkaConsumer:
+        if self._offsets is None:
+            offsets = AIOKafkaConsumer(**self.settings.aiokafka_config(), enable_auto_commit=False,
+                                       group_id=None)
+            await offsets.start()
+            if self._offsets is None:
+                self._offsets = offsets
+            else:  # started concurrently
+                await offsets.stop()
+        return self._offsets
 
     async def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """The next offset to be written of each partition of ``topic`` (one reused client)."""
-        if self._offsets is None:
-            self._offsets = AIOKafkaConsumer(**self.settings.aiokafka_config(), enable_auto_commit=False,
-                                             group_id=None)
-            await self._offsets.start()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        ends = await self._offsets.end_offsets(tps)
-        return {tp.partition: off for tp, off in ends.items()}
+        ends = await self.end_offsets_of([(topic, p) for p in partitions])
+        return {p: off for (_, p), off in ends.items()}
+
+    async def end_offsets_of(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The next offset to be written of each ``(topic, partition)``, in one request per
+        broker (one reused client)."""
+        client = await self._offsets_client()
+        ends = await client.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
 
     async def save(self, partition: int, seq: int, data: bytes) -> None:
         """Write a checkpoint; returns when every chunk is acknowledged (starts lazily)."""

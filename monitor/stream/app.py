@@ -207,14 +207,17 @@ class PartitionManager:
             t0 = time.monotonic()
             parts = sorted(self.dirty & self.owned, key=lambda p: (self.saved_at.get(p, 0.0), p))
             ack = app.consumer.ack
+            outputs = {kind: self.settings.topics.name(kind) for kind in OUTPUTS}
+            if parts:  # connect (first round) before taking the lock, not while input waits
+                await self.store.ensure_started(list(outputs.values()))
             for p in parts:
                 async with self.lock:
                     st = self.pipe.partitions.get(p)
                     if st is None or p not in self.dirty or p not in self.owned:
                         continue
                     await app.producer.flush()  # outputs so far are durable before their offsets
-                    st.output_offsets = {kind: (await self.store.end_offsets(
-                        self.settings.topics.name(kind), [p]))[p] for kind in OUTPUTS}
+                    ends = await self.store.end_offsets_of([(topic, p) for topic in outputs.values()])
+                    st.output_offsets = {kind: ends[(topic, p)] for kind, topic in outputs.items()}
                     st.checkpoint_seq += 1
                     seq, data = st.checkpoint_seq, st.snapshot()
                     messages = self.held.pop(p, [])
@@ -290,17 +293,34 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         await out_topics[kind].send(key=key, value=dumps(doc), partition=partition)
         return True
 
+    to_alertmanager: asyncio.Queue[list[AlertEvent]] = asyncio.Queue()
+
     async def publish_alerts(events: list[AlertEvent], partition_of: dict[str, int]) -> None:
         fresh = []
         for ev in events:
             if await publish("alerts", partition_of[ev.patient_id], ev.patient_id.encode(), ev.to_json()):
                 fresh.append(ev)
         if alertmanager is not None and fresh:
+            to_alertmanager.put_nowait(fresh)  # posted by ``post_to_alertmanager``, not under the lock
+
+    if alertmanager is not None:
+        @app.task
+        async def post_to_alertmanager() -> None:
+            """Post new alerts to Alertmanager in publication order, off the ingest path: the post
+            (up to the client's timeout per request) used to run under the partition lock, so a
+            slow Alertmanager stalled all input. Alerts queued meanwhile go in one post."""
             loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(None, alertmanager.post, fresh)
-            except AlertmanagerError as exc:  # the alerts topic has them; re-posted on renotify
-                log.warning("posting %d alerts to Alertmanager failed: %s", len(fresh), exc)
+            while True:
+                batch = list(await to_alertmanager.get())
+                while not to_alertmanager.empty():
+                    batch.extend(to_alertmanager.get_nowait())
+                try:
+                    await loop.run_in_executor(None, alertmanager.post, batch)
+                except AlertmanagerError as exc:  # the alerts topic has them; re-posted on renotify
+                    log.warning("posting %d alerts to Alertmanager failed: %s", len(batch), exc)
+                except Exception as exc:  # noqa: BLE001 - keep posting later alerts
+                    log.warning("posting %d alerts to Alertmanager failed: %s", len(batch),
+                                type(exc).__name__)
 
     def partitions_of(ids: set[str]) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -19,6 +19,15 @@ to) calls ``app.consumer.ack(message)``.
 
 Failure behaviour: an exception from the handler propagates like one from faust's own callback
 (the fetcher crashes and the worker stops); the handler is expected to never raise on input.
+
+Fetch wait (latency): faust hard-codes ``fetch_max_wait_ms=1500`` for the worker's aiokafka
+consumer. aiokafka keeps at most one fetch request in flight per broker and leaves partitions with
+unconsumed records out of the next request; so whenever the handler was busy for more than
+aiokafka's 100 ms prefetch backoff, the next request held only the idle partitions (the idle input
+topics, ``equity-partials``), the broker parked it for the full 1.5 s, and no busy partition could
+be fetched meanwhile. Measured at 5k readings/s: fetches returning nothing for 1 s, then ~8k
+records 2 s old in one fetch, whose 0.6 s apply started the next stall (alert p99 2.3 s).
+:class:`BatchConsumerThread` caps the wait at :data:`FETCH_MAX_WAIT_MS`.
 """
 
 from __future__ import annotations
@@ -35,9 +44,16 @@ from mode import Service
 
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
+FETCH_MAX_WAIT_MS = 50
+"""How long the broker may hold a fetch of partitions without new data (bounds the stall above;
+an idle worker sends ~20 empty fetches a second)."""
+
 
 class BatchConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer with a batch path for the app's :attr:`~MonitorApp.batch_topics`."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in the worker
         app = self.app
@@ -120,6 +136,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
             await handler(pending)
 
 
+class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread with ``fetch_max_wait_ms`` = :data:`FETCH_MAX_WAIT_MS`."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes a fixed 1500; AIOKafkaConsumer.start() builds its Fetcher from this attribute
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class BatchTransport(faust_aiokafka.Transport):
     """The aiokafka transport with :class:`BatchConsumer`."""
 
@@ -140,4 +166,5 @@ class MonitorApp(faust.App):
         return BatchTransport(self.conf.broker_consumer, self)
 
 
-__all__ = ["BatchConsumer", "BatchHandler", "BatchTransport", "MonitorApp"]
+__all__ = ["FETCH_MAX_WAIT_MS", "BatchConsumer", "BatchConsumerThread", "BatchHandler", "BatchTransport",
+           "MonitorApp"]
