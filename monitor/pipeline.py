@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
+from monitor.carers.state import CarersState
 from monitor.contract.models import (
     DeadLetter,
     FlagEvent,
@@ -47,8 +49,6 @@ from monitor.core.state import (
     batch_from_documents,
     day_of,
 )
-from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
-from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonical_items
 from monitor.intake.columnar import ReadingSlice, scan_readings
 from monitor.intake.fastpath import fast_canonical

@@ -829,7 +829,7 @@ class AlertEngine:
         groups: dict[tuple[str, str], list[int]] = {}
         prev: tuple[str, str] | None = None
         rows: list[int] = []
-        for i, key in enumerate(zip(patients, kinds)):
+        for i, key in enumerate(zip(patients, kinds, strict=True)):
             if key != prev:
                 rows = groups.setdefault(key, [])
                 prev = key

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, GLUCOSE_MG_PER_DL_PER_MMOL_PER_L
-from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
 from monitor.core.idhash import id_hashes
+from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
 from monitor.intake.scan_kernel import KEYS, LITERALS, POW10, STATUS_DECLINED, same_as_previous, scan, table
 
 KINDS = _KINDS = tuple(ALLOWED_UNITS)
@@ -108,7 +108,8 @@ class ReadingColumns:
         bp = kind == "blood_pressure"
         return native_reading(self.text(j, READING_ID), self.text(j, PATIENT_ID), self.text(j, DEVICE_ID),  # type: ignore[arg-type]
                               self.text(j, GATEWAY_ID), kind, None if bp else float(self.value[j]),
-                              float(self.systolic[j]) if bp else None, float(self.diastolic[j]) if bp else None,
+                              float(self.systolic[j]) if bp else None,
+                              float(self.diastolic[j]) if bp else None,
                               CANONICAL_UNIT[kind], _UNITS[self.unit[j]], datetime_from_s(int(self.t_s[j])),
                               bool(self.late[j]))
 

@@ -9,13 +9,14 @@ README's performance section).
 What stays faust's: the consumer group and partition assignment, the fetch itself
 (``Consumer._wait_next_records``; the generation, flow and active-partition checks of
 ``Consumer.getmany`` are repeated once per partition instead of once per record), the read
-offsets and gap tracking, :meth:`~faust.transport.consumer.Consumer.track_message` (sensors,
-pending acks), acknowledgement through :meth:`~faust.transport.consumer.Consumer.ack` and offset
-commits. What changes: for the topics in :attr:`MonitorApp.batch_topics` the messages of one fetch
-are collected and handed to :attr:`MonitorApp.batch_handler` in one call; messages of every other
-topic take faust's usual per-message path (agents work as before). The handler owns the
-messages it is given: a message is committed only after the handler (or whoever it hands them on
-to) calls ``app.consumer.ack(message)``.
+offsets and gap tracking, the acknowledgement bookkeeping and offset commits. What changes: for the
+topics in :attr:`MonitorApp.batch_topics` the records of one fetch (aiokafka ``ConsumerRecord``:
+``topic``, ``partition``, ``offset``, ``key``, ``value``) are handed to
+:attr:`MonitorApp.batch_handler` in one call, without a faust ``Message`` per record and without
+faust's per-message sensors (its ``Monitor`` counts them no more; the monitor's own metrics do);
+messages of every other topic take faust's usual per-message path (agents work as before). The
+handler owns the records it is given: a record is committed only after the handler (or whoever it
+hands them on to) calls :meth:`BatchConsumer.ack_offsets` for it (in bulk, per partition).
 
 Failure behaviour: an exception from the handler propagates like one from faust's own callback
 (the fetcher crashes and the worker stops); the handler is expected to never raise on input.
@@ -33,16 +34,18 @@ records 2 s old in one fetch, whose 0.6 s apply started the next stall (alert p9
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import Message
+from faust.types import TP, Message
+from faust.types.tuples import ack_lock
 from mode import Service
+from mode.utils.futures import notify
 
-BatchHandler = Callable[[list[Message]], Awaitable[None]]
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
 FETCH_MAX_WAIT_MS = 50
 """How long the broker may hold a fetch of partitions without new data (bounds the stall above;
@@ -105,7 +108,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         read_offset = self._read_offset
         acks_enabled_for = app.topics.acks_enabled_for
         to_message = self._to_message
-        track = self.track_message
         buffered = self._buffered_partitions
         pending: list[Message] = []
         for tp, recs in records.items():
@@ -114,8 +116,19 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if app.consumer_generation_id != generation_id:
                 return  # rebalanced meanwhile: faust abandons the fetch too
             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            batch = tp.topic in batch_topics
             r_offset = read_offset[tp]
+            if tp.topic in batch_topics:  # the records themselves: no message object, no sensors
+                gaps = acks_enabled_for(tp.topic)
+                for record in recs:
+                    offset = record.offset
+                    if r_offset is not None and offset < r_offset:
+                        continue  # already read (faust drops these too)
+                    if gaps and r_offset and offset - r_offset > 1:
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    pending.append(record)
+                    r_offset = offset
+                read_offset[tp] = r_offset
+                continue
             for record in recs:
                 offset = record.offset
                 if r_offset is not None and offset < r_offset:
@@ -126,14 +139,30 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     self._n_acked = 0
                     await self.commit()
                 message = to_message(tp, record)
-                if batch:
-                    track(message)
-                    pending.append(message)
-                else:
-                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                await self.wait_first(self.callback(message), self.suspend_flow.wait())
                 read_offset[tp] = r_offset = offset
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
         if pending:
             await handler(pending)
+
+    def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> int:
+        """Acknowledge records of ``tp`` that went to the batch handler, as :meth:`ack` does for
+        one message (same bookkeeping, under faust's ``ack_lock``); the next commit includes them.
+        Returns how many were not acknowledged before."""
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return 0
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            if fresh:
+                index.update(fresh)
+                self._acked[tp].extend(fresh)
+                self._n_acked += len(fresh)
+            notify(self._waiting_for_ack)
+        return len(fresh)
 
 
 class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -9,20 +9,18 @@ decoder in ``test_intake_fastpath``): a message the fast path accepts must be ac
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import orjson
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import math
-
-import numpy as np
-import orjson
-
 from monitor.intake.columnar import ReadingSlice, scan_readings
-from monitor.intake.scan_kernel import POW10, _number
 from monitor.intake.fastpath import fast_canonical
+from monitor.intake.scan_kernel import POW10, _number
 from tests.unit.test_intake_fastpath import BASE, CHECK, OLDEST, RECEIVED, ids, reading_docs, stamps
 
 
@@ -115,7 +113,8 @@ def test_numbers_convert_exactly(text: str) -> None:
         return
     expected = float(orjson.loads(text))
     assert end == len(raw)
-    assert value == expected and math.copysign(1, value) == math.copysign(1, expected), (text, value, expected)
+    assert value == expected, (text, value, expected)
+    assert math.copysign(1, value) == math.copysign(1, expected), (text, value, expected)
 
 
 def test_common_numbers_are_accepted() -> None:
@@ -126,7 +125,8 @@ def test_common_numbers_are_accepted() -> None:
 
 
 TIMES = st.datetimes(min_value=datetime(2026, 9, 29), max_value=datetime(2026, 10, 31))
-OFFSETS = st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", "-05:30", "+14:00", "-12:00", "+23:59", "+24:00"])
+OFFSETS = st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", "-05:30", "+14:00", "-12:00", "+23:59",
+                           "+24:00"])
 
 
 @CHECK

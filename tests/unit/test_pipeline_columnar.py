@@ -67,7 +67,8 @@ def records(seed: int, patients: int = 60) -> list[RawRecord]:
         pid = f"T{k}"
         out.append(("patients", pid, json.dumps({
             "patient_id": pid, "region": "north", "deprivation_quintile": 1 + k, "age_band": "65-74",
-            "monitoring_plan": {"glucose": 4}, "thresholds": {"glucose_low": 5.0, "glucose_high": 7.0}}).encode()))
+            "monitoring_plan": {"glucose": 4},
+            "thresholds": {"glucose_low": 5.0, "glucose_high": 7.0}}).encode()))
     for i in range(40):
         pid = f"P{rng.randrange(patients)}" if i % 4 else f"T{i % 5}"
         out.extend(("readings", pid, raw) for raw in _tricky(rng, pid, i))
@@ -94,7 +95,8 @@ def run(recs: list[RawRecord], chunk: int, columnar: bool) -> dict[str, Any]:
         alerts.extend(a.to_dict() if hasattr(a, "to_dict") else repr(a) for a in result.alerts)
     ticks = [pipe.tick_partition(pipe.partitions[p]) for p in sorted(pipe.partitions)]
     return {"dead": dead, "alerts": alerts,
-            "flags": [repr(f) for t in ticks for f in t.flags], "tick_alerts": [repr(a) for t in ticks for a in t.alerts],
+            "flags": [repr(f) for t in ticks for f in t.flags],
+            "tick_alerts": [repr(a) for t in ticks for a in t.alerts],
             "counts": pipe.counts.to_dict(),
             "snapshots": {p: st.snapshot() for p, st in pipe.partitions.items()},
             "report": pipe.patient_report()}
