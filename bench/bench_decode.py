@@ -11,6 +11,9 @@ Run: ``.venv/bin/python -m bench.bench_decode [--messages N] [--repeats R]``. Wr
   the same run (the floor any decoder pays);
 * ``native_fast_per_s`` / ``native_fast_ratio``: the worker's readings-topic fast path
   (:mod:`monitor.intake.fastpath`: orjson and hand checks, same result) on the native messages.
+* ``native_columnar_per_s`` / ``native_columnar_ratio``: the worker's columnar intake of a whole
+  fetch (:func:`monitor.intake.columnar.scan_readings`: one numba scan of every message, numpy
+  checks; fetches of 1,000 messages) on the same native messages.
 * ``native_ratio`` / ``fhir_ratio``: decode throughput divided by ``json.loads`` throughput (0.05
   means decoding costs 20 times a bare parse).
 
@@ -36,6 +39,7 @@ from typing import Any
 from bench.results import merge_section
 from monitor.intake.canonical import CanonicalReading
 from monitor.intake.formats import decode_items
+from monitor.intake.columnar import scan_readings
 from monitor.intake.fastpath import fast_canonical
 from monitor.intake.native import decode as native_decode
 
@@ -176,6 +180,11 @@ def _fast_all(messages: list[bytes]) -> None:
         fast_canonical(m, received_at=RECEIVED_AT)
 
 
+def _columnar_all(messages: list[bytes]) -> None:
+    for i in range(0, len(messages), 1000):
+        scan_readings(messages[i : i + 1000], received_at=RECEIVED_AT)
+
+
 def _check_all_accepted(messages: list[bytes], label: str) -> None:
     for m in messages:
         (result,) = decode_items(m, received_at=RECEIVED_AT)
@@ -204,6 +213,15 @@ def run(messages: int, repeats: int) -> dict[str, Any]:
     values["native_fast_per_s"] = round(fast)
     values["native_fast_ratio"] = round(fast / parsed, 4)
     print(f"  fast: {fast:>10,.0f} msg/s (monitor.intake.fastpath), ratio {fast / parsed:.3f}", flush=True)
+    # The worker's columnar intake of whole fetches (what the worker runs first).
+    spans, _ = scan_readings(native, received_at=RECEIVED_AT)
+    if any(span is None for span in spans):
+        raise AssertionError("native: every message of the workload must take the columnar path")
+    columnar, parsed = _best_rates([_columnar_all, _json_loads_all], native, repeats)
+    values["native_columnar_per_s"] = round(columnar)
+    values["native_columnar_ratio"] = round(columnar / parsed, 4)
+    print(f"  columnar: {columnar:>10,.0f} msg/s (monitor.intake.columnar), ratio {columnar / parsed:.3f}",
+          flush=True)
     # For context only (not written): the pydantic contract step alone (no canonical step).
     (contract,) = _best_rates([_native_contract_all], native, repeats)
     print(f"native contract only (monitor.intake.native.decode): {contract:,.0f} msg/s", flush=True)
