@@ -1088,26 +1088,41 @@ class SupportState:
         n = self.n_patients
         a = self._arrays
         cfg = self.config
-        active = np.zeros(n, np.int32)
-        registered = np.zeros(n, np.int32)
-        care_ms = np.zeros(n, np.int64)
-        contact_days = np.zeros(n, np.int32)
-        readings = np.zeros(n, np.int64)
-        flags = np.zeros(n, np.uint8)
-        covered = np.zeros(n, np.bool_)
+        active = np.empty(n, np.int32)
+        registered = np.empty(n, np.int32)
+        care_ms = np.empty(n, np.int64)
+        contact_days = np.empty(n, np.int32)
+        readings = np.empty(n, np.int64)
+        flags = np.empty(n, np.uint8)
+        covered = np.empty(n, np.bool_)
+        expected = np.empty(n, np.int64)
+        last_contact = np.empty(n, np.int64)
+        last_reading = np.empty(n, np.int64)
         _k.evaluate(np.int64(n), np.int64(day), np.int64(cfg.coverage_days),
                     np.int64(cfg.active_days), np.int64(cfg.lapse_days),
-                    *_record_views(a["record"]), a["hi"], a["pairs"], a["links"], active, registered,
-                    care_ms, contact_days, readings, flags, covered)
-        expected = a["expected_micro_per_day"][:n] * cfg.coverage_days
+                    *_record_views(a["record"]), a["hi"], a["pairs"], a["links"],
+                    a["expected_micro_per_day"], active, registered, care_ms, contact_days,
+                    readings, flags, covered, expected, last_contact, last_reading)
         return Evaluation(
-            as_of_s=t, as_of_day=day, patient_ids=tuple(self.patient_ids),
+            as_of_s=t, as_of_day=day, patient_ids=self._patient_ids_tuple(),
             active_carers=active, registered_carers=registered, care_ms=care_ms,
             contact_days=contact_days, readings_received=readings,
             readings_expected_micro=expected, flags=flags, covered=covered,
-            last_contact_s=a["record"].view(np.int64)[:n, 0].copy(),
-            last_reading_s=a["record"].view(np.int64)[:n, 1].copy(),
+            last_contact_s=last_contact, last_reading_s=last_reading,
         )
+
+    def _patient_ids_tuple(self) -> tuple[str, ...]:
+        """``tuple(self.patient_ids)``, cached while the list is the same, append-only object
+        (slots are never reassigned; a new list - e.g. by :meth:`restore` - rebuilds it)."""
+        ids = self.patient_ids
+        cached = self.__dict__.get("_ids_tuple")
+        if cached is None or cached[0] is not ids or len(cached[1]) != len(ids):
+            if cached is not None and cached[0] is ids and len(cached[1]) < len(ids):
+                cached = (ids, cached[1] + tuple(ids[len(cached[1]):]))
+            else:
+                cached = (ids, tuple(ids))
+            self._ids_tuple = cached
+        return cached[1]
 
     def group_codes(self, dimension: str) -> tuple[np.ndarray, list[str]]:
         """Per-patient group codes (-1 = not registered) and the group names of a dimension."""
@@ -1133,7 +1148,9 @@ class SupportState:
                 if sums[i, 0]:
                     per[g] = GroupCounts(*(int(v) for v in sums[i]))
             groups[dim] = dict(sorted(per.items()))
-        values, counts = np.unique(ev.care_ms, return_counts=True)
+        hist_ok, values, counts = _k.value_counts(ev.care_ms, np.int64(_k.HIST_MAX_DISTINCT))
+        if not hist_ok:  # many distinct values: sort
+            values, counts = np.unique(ev.care_ms, return_counts=True)
         return PartialSummary(ev.as_of_day, groups, values.astype(np.int64),
                               counts.astype(np.int64))
 

@@ -551,18 +551,85 @@ def rehash_dedup(old: np.ndarray, watermark_day: np.int64, keep_days: np.int64,
 
 
 @kernel
+def _count_pairs8(pairs: np.ndarray, min_day: np.int64, max_day: np.int64,
+                  counts: np.ndarray) -> bool:  # pragma: no cover - jitted
+    """Add 1 to ``counts[patient]`` (uint8) per pair with a last activity day in ``min_day ..
+    max_day``; True if a count would pass 255 (the counts are then incomplete)."""
+    over = False
+    for i in range(pairs.shape[0]):
+        k = pairs[i].key
+        if k == 0:
+            continue
+        d = np.int64(pairs[i].last_day)
+        if d != NO_DAY and min_day <= d <= max_day:
+            p = np.int64(k >> np.uint64(32)) - 1
+            c = counts[p]
+            if c == 255:
+                over = True
+            else:
+                counts[p] = c + np.uint8(1)
+    return over
+
+
+@kernel
+def _count_pairs32(pairs: np.ndarray, min_day: np.int64, max_day: np.int64,
+                   counts: np.ndarray) -> None:  # pragma: no cover - jitted
+    """:func:`_count_pairs8` into zeroed wide counts (no limit)."""
+    counts[:] = 0
+    for i in range(pairs.shape[0]):
+        k = pairs[i].key
+        if k == 0:
+            continue
+        d = np.int64(pairs[i].last_day)
+        if d != NO_DAY and min_day <= d <= max_day:
+            counts[np.int64(k >> np.uint64(32)) - 1] += 1
+
+
+@kernel
+def _count_links8(links: np.ndarray, t_end: np.int64, counts: np.ndarray
+                  ) -> bool:  # pragma: no cover - jitted
+    """Add 1 to ``counts[patient]`` (uint8) per link whose latest event is a join effective
+    before ``t_end``; True if a count would pass 255 (the counts are then incomplete)."""
+    over = False
+    for i in range(links.shape[0]):
+        k = links[i].key
+        e = links[i].link
+        if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) < t_end:
+            p = np.int64(k >> np.uint64(32)) - 1
+            c = counts[p]
+            if c == 255:
+                over = True
+            else:
+                counts[p] = c + np.uint8(1)
+    return over
+
+
+@kernel
+def _count_links32(links: np.ndarray, t_end: np.int64, counts: np.ndarray
+                   ) -> None:  # pragma: no cover - jitted
+    """:func:`_count_links8` into zeroed wide counts (no limit)."""
+    counts[:] = 0
+    for i in range(links.shape[0]):
+        k = links[i].key
+        e = links[i].link
+        if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) < t_end:
+            counts[np.int64(k >> np.uint64(32)) - 1] += 1
+
+
+@kernel
 def evaluate(
     n: np.int64, as_of_day: np.int64, coverage_days: np.int64, active_days: np.int64,
     lapse_days: np.int64, r64: np.ndarray, r32: np.ndarray, r16: np.ndarray, r8: np.ndarray,
-    hi: np.ndarray, pairs: np.ndarray, links: np.ndarray,
+    hi: np.ndarray, pairs: np.ndarray, links: np.ndarray, expected_per_day: np.ndarray,
     active: np.ndarray, registered: np.ndarray, care_ms: np.ndarray, contact_days: np.ndarray,
-    readings: np.ndarray, flags: np.ndarray, covered: np.ndarray,
+    readings: np.ndarray, flags: np.ndarray, covered: np.ndarray, expected: np.ndarray,
+    last_contact: np.ndarray, last_reading: np.ndarray,
 ) -> None:  # pragma: no cover - jitted
     """Per-patient metrics and flags of patients ``0 .. n-1`` as of UTC day ``as_of_day``.
 
     Requires ``as_of_day`` >= the day of every event applied (the caller checks the watermark),
-    and ``coverage_days`` = the ring size of the records. Output arrays (length >= n) are
-    overwritten:
+    and ``coverage_days`` = the ring size of the records. Output arrays (length >= n, contents
+    on entry ignored) are overwritten:
 
     * ``active``: carers with an activity in the last ``active_days`` days;
     * ``registered``: carers whose latest care link (effective day <= as_of_day) is a join;
@@ -571,76 +638,124 @@ def evaluate(
     * ``covered``: at least one carer contact in the last ``coverage_days`` days;
     * ``flags``: bit-or of FLAG_NO_SUPPORT_NETWORK (no registered and no active carer),
       FLAG_SUPPORT_LAPSED (registered carer or any contact ever, but no contact in the last
-      ``lapse_days`` days), FLAG_SINGLE_CARER (exactly one active carer).
+      ``lapse_days`` days), FLAG_SINGLE_CARER (exactly one active carer);
+    * ``expected``: ``expected_per_day * coverage_days``; ``last_contact`` / ``last_reading``:
+      the record's last contact / reading times (``NO_TIME`` if none).
+
+    One sequential pass per table and one over the records; no integer division by a runtime
+    value per patient (ring cells are found from ``as_of_day mod coverage_days``).
     """
-    active[:n] = 0
-    registered[:n] = 0
+    # carer counts in uint8 (a quarter of the cache footprint of the random increments); a
+    # patient with 255 or more carers sends the table to the int32 count in the output instead
     min_active_day = as_of_day - active_days + 1
-    for i in range(pairs.shape[0]):
-        pr = pairs[i]
-        k = pr.key
-        if k == 0:
-            continue
-        p = np.int64(k >> np.uint64(32)) - 1
-        d = np.int64(pr.last_day)
-        if d != NO_DAY and min_active_day <= d <= as_of_day:
-            active[p] += 1
-    for i in range(links.shape[0]):
-        k = links[i].key
-        e = links[i].link
-        if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) // SECONDS_PER_DAY <= as_of_day:
-            registered[np.int64(k >> np.uint64(32)) - 1] += 1
+    act8 = np.zeros(n, np.uint8)
+    wide_active = _count_pairs8(pairs, min_active_day, as_of_day, act8)
+    if wide_active:
+        _count_pairs32(pairs, min_active_day, as_of_day, active)
+    # (e >> 1) // SECONDS_PER_DAY <= as_of_day  <=>  (e >> 1) < (as_of_day + 1) * SECONDS_PER_DAY
+    t_end = (as_of_day + 1) * SECONDS_PER_DAY
+    reg8 = np.zeros(n, np.uint8)
+    wide_registered = _count_links8(links, t_end, reg8)
+    if wide_registered:
+        _count_links32(links, t_end, registered)
     cov = coverage_days
     bits = 16 + 6 * cov
     fl = bits + (cov + 7) // 8
     rbase = 8 + 2 * cov
+    as_of_mod = as_of_day % cov
+    small = cov <= 8  # the contact bits are one byte: the branch-free path below
     for p in range(n):
         last = r64[p, 0]
-        ever = last != NO_TIME
-        n_days = 0
-        recent = False
-        is_covered = False
-        ms = np.int64(0)
-        hif = r8[p, fl]
-        if ever:
-            head = last // SECONDS_PER_DAY
-            off = as_of_day - head  # days_ago of the ring head
-            if off < lapse_days:
-                recent = True
-            if off < cov:
-                is_covered = True
-                # the cells of days head, head - 1, .., as_of_day - cov + 1 (cov - off days)
-                c = head % cov
-                for _ in range(cov - off):
-                    ms += np.int64(r32[p, 4 + c])
-                    if hif & HI_MS:
-                        ms += np.int64(hi[p, c]) << 32
-                    n_days += (r8[p, bits + (c >> 3)] >> (c & 7)) & 1
-                    c = c - 1 if c > 0 else cov - 1
-        reads = np.int64(0)
         last_r = r64[p, 1]
-        if last_r != NO_TIME:
-            head = last_r // SECONDS_PER_DAY
-            off = as_of_day - head
-            if off < cov:
-                c = head % cov
-                for _ in range(cov - off):
-                    reads += np.int64(r16[p, rbase + c])
-                    if hif & HI_READS:
-                        reads += np.int64(hi[p, cov + c]) << 16
-                    c = c - 1 if c > 0 else cov - 1
+        last_contact[p] = last
+        last_reading[p] = last_r
+        expected[p] = expected_per_day[p] * cov
+        if not wide_active:
+            active[p] = act8[p]
+        if not wide_registered:
+            registered[p] = reg8[p]
+        ever = last != NO_TIME
+        hif = r8[p, fl]
+        off = as_of_day - last // SECONDS_PER_DAY if ever else cov  # days_ago of the ring head
+        off_r = as_of_day - last_r // SECONDS_PER_DAY if last_r != NO_TIME else cov
+        recent = ever and off < lapse_days
+        is_covered = ever and off < cov
+        if small and (hif & (HI_MS | HI_READS)) == 0 and off >= 0 and off_r >= 0:
+            # the cells of days head, head - 1, .., as_of_day - cov + 1 as bit masks
+            wc = _window_cells(cov, as_of_mod, off)
+            wr = _window_cells(cov, as_of_mod, off_r)
+            bitv = np.int64(r8[p, bits]) & wc
+            ms = np.int64(0)
+            reads = np.int64(0)
+            n_days = np.int64(0)
+            for c in range(cov):
+                ms += np.int64(r32[p, 4 + c]) & -((wc >> c) & 1)
+                reads += np.int64(r16[p, rbase + c]) & -((wr >> c) & 1)
+                n_days += (bitv >> c) & 1
+        else:
+            ms, n_days, reads = _ring_sums(p, cov, as_of_day, off, off_r, ever,
+                                           last_r != NO_TIME, r32, r16, r8, hi)
         care_ms[p] = ms
         readings[p] = reads
         contact_days[p] = n_days
         covered[p] = is_covered
+        a = active[p]
         f = np.uint8(0)
-        if registered[p] == 0 and active[p] == 0:
+        if registered[p] == 0 and a == 0:
             f |= FLAG_NO_SUPPORT_NETWORK
         if (registered[p] > 0 or ever) and not recent:
             f |= FLAG_SUPPORT_LAPSED
-        if active[p] == 1:
+        if a == 1:
             f |= FLAG_SINGLE_CARER
         flags[p] = f
+
+
+@kernel
+def _window_cells(cov: np.int64, as_of_mod: np.int64, off: np.int64) -> np.int64:  # pragma: no cover
+    """Bit mask of the cells (``cov`` <= 62) of a ring whose head is ``off`` >= 0 days before
+    the as-of day that hold the days ``as_of_day - cov + 1 .. head`` (``as_of_mod`` = as-of day
+    mod cov): cells ``hm, hm - 1, .., hm - (cov - off) + 1`` mod cov, ``hm`` = the head's cell."""
+    if off >= cov:
+        return np.int64(0)
+    lim = cov - off
+    hm = as_of_mod - off
+    if hm < 0:
+        hm += cov
+    lo = hm - lim + 1
+    if lo >= 0:
+        return ((np.int64(1) << lim) - 1) << lo
+    return ((np.int64(1) << (hm + 1)) - 1) | (((np.int64(1) << (-lo)) - 1) << (cov + lo))
+
+
+@kernel
+def _ring_sums(p: np.int64, cov: np.int64, as_of_day: np.int64, off: np.int64, off_r: np.int64,
+               ever: bool, ever_r: bool, r32: np.ndarray, r16: np.ndarray, r8: np.ndarray,
+               hi: np.ndarray) -> tuple[int, int, int]:  # pragma: no cover - jitted
+    """(care ms, contact days, readings) of patient ``p``'s rings in the window, walking the
+    cells one by one with the high parts (the general path of :func:`evaluate`)."""
+    bits = 16 + 6 * cov
+    hif = r8[p, bits + (cov + 7) // 8]
+    rbase = 8 + 2 * cov
+    n_days = np.int64(0)
+    ms = np.int64(0)
+    if ever and off < cov:
+        # the cells of days head, head - 1, .., as_of_day - cov + 1 (cov - off days)
+        c = (as_of_day - off) % cov
+        for _ in range(cov - off):
+            ms += np.int64(r32[p, 4 + c])
+            if hif & HI_MS:
+                ms += np.int64(hi[p, c]) << 32
+            n_days += (r8[p, bits + (c >> 3)] >> (c & 7)) & 1
+            c = c - 1 if c > 0 else cov - 1
+    reads = np.int64(0)
+    if ever_r and off_r < cov:
+        c = (as_of_day - off_r) % cov
+        for _ in range(cov - off_r):
+            reads += np.int64(r16[p, rbase + c])
+            if hif & HI_READS:
+                reads += np.int64(hi[p, cov + c]) << 16
+            c = c - 1 if c > 0 else cov - 1
+    return ms, n_days, reads
 
 
 @kernel
@@ -679,6 +794,91 @@ def group_sums(
     return out
 
 
+HIST_MAX_DISTINCT = 1 << 16
+"""Distinct values up to which :func:`value_counts` builds a histogram with a hash table (beyond
+that the caller sorts, as ``np.unique`` does)."""
+
+
+@kernel
+def _hist_fill(values: np.ndarray, start: np.int64, keys: np.ndarray, counts: np.ndarray,
+               distinct: np.int64) -> tuple[int, int]:  # pragma: no cover - jitted
+    """Count ``values[start:]`` into the open-addressing table (``keys``, ``counts``; count 0 =
+    empty slot, power-of-two size) until it is half full; (next index, distinct keys)."""
+    cap = keys.shape[0]
+    mask = cap - 1
+    for i in range(start, values.shape[0]):
+        v = np.int64(values[i])
+        j = np.int64(mix64(np.uint64(v)) & np.uint64(mask))
+        while True:
+            c = counts[j]
+            if c == 0:
+                keys[j] = v
+                counts[j] = 1
+                distinct += 1
+                break
+            if keys[j] == v:
+                counts[j] = c + 1
+                break
+            j = (j + 1) & mask
+        if 2 * distinct > cap:
+            return i + 1, distinct
+    return values.shape[0], distinct
+
+
+@kernel
+def _hist_grow(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """The table of :func:`_hist_fill` rehashed into twice the slots."""
+    cap = keys.shape[0] * 2
+    mask = np.uint64(cap - 1)
+    nk = np.empty(cap, np.int64)
+    nc = np.zeros(cap, np.int64)
+    for i in range(keys.shape[0]):
+        if counts[i] != 0:
+            j = np.int64(mix64(np.uint64(keys[i])) & mask)
+            while nc[j] != 0:
+                j = (j + 1) & (cap - 1)
+            nk[j] = keys[i]
+            nc[j] = counts[i]
+    return nk, nc
+
+
+@kernel
+def value_counts(values: np.ndarray, max_distinct: np.int64
+                 ) -> tuple[bool, np.ndarray, np.ndarray]:  # pragma: no cover - jitted
+    """``np.unique(values, return_counts=True)`` of an integer array by hashing (no sort of the
+    values): (True, sorted distinct values, counts) if there are at most ``max_distinct``
+    distinct values, else (False, empty, empty) - the caller sorts instead."""
+    keys = np.empty(1024, np.int64)
+    counts = np.zeros(1024, np.int64)
+    i = 0
+    distinct = 0
+    n = values.shape[0]
+    while True:
+        i, distinct = _hist_fill(values, i, keys, counts, distinct)
+        if i >= n:
+            break
+        if distinct > max_distinct:
+            return False, np.empty(0, np.int64), np.empty(0, np.int64)
+        keys, counts = _hist_grow(keys, counts)
+    if distinct > max_distinct:
+        return False, np.empty(0, np.int64), np.empty(0, np.int64)
+    vals = np.empty(distinct, np.int64)
+    cnt = np.empty(distinct, np.int64)
+    m = 0
+    for j in range(keys.shape[0]):
+        if counts[j] != 0:
+            vals[m] = keys[j]
+            cnt[m] = counts[j]
+            m += 1
+    order = np.argsort(vals)
+    return True, vals[order], cnt[order]
+
+
+GROUP_COMBOS_MAX = 1 << 14
+"""Largest product of the group counts (+1 each) for which :func:`group_sums3` first sums per
+combination of the three groups (few additions per patient), then folds per dimension."""
+
+
 @kernel
 def group_sums3(
     codes0: np.ndarray, codes1: np.ndarray, codes2: np.ndarray, n_groups: np.ndarray,
@@ -690,40 +890,93 @@ def group_sums3(
     ``n_groups[d]`` is the group count of dimension d (``codes{d}`` is ignored when d >=
     ``len(n_groups)``); returns an array (dims, max groups + 1, 9): row ``n_groups[d]`` of
     dimension d holds code -1 (the other rows past it stay zero).
+
+    With few groups, the patients are first counted per (group of each dimension, flags,
+    covered) and summed per combination of groups, then folded into each dimension: integer
+    sums, so the result is the same as summing per dimension directly.
     """
     n_dims = n_groups.shape[0]
     width = 0
     for d in range(n_dims):
         width = max(width, np.int64(n_groups[d]))
     out = np.zeros((n_dims, width + 1, 9), dtype=np.int64)
-    for p in range(flags.shape[0]):
-        f = flags[p]
-        cov = np.int64(1) if covered[p] else np.int64(0)
-        nsn = np.int64(1) if f & FLAG_NO_SUPPORT_NETWORK else np.int64(0)
-        lap = np.int64(1) if f & FLAG_SUPPORT_LAPSED else np.int64(0)
-        sgl = np.int64(1) if f & FLAG_SINGLE_CARER else np.int64(0)
-        ms = np.int64(care_ms[p])
+    g0n = np.int64(n_groups[0]) + 1 if n_dims > 0 else np.int64(1)
+    g1n = np.int64(n_groups[1]) + 1 if n_dims > 1 else np.int64(1)
+    g2n = np.int64(n_groups[2]) + 1 if n_dims > 2 else np.int64(1)
+    combos = g0n * g1n * g2n
+    n = flags.shape[0]
+    if combos > GROUP_COMBOS_MAX:
+        for p in range(n):
+            f = flags[p]
+            cv = np.int64(1) if covered[p] else np.int64(0)
+            r = np.int64(readings[p])
+            e = np.int64(expected_micro[p])
+            rc = r * 1_000_000
+            capped = rc if rc < e else e
+            for d in range(n_dims):
+                if d == 0:
+                    g = np.int64(codes0[p])
+                elif d == 1:
+                    g = np.int64(codes1[p])
+                else:
+                    g = np.int64(codes2[p])
+                if g < 0:
+                    g = np.int64(n_groups[d])
+                out[d, g, 0] += 1
+                out[d, g, 1] += cv
+                out[d, g, 2] += np.int64(f & FLAG_NO_SUPPORT_NETWORK)
+                out[d, g, 3] += np.int64((f & FLAG_SUPPORT_LAPSED) >> 1)
+                out[d, g, 4] += np.int64((f & FLAG_SINGLE_CARER) >> 2)
+                out[d, g, 5] += np.int64(care_ms[p])
+                out[d, g, 6] += r
+                out[d, g, 7] += capped
+                out[d, g, 8] += e
+        return out
+    # per combination: patient counts by (covered, flags) class, and the four sums
+    cnt = np.zeros(combos * 16, np.int64)
+    sums = np.zeros(combos * 4, np.int64)
+    for p in range(n):
+        k = np.int64(0)
+        if n_dims > 0:
+            g = np.int64(codes0[p])
+            k = g if g >= 0 else g0n - 1
+        if n_dims > 1:
+            g = np.int64(codes1[p])
+            k = k * g1n + (g if g >= 0 else g1n - 1)
+        if n_dims > 2:
+            g = np.int64(codes2[p])
+            k = k * g2n + (g if g >= 0 else g2n - 1)
+        cls = (np.int64(flags[p] & 7) << 1) | (np.int64(1) if covered[p] else np.int64(0))
+        cnt[k * 16 + cls] += 1
         r = np.int64(readings[p])
         e = np.int64(expected_micro[p])
         rc = r * 1_000_000
-        capped = rc if rc < e else e
+        b = k * 4
+        sums[b] += np.int64(care_ms[p])
+        sums[b + 1] += r
+        sums[b + 2] += rc if rc < e else e
+        sums[b + 3] += e
+    for k in range(combos):
+        col = np.zeros(9, np.int64)
+        for cls in range(16):
+            c = cnt[k * 16 + cls]
+            if c:
+                col[0] += c
+                col[1] += c * (cls & 1)
+                col[2] += c * ((cls >> 1) & 1)
+                col[3] += c * ((cls >> 2) & 1)
+                col[4] += c * ((cls >> 3) & 1)
+        if col[0] == 0:
+            continue
+        col[5] = sums[k * 4]
+        col[6] = sums[k * 4 + 1]
+        col[7] = sums[k * 4 + 2]
+        col[8] = sums[k * 4 + 3]
+        g2 = k % g2n
+        g1 = (k // g2n) % g1n
+        g0 = k // (g2n * g1n)
         for d in range(n_dims):
-            if d == 0:
-                g = np.int64(codes0[p])
-            elif d == 1:
-                g = np.int64(codes1[p])
-            else:
-                g = np.int64(codes2[p])
-            if g < 0:
-                g = np.int64(n_groups[d])
-            row = out[d, g]
-            row[0] += 1
-            row[1] += cov
-            row[2] += nsn
-            row[3] += lap
-            row[4] += sgl
-            row[5] += ms
-            row[6] += r
-            row[7] += capped
-            row[8] += e
+            g = g0 if d == 0 else (g1 if d == 1 else g2)
+            for j in range(9):
+                out[d, g, j] += col[j]
     return out
