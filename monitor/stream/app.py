@@ -44,6 +44,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -115,6 +116,9 @@ class PartitionManager:
         self.checkpoint_seconds = 0.0  # duration of the latest checkpoint round
         self.checkpoints_written = 0
         self.restored = 0
+        self.rebuilt = 0  # partitions whose checkpoint was unreadable: rebuilt from their input
+        self.rewind: dict[tuple[str, int], int] = {}  # (topic, partition) -> first offset to apply
+        self.rewind_input: Callable[[int], Awaitable[dict[tuple[str, int], int]]] | None = None
 
     def is_new(self, partition: int, key: str) -> bool:
         """False when this output id was already written (re-processing after a restore)."""
@@ -171,14 +175,31 @@ class PartitionManager:
         self.pipe.release(p)
         self.held.pop(p, None)
         self.dirty.discard(p)
+        for key in [k for k in self.rewind if k[1] == p]:
+            del self.rewind[key]
 
     async def _restore(self, p: int) -> None:
+        """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be read
+        (corrupt, or written by an incompatible version) is not fatal: the partition starts empty
+        and its input topics are re-read from their beginning (what retention kept), with the
+        outputs already written suppressed as after any restore."""
         loaded = await self.store.load(p)
-        if loaded is None:
+        state = None
+        rebuild = False
+        if loaded is not None:
+            try:
+                state = PartitionState.restore(loaded[1])
+                self.restored += 1
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+                log.error("the checkpoint of partition %d is unreadable (%s: %s); rebuilding the "
+                          "partition from its input topics", p, type(exc).__name__, exc)
+                rebuild = True
+        if state is None:
             state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
-        else:
-            state = PartitionState.restore(loaded[1])
-            self.restored += 1
+        if rebuild and self.rewind_input is not None:
+            self.rewind.update(await self.rewind_input(p))
+            self.rebuilt += 1
+            self.dirty.add(p)  # a readable checkpoint replaces the bad one at the next round
         self.pipe.adopt(state)
         for kind in OUTPUTS:
             topic = self.settings.topics.name(kind)
@@ -355,13 +376,19 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def apply(messages: list[Any]) -> None:
         """Apply a fetch (caller holds the lock; every partition of it is restored or not ours)."""
         records = []
-        owned, held, dirty = mgr.owned, mgr.held, mgr.dirty
+        owned, held, dirty, rewind = mgr.owned, mgr.held, mgr.dirty, mgr.rewind
         run: tuple[str, int] | None = None
         offsets: list[int] = []
         for m in messages:  # aiokafka records (RawRecord fields), in runs of one topic-partition
             p = m.partition
             if p not in owned:
                 continue  # revoked meanwhile: its new owner re-processes it
+            if rewind:  # a partition being rebuilt: records fetched before its rewind come again
+                first = rewind.get((m.topic, p))
+                if first is not None:
+                    if m.offset != first:
+                        continue
+                    del rewind[(m.topic, p)]
             if run != (m.topic, p):
                 run = (m.topic, p)
                 offsets = held.setdefault(p, {}).setdefault(m.topic, [])
@@ -374,6 +401,15 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         if result.alerts:
             await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
 
+    async def rewind_input(p: int) -> dict[tuple[str, int], int]:
+        """Seek partition ``p`` of every input topic to its beginning; the first offsets."""
+        tps = [TP(topic, p) for topic in sorted(inputs.topics)]
+        earliest = await app.consumer.earliest_offsets(*tps)
+        for tp in tps:
+            await app.consumer.seek_from_thread(tp, earliest[tp])
+        return {(tp.topic, tp.partition): earliest[tp] for tp in tps}
+
+    mgr.rewind_input = rewind_input
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
     app.batch_handler = ingest
@@ -462,7 +498,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                               "checkpoints_written": mgr.checkpoints_written,
                               "dirty_partitions": len(mgr.dirty & mgr.owned),
                               "restoring_partitions": len(mgr.assigned - mgr.owned),
-                              "restored": mgr.restored})
+                              "restored": mgr.restored, "rebuilt": mgr.rebuilt})
 
     @app.page("/summary")
     class Summary(View):

@@ -181,3 +181,53 @@ def test_three_workers_give_the_same_answer_as_one(env, tmp_path):
     assert three_patients == one_patients
     assert three_equity["equity"] == one_equity["equity"]
     assert three_equity["groups"] == one_equity["groups"]
+
+
+def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
+    """A checkpoint the worker cannot read (corrupt, or from an incompatible version) does not
+    stop it: the partition is rebuilt from its input topics, to the same answer, and no output is
+    emitted twice."""
+    import asyncio
+
+    from monitor.kafka.checkpoints import CheckpointStore
+
+    e = deployment(env, tmp_path, "rebuild")
+    settings = settings_from(e)
+    ensure_topics(settings)
+    sent = sum(publish(CFG, settings, progress=False).values())
+    first = WorkerProcess(worker_env(e, tmp_path, 0), tmp_path / "first.log")
+    first.start()
+    try:
+        wait_all([first], sent)
+        deadline = time.monotonic() + 60
+        while first.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # every partition checkpointed: its input acknowledged
+        ref_patients, ref_equity = final_state([first], settings)
+    finally:
+        first.stop()
+
+    async def spoil() -> None:  # the newest checkpoint of every partition becomes unreadable
+        store = CheckpointStore(settings, settings.topics.name("checkpoints"))
+        try:
+            for p in range(settings.partitions):
+                await store.save(p, 10**9, b"CMPART1\n written by another version")
+        finally:
+            await store.stop()
+
+    asyncio.run(spoil())
+    second = WorkerProcess(worker_env(e, tmp_path, 1), tmp_path / "second.log")
+    second.start()
+    try:
+        wait_all([second], sent)  # counted again from the beginning of the input
+        patients, equity = final_state([second], settings)
+        health = second.get("/health")
+        summary = second.get("/summary")
+    finally:
+        second.stop()
+    assert health["rebuilt"] == settings.partitions and health["restored"] == 0
+    assert summary["inputs"] == sent
+    assert patients == ref_patients
+    assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
+    for topic, key in (("flags", "flag_id"), ("alerts", "event_id")):
+        ids = [d[key] for d in read_all(settings, settings.topics.name(topic))]
+        assert len(ids) == len(set(ids)), f"a {topic} event was emitted twice"
