@@ -43,8 +43,8 @@ import hmac
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
+from monitor.kafka.admin import ensure_topics
 from monitor.simulate import SimConfig, publish
 from tests.integration.conftest import WorkerProcess, free_port, settings_from
-from monitor.kafka.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
