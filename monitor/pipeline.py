@@ -327,11 +327,11 @@ class Pipeline:
         docs = 0
         spans: list[tuple[str, int, int] | None] = []
         cols = None
-        if self.columnar:  # every clean reading of the fetch in one scan (others: per message below)
+        if self.columnar and all(rec.partition >= 0 and rec.offset >= 0 for rec in records):
+            # every clean reading of the fetch in one scan (the others: message by message)
             values = [rec.value if expected.get(rec.topic) == "reading" else None for rec in records]
             if any(v is not None for v in values):
                 spans, cols = scan_readings(values, received_at=received_at, oldest=self.oldest_reading)
-        if self.columnar and all(rec.partition >= 0 and rec.offset >= 0 for rec in records):
             docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition,
                                      readings_by_partition)
         else:
