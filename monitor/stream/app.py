@@ -43,7 +43,6 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,6 +95,9 @@ def output_key(topic_kind: str, doc: dict[str, Any]) -> str:
 OUTPUTS = ("dead_letters", "flags", "alerts")
 
 
+_REBUILD_ORDER = {"patient": 0, "care_link": 1, "carer_activity": 2, "reading": 3}
+
+
 class PartitionManager:
     """Ownership, held (un-acked) events, checkpoints and output suppression per partition."""
 
@@ -117,8 +119,7 @@ class PartitionManager:
         self.checkpoints_written = 0
         self.restored = 0
         self.rebuilt = 0  # partitions whose checkpoint was unreadable: rebuilt from their input
-        self.rewind: dict[tuple[str, int], int] = {}  # (topic, partition) -> first offset to apply
-        self.rewind_input: Callable[[int], Awaitable[dict[tuple[str, int], int]]] | None = None
+        self.expected: dict[str, str] = {}  # input topic -> document type (set by create_app)
 
     def is_new(self, partition: int, key: str) -> bool:
         """False when this output id was already written (re-processing after a restore)."""
@@ -175,17 +176,15 @@ class PartitionManager:
         self.pipe.release(p)
         self.held.pop(p, None)
         self.dirty.discard(p)
-        for key in [k for k in self.rewind if k[1] == p]:
-            del self.rewind[key]
 
     async def _restore(self, p: int) -> None:
         """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be read
-        (corrupt, or written by an incompatible version) is not fatal: the partition starts empty
-        and its input topics are re-read from their beginning (what retention kept), with the
-        outputs already written suppressed as after any restore."""
+        (corrupt, or written by an incompatible version) is not fatal: the partition is rebuilt
+        from its input topics (everything retention kept, read directly up to their current ends;
+        the consumer group then goes on from its committed offsets, and what the rebuild applied
+        is skipped by offset). Outputs already written are suppressed as after any restore."""
         loaded = await self.store.load(p)
         state = None
-        rebuild = False
         if loaded is not None:
             try:
                 state = PartitionState.restore(loaded[1])
@@ -193,13 +192,9 @@ class PartitionManager:
             except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
                 log.error("the checkpoint of partition %d is unreadable (%s: %s); rebuilding the "
                           "partition from its input topics", p, type(exc).__name__, exc)
-                rebuild = True
+                state = await self._rebuild(p)
         if state is None:
             state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
-        if rebuild and self.rewind_input is not None:
-            self.rewind.update(await self.rewind_input(p))
-            self.rebuilt += 1
-            self.dirty.add(p)  # a readable checkpoint replaces the bad one at the next round
         self.pipe.adopt(state)
         for kind in OUTPUTS:
             topic = self.settings.topics.name(kind)
@@ -208,6 +203,21 @@ class PartitionManager:
                     state.suppress.add(output_key(kind, json.loads(rec.value)))
                 except (TypeError, ValueError):
                     continue
+
+    async def _rebuild(self, p: int) -> PartitionState:
+        """Partition ``p`` from the beginning of its input topics (patients, care links, carer
+        activity, readings, each in offset order), in batches; the outputs of the rebuild are not
+        published again (they were when the input was first processed, or are re-derived)."""
+        self.pipe.release(p)
+        for topic in sorted(self.expected, key=lambda t: _REBUILD_ORDER.get(self.expected[t], 9)):
+            records = await read_partition(self.settings, topic, p)
+            for i in range(0, len(records), 10_000):
+                self.pipe.ingest(records[i : i + 10_000], self.expected)
+                await asyncio.sleep(0)
+        state = self.pipe.release(p) or PartitionState(p, self.pipe.config, self.pipe.alert_config)
+        self.rebuilt += 1
+        self.dirty.add(p)  # a readable checkpoint replaces the bad one at the next round
+        return state
 
     def checkpoint_due(self) -> bool:
         """Time for a checkpoint round: ``MONITOR_CHECKPOINT_INTERVAL_S`` after the last one, and
@@ -376,19 +386,13 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def apply(messages: list[Any]) -> None:
         """Apply a fetch (caller holds the lock; every partition of it is restored or not ours)."""
         records = []
-        owned, held, dirty, rewind = mgr.owned, mgr.held, mgr.dirty, mgr.rewind
+        owned, held, dirty = mgr.owned, mgr.held, mgr.dirty
         run: tuple[str, int] | None = None
         offsets: list[int] = []
         for m in messages:  # aiokafka records (RawRecord fields), in runs of one topic-partition
             p = m.partition
             if p not in owned:
                 continue  # revoked meanwhile: its new owner re-processes it
-            if rewind:  # a partition being rebuilt: records fetched before its rewind come again
-                first = rewind.get((m.topic, p))
-                if first is not None:
-                    if m.offset != first:
-                        continue
-                    del rewind[(m.topic, p)]
             if run != (m.topic, p):
                 run = (m.topic, p)
                 offsets = held.setdefault(p, {}).setdefault(m.topic, [])
@@ -401,15 +405,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         if result.alerts:
             await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
 
-    async def rewind_input(p: int) -> dict[tuple[str, int], int]:
-        """Seek partition ``p`` of every input topic to its beginning; the first offsets."""
-        tps = [TP(topic, p) for topic in sorted(inputs.topics)]
-        earliest = await app.consumer.earliest_offsets(*tps)
-        for tp in tps:
-            await app.consumer.seek_from_thread(tp, earliest[tp])
-        return {(tp.topic, tp.partition): earliest[tp] for tp in tps}
-
-    mgr.rewind_input = rewind_input
+    mgr.expected = expected
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
     app.batch_handler = ingest

@@ -147,15 +147,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if pending:
             await handler(pending)
 
-    async def seek_from_thread(self, tp: TP, offset: int) -> None:
-        """Seek ``tp`` to ``offset`` (as faust's ``seek``, which calls aiokafka from the worker's
-        loop: that races the consumer thread's fetch - a ``KeyError`` in aiokafka's fetcher - so
-        here the seek runs inside the consumer thread)."""
-        thread = cast(Any, self)._thread
-        consumer = thread._ensure_consumer()
-        await thread.call_thread(consumer.seek, tp, offset)
-        self._read_offset[tp] = offset if offset else None
-
     def ack_offsets(self, tp: TP, offsets: Iterable[int]) -> int:
         """Acknowledge records of ``tp`` that went to the batch handler, as :meth:`ack` does for
         one message (same bookkeeping, under faust's ``ack_lock``); the next commit includes them.
