@@ -136,8 +136,12 @@ class ReadingSlice:
         return self.columns.texts(READING_ID, self.start, self.stop)
 
     def kind_names(self) -> list[str]:
-        names = _KINDS
-        return [names[k] for k in self.columns.kind[self.start : self.stop].tolist()]
+        cache = self.columns.cache
+        column = cache.get("kinds")
+        if column is None:  # once per fetch (the support core and the alert engine both read it)
+            names = _KINDS
+            column = cache["kinds"] = [names[k] for k in self.columns.kind.tolist()]
+        return column[self.start : self.stop]
 
     def reading_hashes(self) -> np.ndarray:
         return self.columns.reading_hashes(self.start, self.stop)

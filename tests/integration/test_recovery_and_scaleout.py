@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -10,11 +11,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer
 
 from monitor.kafka.admin import ensure_topics
+from monitor.kafka.checkpoints import CheckpointStore
 from monitor.simulate import SimConfig, publish
 from tests.integration.conftest import WorkerProcess, free_port, settings_from
 
@@ -95,19 +98,35 @@ def final_state(workers: list[WorkerProcess], settings) -> tuple[dict, dict]:
     raise AssertionError("the state did not settle")
 
 
-def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
-    # the reference: an uninterrupted run
-    ref_env = deployment(env, tmp_path, "ref")
-    ref_settings = settings_from(ref_env)
-    ensure_topics(ref_settings)
-    sent = sum(publish(CFG, ref_settings, progress=False).values())
-    ref = WorkerProcess(worker_env(ref_env, tmp_path, 0), tmp_path / "ref.log")
-    ref.start()
+def uninterrupted_run(env: dict[str, str], tmp: Path,
+                      name: str) -> tuple[dict[str, str], Any, int, dict, dict]:
+    """A new deployment, CFG published and processed by one worker until every partition is
+    checkpointed: (env, settings, messages sent, per-patient state, equity snapshot)."""
+    e = deployment(env, tmp, name)
+    settings = settings_from(e)
+    ensure_topics(settings)
+    sent = sum(publish(CFG, settings, progress=False).values())
+    w = WorkerProcess(worker_env(e, tmp, 0), tmp / f"{name}.log")
+    w.start()
     try:
-        wait_all([ref], sent)
-        ref_patients, ref_equity = final_state([ref], ref_settings)
+        wait_all([w], sent)
+        deadline = time.monotonic() + 60
+        while w.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
+            time.sleep(0.2)  # every partition checkpointed: its input acknowledged
+        patients, equity = final_state([w], settings)
     finally:
-        ref.stop()
+        w.stop()
+    return e, settings, sent, patients, equity
+
+
+def assert_no_output_twice(settings) -> None:
+    for topic, key in (("flags", "flag_id"), ("alerts", "event_id")):
+        ids = [d[key] for d in read_all(settings, settings.topics.name(topic))]
+        assert len(ids) == len(set(ids)), f"a {topic} event was emitted twice"
+
+
+def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
+    _, _, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "ref")
 
     # the same input, killed with SIGKILL three times at random points
     crash_env = deployment(env, tmp_path, "crash")
@@ -146,9 +165,7 @@ def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
     assert summary["inputs"] == sent  # every input accounted for exactly once
     assert patients == ref_patients
     assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
-    for topic, key in (("flags", "flag_id"), ("alerts", "event_id")):
-        ids = [d[key] for d in read_all(settings, settings.topics.name(topic))]
-        assert len(ids) == len(set(ids)), f"a {topic} event was emitted twice"
+    assert_no_output_twice(settings)
     dead = read_all(settings, settings.topics.name("dead_letters"))
     keys = [(d["topic"], d["partition"], d["offset"], d["reason"], d["detail"]) for d in dead]
     assert len(keys) == len(set(keys)), "a dead letter was emitted twice"
@@ -187,24 +204,7 @@ def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
     """A checkpoint the worker cannot read (corrupt, or from an incompatible version) does not
     stop it: the partition is rebuilt from its input topics, to the same answer, and no output is
     emitted twice."""
-    import asyncio
-
-    from monitor.kafka.checkpoints import CheckpointStore
-
-    e = deployment(env, tmp_path, "rebuild")
-    settings = settings_from(e)
-    ensure_topics(settings)
-    sent = sum(publish(CFG, settings, progress=False).values())
-    first = WorkerProcess(worker_env(e, tmp_path, 0), tmp_path / "first.log")
-    first.start()
-    try:
-        wait_all([first], sent)
-        deadline = time.monotonic() + 60
-        while first.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
-            time.sleep(0.2)  # every partition checkpointed: its input acknowledged
-        ref_patients, ref_equity = final_state([first], settings)
-    finally:
-        first.stop()
+    e, settings, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "rebuild")
 
     async def spoil() -> None:  # the newest checkpoint of every partition becomes unreadable
         store = CheckpointStore(settings, settings.topics.name("checkpoints"))
@@ -228,6 +228,4 @@ def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
     assert summary["inputs"] == sent
     assert patients == ref_patients
     assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
-    for topic, key in (("flags", "flag_id"), ("alerts", "event_id")):
-        ids = [d[key] for d in read_all(settings, settings.topics.name(topic))]
-        assert len(ids) == len(set(ids)), f"a {topic} event was emitted twice"
+    assert_no_output_twice(settings)
