@@ -266,9 +266,11 @@ class AlertEvent:
 
     ``value`` and ``threshold`` are in ``unit`` (the rule's canonical unit; for ``weight_gain`` the
     gain in kg, for ``missed_readings`` the gap and the allowed gap in hours). ``event_at`` is the
-    event time of this notification; ``event_id`` is a hash of ``alert_id``, ``notification`` and
-    ``event_at`` (for consumers that drop redelivered events). ``escalated_from`` is set on the
-    re-notification that escalates a firing episode of a patient who became unsupported.
+    event time of this notification; ``event_id`` is a hash of ``alert_id``, ``notification``,
+    ``event_at`` and, for an escalation, ``escalated_from`` (for consumers that drop redelivered
+    events: an escalation can fall on the instant of a plain re-notification and is another
+    event). ``escalated_from`` is set on the re-notification that escalates a firing episode of a
+    patient who became unsupported.
     """
 
     alert_id: str
@@ -1304,7 +1306,8 @@ class AlertEngine:
         info = self._patients.get(ep.patient_id)
         return AlertEvent(
             alert_id=ep.alert_id,
-            event_id=_digest(ep.alert_id, notification, _iso(at) or ""),
+            event_id=_digest(ep.alert_id, notification, _iso(at) or "",
+                             *((escalated_from,) if escalated_from else ())),
             patient_id=ep.patient_id,
             rule=ep.rule,
             kind=ep.kind,

@@ -43,6 +43,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,6 +121,7 @@ class PartitionManager:
         self.restored = 0
         self.rebuilt = 0  # partitions whose checkpoint was unreadable: rebuilt from their input
         self.expected: dict[str, str] = {}  # input topic -> document type (set by create_app)
+        self.flush_outputs: Callable[[], Awaitable[None]] | None = None  # set by create_app
 
     def is_new(self, partition: int, key: str) -> bool:
         """False when this output id was already written (re-processing after a restore)."""
@@ -164,9 +166,14 @@ class PartitionManager:
                 self.restoring = None
 
     async def on_revoked(self, revoked: set[TP]) -> None:
+        """Drop revoked partitions. A checkpoint being written finishes first, and the outputs
+        sent so far are flushed: the next owner (maybe this worker again) restores the checkpoint
+        and reads the outputs written after it back to suppress them, so they must be in the log
+        before it can be assigned the partition (faust revokes before the group re-assigns)."""
         parts = {tp.partition for tp in revoked if tp.topic in self.input_topics}
-        # a checkpoint being written finishes first: the next owner must find it
         async with self.round_lock, self.lock:
+            if parts and self.flush_outputs is not None:
+                await self.flush_outputs()
             for p in parts:
                 self._drop(p)
             self.owned -= parts
@@ -406,6 +413,11 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
             await publish_alerts(result.alerts, partitions_of({a.patient_id for a in result.alerts}))
 
     mgr.expected = expected
+
+    async def flush_outputs() -> None:
+        await app.producer.flush()
+
+    mgr.flush_outputs = flush_outputs
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
     app.batch_handler = ingest

@@ -517,3 +517,49 @@ def test_permutations_and_duplicates_never_double_open_nor_fire_on_old_readings(
     # feeding everything again (redelivery) changes nothing
     assert eng.on_readings(stream, flags) == []
     assert eng.on_readings(list(reversed(base)), flags) == []
+
+
+def test_an_escalation_at_the_time_of_a_renotification_has_its_own_event_id() -> None:
+    # t0 [g 2.5] fires; tick t0+1h re-notifies; a second tick at the same instant (the watermark
+    # did not move) sees the patient unsupported and escalates: a different notification, which
+    # consumers that drop redelivered events by event_id must not drop
+    eng = engine(repeat_interval=timedelta(hours=1))
+    (fired,) = eng.on_readings([reading(2.5, T0)], {})
+    (renotified,) = eng.tick(T0 + timedelta(hours=1), {})
+    (escalated,) = eng.tick(T0 + timedelta(hours=1), {"p1": {"support_lapsed"}})
+    assert (renotified.notification, renotified.escalated_from) == ("renotify", None)
+    assert (escalated.notification, escalated.escalated_from) == ("renotify", "critical")
+    assert escalated.event_at == renotified.event_at
+    assert len({fired.event_id, renotified.event_id, escalated.event_id}) == 3
+
+
+FLAG_CHOICES = [{}, {"p1": {"support_lapsed"}}, {"p2": {"no_support_network"}},
+                {"p1": {"single_carer"}, "p2": {"support_lapsed"}}]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=st.lists(reading_specs, min_size=1, max_size=25),
+    steps=st.lists(st.tuples(st.integers(0, 6), st.sampled_from([0, 0, 1, 5, 30]),
+                             st.integers(0, len(FLAG_CHOICES) - 1)), min_size=1, max_size=12),
+)
+def test_no_two_notifications_share_an_event_id(specs, steps) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the batching, the tick times (repeated instants included) and the support flags
+    over time, every notification the engine emits has a distinct ``event_id``."""
+    stream = [
+        reading(VALUES[kind][i % len(VALUES[kind])], T0 + minutes(m), kind=kind, patient=pid, rid=f"r{n}")
+        for n, (pid, kind, m, i) in enumerate(specs)
+    ]
+    eng = engine(repeat_interval=minutes(5))
+    now = T0
+    start = 0
+    events: list[AlertEvent] = []
+    for take, advance, f in steps:
+        flags = FLAG_CHOICES[f]
+        events += eng.on_readings(stream[start:start + take], flags)
+        start += take
+        now += minutes(advance)
+        events += eng.tick(now, flags)
+    events += eng.on_readings(stream[start:], {})
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids))
