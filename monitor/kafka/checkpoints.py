@@ -4,16 +4,21 @@ Why Kafka and not the worker's disk: a partition moves to another worker on a re
 crash, and its state must move with it. Partition ``p`` of every input topic is checkpointed to
 partition ``p`` of the checkpoint topic.
 
-A checkpoint is compressed with zlib (level 1) and split into chunks of at most ``CHUNK_BYTES`` (Kafka's default message limit is
-1 MB; snapshots of large partitions are tens of MB). Chunk ``i`` of partition ``p`` has key
-``b"p:i"`` so compaction keeps the latest chunk per index; every chunk carries the checkpoint's
-sequence number and chunk count, and :meth:`CheckpointStore.load` returns the newest sequence whose
-chunks are all present. A checkpoint is durable once :meth:`CheckpointStore.save` returns (every
-chunk acknowledged by the broker with ``acks=all``).
+A checkpoint is compressed with zlib (level 1) and split into chunks of at most ``CHUNK_BYTES``
+(Kafka's default message limit is 1 MB; snapshots of large partitions are tens of MB). Chunk
+``i`` of partition ``p`` has key ``b"p:i"`` so compaction keeps the latest chunk per index;
+every chunk carries the checkpoint's sequence number, a random id of the write and the chunk
+count, and :meth:`CheckpointStore.load` returns the newest sequence with a write whose chunks
+are all present (the last such write of that sequence: after a crash in the middle of a write,
+the restarted owner reuses its sequence number, and chunks of the two writes must not mix). A
+checkpoint is durable once :meth:`CheckpointStore.save` returns (every chunk acknowledged by the
+broker with ``acks=all``).
 
 Failure behaviour: Kafka errors propagate (the worker crashes and restarts from the last durable
 checkpoint); a corrupt chunk is skipped and logged (without payload), falling back to an older
-complete checkpoint or to empty state.
+complete checkpoint. A partition whose log holds chunks but no complete checkpoint (torn writes,
+or compaction removed chunks of the last complete one) raises :class:`CheckpointUnreadable`:
+its state cannot be recovered from the checkpoints, and the worker rebuilds it from the input.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -35,12 +41,19 @@ CHUNK_BYTES = 900_000
 MAGIC = b"CMCKPT1\n"
 
 
-def encode_chunks(partition: int, seq: int, data: bytes, *, compressed: bool = False) -> list[tuple[bytes, bytes]]:
-    """(key, value) records of one checkpoint (``compressed``: ``data`` is zlib-compressed)."""
+class CheckpointUnreadable(Exception):
+    """The partition's log holds checkpoint chunks but no complete checkpoint."""
+
+
+def encode_chunks(partition: int, seq: int, data: bytes, *, compressed: bool = False,
+                  write_id: str | None = None) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of one checkpoint (``compressed``: ``data`` is zlib-compressed;
+    ``write_id``: the id shared by the chunks of this write, random by default)."""
     n = max(1, -(-len(data) // CHUNK_BYTES))
+    w = write_id or secrets.token_hex(8)
     out = []
     for i in range(n):
-        meta = {"p": partition, "seq": seq, "i": i, "n": n, "size": len(data)}
+        meta = {"p": partition, "seq": seq, "w": w, "i": i, "n": n, "size": len(data)}
         if compressed:
             meta["z"] = 1
         head = json.dumps(meta).encode()
@@ -62,16 +75,23 @@ def decode_chunk(value: bytes) -> tuple[dict[str, Any], bytes] | None:
 
 
 def assemble(chunks: list[tuple[dict[str, Any], bytes]]) -> tuple[int, bytes] | None:
-    """The newest complete checkpoint among chunks (in log order): (seq, bytes) or None."""
-    by_seq: dict[int, dict[int, bytes]] = {}
-    sizes: dict[int, tuple[int, int, bool]] = {}
-    for head, body in chunks:
-        seq = int(head["seq"])
-        by_seq.setdefault(seq, {})[int(head["i"])] = body
-        sizes[seq] = (int(head["n"]), int(head["size"]), bool(head.get("z")))
-    for seq in sorted(by_seq, reverse=True):
-        n, size, compressed = sizes[seq]
-        parts = by_seq[seq]
+    """The newest complete checkpoint among chunks (in log order): (seq, bytes) or None.
+
+    Chunks are grouped by write (sequence number and write id; chunks written before write ids
+    existed form one group per sequence). The highest sequence with a complete write wins, and of
+    its complete writes the one that ended last in the log.
+    """
+    writes: dict[tuple[int, str], dict[int, bytes]] = {}
+    meta: dict[tuple[int, str], tuple[int, int, bool]] = {}
+    ended: dict[tuple[int, str], int] = {}
+    for position, (head, body) in enumerate(chunks):
+        key = (int(head["seq"]), str(head.get("w", "")))
+        writes.setdefault(key, {})[int(head["i"])] = body
+        meta[key] = (int(head["n"]), int(head["size"]), bool(head.get("z")))
+        ended[key] = position
+    for key in sorted(writes, key=lambda k: (k[0], ended[k]), reverse=True):
+        n, size, compressed = meta[key]
+        parts = writes[key]
         if len(parts) == n and all(i in parts for i in range(n)):
             data = b"".join(parts[i] for i in range(n))
             if len(data) != size:
@@ -82,7 +102,7 @@ def assemble(chunks: list[tuple[dict[str, Any], bytes]]) -> tuple[int, bytes] | 
                 except zlib.error:
                     log.warning("skipping a corrupt compressed checkpoint")
                     continue
-            return seq, data
+            return key[0], data
     return None
 
 
@@ -161,11 +181,13 @@ class CheckpointStore:
         await asyncio.gather(*futures)
 
     async def load(self, partition: int) -> tuple[int, bytes] | None:
-        """The newest complete checkpoint of ``partition`` (None when there is none).
+        """The newest complete checkpoint of ``partition`` (None when the partition holds no
+        record: nothing was ever checkpointed).
 
         Reads from the tail of the partition backwards (a window of records that grows 4x until
         it holds a complete checkpoint or reaches the beginning), so the cost does not grow with
-        the superseded chunks that compaction has not removed yet.
+        the superseded chunks that compaction has not removed yet. Raises
+        :class:`CheckpointUnreadable` when the partition holds records but no complete checkpoint.
         """
         window = 64
         while True:
@@ -180,8 +202,14 @@ class CheckpointStore:
                     continue
                 chunks.append(decoded)
             found = assemble(chunks)
-            if found is not None or at_beginning:
+            if found is not None:
                 return found
+            if at_beginning:
+                if any(rec.value is not None for rec in records):
+                    raise CheckpointUnreadable(
+                        f"partition {partition} holds {len(records)} checkpoint records but no "
+                        "complete checkpoint")
+                return None
             window *= 4
 
 

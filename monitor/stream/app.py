@@ -58,7 +58,7 @@ from monitor.alerts.engine import AlertEvent
 from monitor.carers.ledger import merge_rows, notifications_from_rows, to_csv, to_json, week_of
 from monitor.carers.participation import ParticipationSummary, participation_measures
 from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
-from monitor.kafka.checkpoints import CheckpointStore, read_partition
+from monitor.kafka.checkpoints import CheckpointStore, CheckpointUnreadable, read_partition
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import PartitionState, Pipeline
 from monitor.settings import Settings
@@ -186,12 +186,20 @@ class PartitionManager:
 
     async def _restore(self, p: int) -> None:
         """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be read
-        (corrupt, or written by an incompatible version) is not fatal: the partition is rebuilt
-        from its input topics (everything retention kept, read directly up to their current ends;
-        the consumer group then goes on from its committed offsets, and what the rebuild applied
-        is skipped by offset). Outputs already written are suppressed as after any restore."""
-        loaded = await self.store.load(p)
-        state = None
+        (corrupt, written by an incompatible version, or no complete one among the partition's
+        checkpoint records) is not fatal: the partition is rebuilt from its input topics
+        (everything retention kept, read directly up to their current ends; the consumer group
+        then goes on from its committed offsets, and what the rebuild applied is skipped by
+        offset). Outputs already written are suppressed as after any restore."""
+        try:
+            loaded = await self.store.load(p)
+        except CheckpointUnreadable as exc:
+            log.error("no complete checkpoint of partition %d (%s); rebuilding the partition from "
+                      "its input topics", p, exc)
+            loaded = None
+            state: PartitionState | None = await self._rebuild(p)
+        else:
+            state = None
         if loaded is not None:
             try:
                 state = PartitionState.restore(loaded[1])

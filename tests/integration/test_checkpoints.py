@@ -50,3 +50,34 @@ def test_load_finds_the_newest_complete_checkpoint_behind_a_torn_tail(env, monke
     assert empty is None
     assert big == (41, _data(41, 2000))
     assert torn == (41, _data(41, 2000))  # the incomplete checkpoint 42 is ignored
+
+
+@pytest.mark.timeout(120)
+def test_a_partition_with_chunks_but_no_complete_checkpoint_is_unreadable(env, monkeypatch):
+    """Only a torn write (or what compaction left of older ones): the store says so instead of
+    returning "no checkpoint", which would restart the partition from empty state."""
+    monkeypatch.setattr(checkpoints, "CHUNK_BYTES", 10)
+    settings = settings_from(env)
+    ensure_topics(settings)
+    topic = settings.topics.name("checkpoints")
+
+    async def scenario() -> tuple[object, BaseException | None]:
+        store = checkpoints.CheckpointStore(settings, topic)
+        producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all")
+        await producer.start()
+        try:
+            for key, value in checkpoints.encode_chunks(1, 7, _data(7, 300))[:5]:
+                await producer.send_and_wait(topic, key=key, value=value, partition=1)
+            empty = await store.load(2)
+            try:
+                await store.load(1)
+            except checkpoints.CheckpointUnreadable as exc:
+                return empty, exc
+            return empty, None
+        finally:
+            await producer.stop()
+            await store.stop()
+
+    empty, error = asyncio.run(scenario())
+    assert empty is None
+    assert isinstance(error, checkpoints.CheckpointUnreadable)
