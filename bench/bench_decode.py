@@ -38,9 +38,9 @@ from typing import Any
 
 from bench.results import merge_section
 from monitor.intake.canonical import CanonicalReading
-from monitor.intake.formats import decode_items
 from monitor.intake.columnar import scan_readings
 from monitor.intake.fastpath import fast_canonical
+from monitor.intake.formats import decode_items
 from monitor.intake.native import decode as native_decode
 
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from kafka import KafkaConsumer, KafkaProducer
 
 from bench.results import merge_section
 from monitor.kafka.admin import ensure_topics
@@ -185,8 +184,8 @@ def throughput(name: str, readings: int, batch: int) -> dict[str, Any]:
             msgs.extend(("readings", pid, json.dumps(r).encode()) for r in rs)
         else:
             for k in range(0, len(rs), batch):
-                msgs.append(("readings", pid, json.dumps({"gateway_id": "g", "sent_at": "2026-10-30T00:00:00Z",
-                                                          "readings": rs[k:k + batch]}).encode()))
+                doc = {"gateway_id": "g", "sent_at": "2026-10-30T00:00:00Z", "readings": rs[k:k + batch]}
+                msgs.append(("readings", pid, json.dumps(doc).encode()))
     messages = len(msgs)
     _produce(settings, msgs)
     raw_s = asyncio.run(_raw_drain(settings, "readings", messages))

@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="equity report: HTML page with PNG charts")
     rp.add_argument("--out", type=Path, required=True, help="output directory")
     rp.add_argument("--from", dest="source", default="live",
-                    help="an NDJSON events file, or 'live': the latest snapshot on the equity topic (default)")
+                    help="an NDJSON events file, or 'live': "
+                         "the latest snapshot on the equity topic (default)")
     rp.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records (live)")
     rp.set_defaults(func=cmd_report)
 

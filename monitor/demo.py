@@ -108,7 +108,8 @@ def print_summary(summary: dict[str, Any], sent: dict[str, int], base: str, elap
     print(f"readings processed:        {summary['readings']:>9,}")
     print(f"carer activities:          {processed.get('CarerActivity', 0):>9,}")
     print(f"care-network changes:      {processed.get('CareLink', 0):>9,}")
-    print(f"dead letters:              {sum(summary['dead_letters'].values()):>9,}  {summary['dead_letters']}")
+    dead = summary["dead_letters"]
+    print(f"dead letters:              {sum(dead.values()):>9,}  {dead}")
     print("patients without any support network, by deprivation quintile (1 = most deprived):")
     for q in range(1, 6):
         n = summary["patients_by_quintile"][str(q)]
@@ -121,7 +122,8 @@ def print_summary(summary: dict[str, Any], sent: dict[str, int], base: str, elap
         if notification == "firing":
             alerts[severity] = alerts.get(severity, 0) + n
     print(f"clinical alerts opened:    {sum(alerts.values()):>9,}  {dict(sorted(alerts.items()))}")
-    flags = {k.split(":")[0]: n for k, n in summary.get("flags_published", {}).items() if k.endswith(":raised")}
+    flags = {k.split(":")[0]: n for k, n in summary.get("flags_published", {}).items()
+             if k.endswith(":raised")}
     print(f"coordinator flags raised:  {sum(flags.values()):>9,}  {dict(sorted(flags.items()))}")
     print(f"metrics were served at {base}/metrics (Prometheus); summary at {base}/summary")
     print(f"event-time watermark: {summary['watermark']}; demo took {elapsed:.0f} s")

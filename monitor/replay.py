@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
+from monitor.alerts.engine import AlertConfig, AlertEngine
+from monitor.carers.state import CarersState
 from monitor.core.state import (
     SupportConfig,
     SupportState,
@@ -21,8 +23,6 @@ from monitor.core.state import (
     equity_from_summary,
     iso_utc,
 )
-from monitor.alerts.engine import AlertConfig, AlertEngine
-from monitor.carers.state import CarersState
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 from monitor.pipeline import LazyFlags

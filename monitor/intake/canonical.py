@@ -159,7 +159,8 @@ class CanonicalReading:
 
 
 _S = {name: getattr(CanonicalReading, name).__set__ for name in CanonicalReading.__slots__}  # type: ignore[attr-defined]
-_S_ID, _S_PATIENT, _S_DEVICE, _S_GATEWAY = _S["reading_id"], _S["patient_id"], _S["device_id"], _S["gateway_id"]
+_S_ID, _S_PATIENT = _S["reading_id"], _S["patient_id"]
+_S_DEVICE, _S_GATEWAY = _S["device_id"], _S["gateway_id"]
 _S_KIND, _S_VALUE, _S_SYS, _S_DIA = _S["kind"], _S["value"], _S["systolic"], _S["diastolic"]
 _S_UNIT, _S_OUNIT, _S_CODE, _S_AT = _S["unit"], _S["original_unit"], _S["original_code"], _S["measured_at"]
 _S_SOURCE, _S_BOUNDED, _S_LATE = _S["source"], _S["bounded"], _S["late"]

@@ -84,7 +84,8 @@ def _plausible(name: str, x: float) -> bool:
     return low <= x <= high
 
 
-def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bool) -> CanonicalReading | None:
+def _reading(obj: Any, received_at: datetime, oldest: timedelta, *,
+             in_batch: bool) -> CanonicalReading | None:
     if type(obj) is not dict or not 6 <= len(obj) <= 11:
         return None
     try:

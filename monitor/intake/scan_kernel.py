@@ -386,7 +386,8 @@ def scan(buf, starts, ends, keys, key_lens, literals, literal_lens, kinds, kind_
             k += 1
         if not is_batch:
             ok, i = _reading(buf, i, end, False, row, keys, key_lens, literals, literal_lens, kinds,
-                             kind_lens, bp, units, unit_lens, allowed, pow10, ids, kind_code, unit_code, nums, t_s)
+                             kind_lens, bp, units, unit_lens, allowed, pow10, ids, kind_code, unit_code,
+                             nums, t_s)
             if ok and _ws(buf, i, end) == end:
                 status[m] = STATUS_READING
                 row += 1

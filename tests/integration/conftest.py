@@ -106,7 +106,8 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"worker exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
             try:
                 self.get("/health")
                 return

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 
 def reading(rid: str, pid: str, minute: int, **kw: object) -> dict:
-    doc = {"reading_id": rid, "patient_id": pid, "device_id": "d", "kind": "heart_rate", "value": 70 + minute % 20,
-           "unit": "/min", "measured_at": f"2026-10-30T08:{minute:02d}:00Z"}
+    doc = {"reading_id": rid, "patient_id": pid, "device_id": "d", "kind": "heart_rate",
+           "value": 70 + minute % 20, "unit": "/min", "measured_at": f"2026-10-30T08:{minute:02d}:00Z"}
     doc.update(kw)
     return doc
 
@@ -34,9 +34,10 @@ def test_mixed_stream_is_fully_accounted_for(settings, worker):
     patients = [f"ACC-{i}" for i in range(20)]
     for pid in patients:
         send("patients", pid, json.dumps({"patient_id": pid, "region": "east", "deprivation_quintile": 3,
-                                          "age_band": "45-64", "monitoring_plan": {"heart_rate": 2}}).encode())
+                                          "age_band": "45-64",
+                                          "monitoring_plan": {"heart_rate": 2}}).encode())
     good_readings = 0
-    for i, pid in enumerate(patients):
+    for pid in patients:
         for m in range(10):  # 10 single readings each
             send("readings", pid, json.dumps(reading(f"{pid}-r{m}", pid, m)).encode())
             good_readings += 1

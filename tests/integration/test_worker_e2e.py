@@ -170,18 +170,21 @@ def test_carer_overload_is_decided_across_partitions(settings, worker):
 
     pids = ["OVL-1"]
     pids.append(next(f"OVL-{i}" for i in range(2, 100)
-                     if partition_for(f"OVL-{i}", settings.partitions) != partition_for("OVL-1", settings.partitions)))
+                     if partition_for(f"OVL-{i}", settings.partitions)
+                     != partition_for("OVL-1", settings.partitions)))
     prod = KafkaProducer(**settings.kafka_python_config())
     n = 0
     for pid in pids:
-        prod.send(settings.topics.name("patients"), key=pid.encode(), partition=partition_for(pid, settings.partitions),
+        prod.send(settings.topics.name("patients"), key=pid.encode(),
+                  partition=partition_for(pid, settings.partitions),
                   value=json.dumps({"patient_id": pid, "region": "coast", "deprivation_quintile": 1,
                                     "age_band": "85+"}).encode())
         n += 1
     for day in range(5):  # Mon 2026-10-26 .. Fri: 2 x 5 x 210 = 2100 minutes
         for pid in pids:
-            act = {"activity_id": f"{pid}-{day}", "patient_id": pid, "carer_id": "CARER-X", "kind": "personal_care",
-                   "started_at": f"2026-10-{26 + day}T09:00:00Z", "duration_minutes": 210}
+            act = {"activity_id": f"{pid}-{day}", "patient_id": pid, "carer_id": "CARER-X",
+                   "kind": "personal_care", "started_at": f"2026-10-{26 + day}T09:00:00Z",
+                   "duration_minutes": 210}
             prod.send(settings.topics.name("carer_activity"), key=pid.encode(),
                       partition=partition_for(pid, settings.partitions), value=json.dumps(act).encode())
             n += 1

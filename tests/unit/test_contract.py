@@ -71,7 +71,8 @@ def test_blood_pressure_shape():
     assert decode(enc(half)).reason == "invalid_value"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("minutes", "ok"), [(0, False), (-15, False), (0.5, True), (1440, True), (1441, False)])
+@pytest.mark.parametrize(("minutes", "ok"),
+                         [(0, False), (-15, False), (0.5, True), (1440, True), (1441, False)])
 def test_activity_duration_bounds(minutes, ok):
     doc = {"type": "carer_activity", "activity_id": "a", "patient_id": "p", "carer_id": "c",
            "kind": "visit", "started_at": "2026-01-01T10:00:00Z", "duration_minutes": minutes}
@@ -111,7 +112,8 @@ def test_decode_never_raises_on_bytes(raw):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=10), children, max_size=4)),
     max_leaves=20,
 )
 

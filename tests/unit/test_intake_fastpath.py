@@ -108,7 +108,8 @@ def reading_docs(draw: Any) -> dict[str, Any]:
 @CHECK
 @given(reading_docs())
 @example(BASE)
-@example({**BASE, "kind": "blood_pressure", "unit": "mm[Hg]", "value": None, "systolic": 120, "diastolic": 80})
+@example({**BASE, "kind": "blood_pressure", "unit": "mm[Hg]", "value": None,
+          "systolic": 120, "diastolic": 80})
 def test_single_readings_agree(doc: dict[str, Any]) -> None:
     assert agrees(json.dumps(doc).encode())
 

@@ -56,7 +56,8 @@ def test_a_redelivered_activity_counts_once():
 
 @pytest.mark.parametrize(("top", "other", "flagged"), [(90, 10, True), (89, 11, False)])
 def test_single_point_of_failure_at_90_percent(top, other, flagged):
-    lines = [patient("P1"), activity("a1", "P1", "C1", MONDAY, top), activity("a2", "P1", "C2", MONDAY, other)]
+    lines = [patient("P1"), activity("a1", "P1", "C1", MONDAY, top),
+             activity("a2", "P1", "C2", MONDAY, other)]
     flags = replay(lines)["patients"]["P1"]["flags"]
     assert ("single_point_of_failure" in flags) is flagged
 
@@ -65,7 +66,8 @@ def test_single_point_of_failure_at_90_percent(top, other, flagged):
 def test_network_lost_within_14_days(days_before, lost):
     as_of = MONDAY + timedelta(days=20)
     left = as_of - timedelta(days=days_before)
-    lines = [patient("P1"), link("P1", "C1", "join", MONDAY - timedelta(days=60)), link("P1", "C1", "leave", left),
+    lines = [patient("P1"), link("P1", "C1", "join", MONDAY - timedelta(days=60)),
+             link("P1", "C1", "leave", left),
              json.dumps({"type": "reading", "reading_id": "r", "patient_id": "P1", "device_id": "d",
                          "kind": "spo2", "value": 97, "unit": "%", "measured_at": as_of.isoformat()})]
     flags = replay(lines)["patients"]["P1"]["flags"]
@@ -76,7 +78,8 @@ def test_ledger_cli_exports_the_week(tmp_path):
     path = tmp_path / "events.ndjson"
     path.write_text("\n".join(week_of_care(2100)) + "\n")
     out = subprocess.run([sys.executable, "-m", "monitor", "carers", "ledger", "--week", "2026-W44",
-                          "--from", str(path), "--format", "json"], capture_output=True, text=True, check=True)
+                          "--from", str(path), "--format", "json"],
+                         capture_output=True, text=True, check=True)
     (row,) = json.loads(out.stdout)
     assert (row["carer_id"], row["minutes"], row["hours"], row["patients"], row["overload"]) == (
         "C1", 2100, 35.0, 3, True)
