@@ -28,18 +28,98 @@ from typing import Any
 import numpy as np
 
 from bench.results import merge_section
+from monitor.core import support as K
+from monitor.core.jit import kernel
 from monitor.core.reference import ReferenceSupport
 from monitor.core.state import (
     DIMENSIONS,
     EventBatch,
     PatientRecord,
     SupportState,
+    _record_views,
     equity_from_summary,
 )
 
 REGIONS = ["north", "south", "east", "west", "central", "coast", "hills", "city", "valley"]
 BANDS = ["18-44", "45-64", "65-74", "75-84", "85+"]
 DAY0 = 20_200  # a UTC day number (2025-04-23)
+
+
+# -- the memory ceiling: the cache lines the kernels must touch, and nothing else ----------------
+#
+# Each event of the update kernels reads and writes a few 64-byte lines at addresses that depend
+# on the event (random over hundreds of MB with 1M patients): a reading its patient record and
+# its duplicate-table bucket, an activity also its (patient, carer) pair slot, a care link its
+# link slot. These kernels touch exactly those lines (the same arrays, hash functions and
+# prefetching as monitor.core.support) with one add each and no other logic, so their rate on
+# the same batches is an upper bound of the update kernels' rate on this machine.
+
+_W = K.DEDUP_WAYS + 1
+
+
+@kernel
+def _touch_readings(patient, id_hash, r64, dedup):  # pragma: no cover - jitted
+    n = patient.shape[0]
+    words = r64.shape[1]
+    for i in range(n):
+        f = i + K.PREFETCH_DISTANCE
+        if f < n:
+            K._prefetch(r64, np.int64(patient[f]) * words)
+            K._prefetch(dedup, K._dedup_bucket(dedup, np.uint64(id_hash[f])) * _W)
+        r64[np.int64(patient[i]), 1] += 1
+        dedup[K._dedup_bucket(dedup, np.uint64(id_hash[i])), _W - 1] += np.uint64(1)
+
+
+@kernel
+def _touch_activities(patient, carer, id_hash, r64, pairs, dedup):  # pragma: no cover - jitted
+    n = patient.shape[0]
+    words = r64.shape[1]
+    for i in range(n):
+        f = i + K.PREFETCH_DISTANCE
+        if f < n:
+            fp = np.int64(patient[f])
+            K._prefetch(r64, fp * words)
+            K._prefetch(pairs, K._pair_home(pairs, K.pair_key(fp, np.int64(carer[f]))))
+            K._prefetch(dedup, K._dedup_bucket(dedup, np.uint64(id_hash[f])) * _W)
+        p = np.int64(patient[i])
+        r64[p, 0] += 1
+        pairs[K._pair_home(pairs, K.pair_key(p, np.int64(carer[i])))].last_day += 1
+        dedup[K._dedup_bucket(dedup, np.uint64(id_hash[i])), _W - 1] += np.uint64(1)
+
+
+@kernel
+def _touch_links(patient, carer, links):  # pragma: no cover - jitted
+    n = patient.shape[0]
+    for i in range(n):
+        f = i + K.PREFETCH_DISTANCE
+        if f < n:
+            K._prefetch(links, K._pair_home(links, K.pair_key(np.int64(patient[f]), np.int64(carer[f]))))
+        links[K._pair_home(links, K.pair_key(np.int64(patient[i]), np.int64(carer[i])))].link += 1
+
+
+def touch_lines(state: SupportState, batches: list[EventBatch]) -> None:
+    """The memory traffic of ``state.apply`` over ``batches`` without its logic (state garbled)."""
+    a = state._arrays
+    r64 = _record_views(a["record"])[0]
+    for b in batches:
+        _touch_links(b.link_patient, b.link_carer, a["links"])
+        _touch_activities(b.activity_patient, b.activity_carer, b.activity_id_hash, r64, a["pairs"],
+                          a["dedup"])
+        _touch_readings(b.reading_patient, b.reading_id_hash, r64, a["dedup"])
+
+
+def timed_ceiling(n_p: int, n_e: int, batches: list[EventBatch], repeats: int) -> float:
+    """Best wall seconds of :func:`touch_lines` over ``batches`` on a fresh state."""
+    best = math.inf
+    touch_lines(fresh_state(1000, 1000), make_batches(1000, 1000, 1000))  # compile
+    for _ in range(repeats):
+        gc.collect()
+        state = fresh_state(n_p, n_e)
+        t0 = time.perf_counter()
+        touch_lines(state, batches)
+        best = min(best, time.perf_counter() - t0)
+        del state
+    return best
 
 
 def make_batches(n_patients: int, n_events: int, batch: int, seed: int = 1) -> list[EventBatch]:
@@ -184,6 +264,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{numba_eps / 1e6:.2f} M events/s (CPU {total / numba_cpu / 1e6:.2f} M/s, "
           f"duplicates {state.stats['duplicates']:,})", flush=True)
 
+    ceiling_s = timed_ceiling(n_p, n_e, batches, args.repeats)
+    print(f"memory ceiling (the same lines, no logic): {total / ceiling_s / 1e6:.2f} M events/s; "
+          f"the kernels reach {ceiling_s / numba_s:.0%} of it", flush=True)
+
     # the reference on the first events of the same stream (same patients and slots)
     ref_batches: list[EventBatch] = []
     seen = 0
@@ -228,11 +312,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "events_per_s_cpu": round(total / numba_cpu),
             "grouped_events_per_s": round(total / g_wall),
             "grouped_events_per_s_cpu": round(total / g_cpu),
+            "ceiling_events_per_s": round(total / ceiling_s),
+            "fraction_of_ceiling": round(ceiling_s / numba_s, 3),
             "reference_events_per_s": round(ref_eps),
             "ratio": round(ratio, 1),
             "reference_events": seen,
             "workload": workload + "; events_per_s: random patient order (headline), "
                         "grouped_*: same events with each batch sorted by patient; "
+                        "ceiling_events_per_s: the same cache lines touched with no logic "
+                        "(an upper bound on this machine, see bench_core.touch_lines); "
                         f"best of {args.repeats} wall-clock runs (_cpu: thread CPU time)",
         }),
         "recompute_1m_ms": merge_section("recompute_1m_ms", {
