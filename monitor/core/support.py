@@ -169,15 +169,15 @@ def pair_key(patient: np.int64, carer: np.int64) -> np.uint64:  # pragma: no cov
 
 
 @kernel
-def _pair_slot(table: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover - jitted
+def _pair_slot(table: np.ndarray, i: np.int64, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover
     """Find or insert ``key`` in a pair or link table (buckets of :data:`PAIR_WAYS` slots, a
-    power-of-two slot count, linear probing over buckets); (slot index, inserted).
+    power-of-two slot count, linear probing over buckets) from its home slot ``i`` (see
+    :func:`_pair_home`); (slot index, inserted).
 
     Slots of a bucket fill in order and are never deleted, so the first empty slot ends the
     search. The caller keeps the table at most 70 % full, so the probe always terminates.
     """
     mask = table.shape[0] - 1
-    i = np.int64(mix64(key) & np.uint64(mask)) & ~(PAIR_WAYS - 1)
     while True:
         for s in range(PAIR_WAYS):
             k = table[i + s].key
@@ -191,7 +191,7 @@ def _pair_slot(table: np.ndarray, key: np.uint64) -> tuple[int, bool]:  # pragma
 
 @kernel
 def _pair_home(table: np.ndarray, key: np.uint64) -> int:  # pragma: no cover - jitted
-    """The first slot of ``key``'s home bucket (for prefetching)."""
+    """The first slot of ``key``'s home bucket."""
     return np.int64(mix64(key) & np.uint64(table.shape[0] - 1)) & ~(PAIR_WAYS - 1)
 
 
@@ -203,15 +203,16 @@ def _dedup_bucket(dedup: np.ndarray, h: np.uint64) -> int:  # pragma: no cover -
 
 
 @kernel
-def _dedup_admit(dedup: np.ndarray, h: np.uint64, day: np.int64) -> bool:  # pragma: no cover
-    """Insert event-id hash ``h`` seen on ``day`` (tag ``day mod 256``); False if present.
+def _dedup_insert(dedup: np.ndarray, b: np.int64, h: np.uint64, day: np.int64
+                  ) -> bool:  # pragma: no cover - jitted
+    """Insert event-id hash ``h`` seen on ``day`` (tag ``day mod 256``) from its home bucket
+    ``b`` (see :func:`_dedup_bucket`); False if present.
 
     Buckets fill their key words in order and entries are never deleted one by one (a purge
     rebuilds the table), so the first empty word ends the search. The caller keeps the table at
     most 70 % full, so the probe always terminates.
     """
     n_buckets = dedup.shape[0]
-    b = _dedup_bucket(dedup, h)
     while True:
         for s in range(DEDUP_WAYS):
             k = dedup[b, s]
@@ -226,6 +227,12 @@ def _dedup_admit(dedup: np.ndarray, h: np.uint64, day: np.int64) -> bool:  # pra
         b += 1
         if b == n_buckets:
             b = 0
+
+
+@kernel
+def _dedup_admit(dedup: np.ndarray, h: np.uint64, day: np.int64) -> bool:  # pragma: no cover
+    """:func:`_dedup_insert` of ``h`` from its home bucket."""
+    return _dedup_insert(dedup, _dedup_bucket(dedup, h), h, day)
 
 
 BATCH_ERRORS: tuple[str, ...] = (
@@ -271,7 +278,8 @@ def scan_batch(
 
     The error code indexes :data:`BATCH_ERRORS` (the first invalid column in that order, 0 if
     all are valid): slots outside ``0 .. n - 1``, minutes not in (0, 1440] (NaN included), an
-    action other than +1 / -1, an id hash 0, a link time outside ``+-LINK_T_LIMIT``. The latest time is ``NO_TIME`` for no event.
+    action other than +1 / -1, an id hash 0, a link time outside ``+-LINK_T_LIMIT``. The latest
+    time is ``NO_TIME`` for no event.
     """
     if not _slots_ok(activity_patient, n_patients):
         return 1, NO_TIME
@@ -309,43 +317,56 @@ def scan_batch(
 
 
 @kernel
+def _mod_magic(cov: np.int64) -> tuple[int, int]:  # pragma: no cover - jitted
+    """(m, s) with ``d // cov == (d * m) >> s`` for every ``0 <= d < 2**30`` (``cov`` >= 1): the
+    round-up reciprocal ``m = ceil(2**s / cov)``, ``s = 30 + ceil(log2(cov))`` (then ``m * cov -
+    2**s < cov <= 2**(s - 30)``, the exactness condition, and ``d * m < 2**61``)."""
+    lg = 0
+    while (np.int64(1) << lg) < cov:
+        lg += 1
+    s = 30 + lg
+    return ((np.int64(1) << s) + cov - 1) // cov, s
+
+
+@kernel
+def _ring_cell(day: np.int64, cov: np.int64, m: np.int64, s: np.int64) -> int:  # pragma: no cover
+    """``day mod cov`` (floor modulo) by the reciprocal ``(m, s)`` of :func:`_mod_magic` for the
+    days ``0 .. 2**30 - 1`` (years 1970 to 2.9 million), by a division otherwise."""
+    if np.uint64(day) < np.uint64(1 << 30):
+        return day - ((day * m) >> s) * cov
+    return day % cov
+
+
+@kernel
 def _clear_care_cells(r32: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
-                      old_head: np.int64, day: np.int64, cov: np.int64) -> None:  # pragma: no cover
-    """Advance the care ring of patient ``p`` from head ``old_head`` to ``day``: clear the cells
-    (care ms, contact bit, high part) of the days ``old_head + 1 .. day``."""
+                      old_head: np.int64, day: np.int64, c: np.int64,
+                      cov: np.int64) -> None:  # pragma: no cover - jitted
+    """Advance the care ring of patient ``p`` from head ``old_head`` to ``day`` (in cell ``c``):
+    clear the cells (care ms, contact bit, high part) of the days ``old_head + 1 .. day``, i.e.
+    cells ``c, c - 1, ..`` (mod cov, no division)."""
     bits = 16 + 6 * cov
     has_hi = (r8[p, bits + (cov + 7) // 8] & HI_MS) != 0
-    k = day - old_head
-    if k > cov:
-        k = cov
-    c = (old_head + 1) % cov
-    for _ in range(k):
+    for _ in range(min(day - old_head, cov)):
         r32[p, 4 + c] = 0
         r8[p, bits + (c >> 3)] &= ~np.uint8(1 << (c & 7))
         if has_hi:
             hi[p, c] = 0
-        c += 1
-        if c == cov:
-            c = 0
+        c = c - 1 if c > 0 else cov - 1
 
 
 @kernel
 def _clear_reading_cells(r16: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
-                         old_head: np.int64, day: np.int64, cov: np.int64) -> None:  # pragma: no cover
-    """Advance the readings ring of patient ``p`` from head ``old_head`` to ``day``."""
+                         old_head: np.int64, day: np.int64, c: np.int64,
+                         cov: np.int64) -> None:  # pragma: no cover - jitted
+    """Advance the readings ring of patient ``p`` from head ``old_head`` to ``day`` (in cell
+    ``c``), as :func:`_clear_care_cells`."""
     has_hi = (r8[p, 16 + 6 * cov + (cov + 7) // 8] & HI_READS) != 0
     base = 8 + 2 * cov
-    k = day - old_head
-    if k > cov:
-        k = cov
-    c = (old_head + 1) % cov
-    for _ in range(k):
+    for _ in range(min(day - old_head, cov)):
         r16[p, base + c] = 0
         if has_hi:
             hi[p, cov + c] = 0
-        c += 1
-        if c == cov:
-            c = 0
+        c = c - 1 if c > 0 else cov - 1
 
 
 @kernel
@@ -364,6 +385,10 @@ def apply_activities(
     evaluation can still sum) whose id hash is new to the duplicate table; ``duplicates`` counts
     re-deliveries found there, ``stale`` events older than ``min_sum_day`` (their minutes can no
     longer appear in any window).
+
+    Two passes: the first computes every event's pair and duplicate-table home bucket (one hash
+    each), the second prefetches the lines of the event :data:`PREFETCH_DISTANCE` ahead and
+    applies the events.
     """
     new_pairs = 0
     new_dedup = 0
@@ -373,22 +398,28 @@ def apply_activities(
     words = r64.shape[1]
     bits = 16 + 6 * cov
     flags = bits + (cov + 7) // 8
+    pair_home = np.empty(n, np.int64)
+    dedup_home = np.empty(n, np.int64)
+    for i in range(n):
+        pair_home[i] = _pair_home(pairs, pair_key(np.int64(patient[i]), np.int64(carer[i])))
+        dedup_home[i] = _dedup_bucket(dedup, np.uint64(id_hash[i]))
+    mul, shift = _mod_magic(cov)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
-            fp = np.int64(patient[f])
-            _prefetch(r64, fp * words)
-            _prefetch(pairs, _pair_home(pairs, pair_key(fp, np.int64(carer[f]))))
-            _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
+            _prefetch(r64, np.int64(patient[f]) * words)
+            _prefetch(pairs, pair_home[f])
+            _prefetch(dedup, dedup_home[f] * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(start_s[i])
         day = t // SECONDS_PER_DAY
-        j, inserted = _pair_slot(pairs, pair_key(p, np.int64(carer[i])))
+        j, inserted = _pair_slot(pairs, pair_home[i], pair_key(p, np.int64(carer[i])))
         if inserted:
             new_pairs += 1
         pr = pairs[j]
         if pr.last_day == NO_DAY or day > pr.last_day:
             pr.last_day = day
+        c = _ring_cell(day, cov, mul, shift)
         last = r64[p, 0]
         if last == NO_TIME:
             r64[p, 0] = t
@@ -396,18 +427,17 @@ def apply_activities(
         else:
             head = last // SECONDS_PER_DAY
             if day > head:
-                _clear_care_cells(r32, r8, hi, p, head, day, cov)
+                _clear_care_cells(r32, r8, hi, p, head, day, c, cov)
                 head = day
             if t > last:
                 r64[p, 0] = t
         in_ring = day > head - cov
-        c = day % cov
         if in_ring:
             r8[p, bits + (c >> 3)] |= np.uint8(1 << (c & 7))
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_admit(dedup, np.uint64(id_hash[i]), day):
+        if not _dedup_insert(dedup, dedup_home[i], np.uint64(id_hash[i]), day):
             duplicates += 1
             continue
         new_dedup += 1
@@ -430,15 +460,19 @@ def apply_links(
 
     Per pair the latest event by ``effective_at`` wins; at equal ``effective_at`` a leave wins over
     a join (a total order - one integer max of the encoding of :data:`LINK_DTYPE` - so the result
-    does not depend on arrival order, and re-deliveries are no-ops).
+    does not depend on arrival order, and re-deliveries are no-ops). Two passes as in
+    :func:`apply_activities`.
     """
     new_links = 0
     n = patient.shape[0]
+    home = np.empty(n, np.int64)
+    for i in range(n):
+        home[i] = _pair_home(links, pair_key(np.int64(patient[i]), np.int64(carer[i])))
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
-            _prefetch(links, _pair_home(links, pair_key(np.int64(patient[f]), np.int64(carer[f]))))
-        j, inserted = _pair_slot(links, pair_key(np.int64(patient[i]), np.int64(carer[i])))
+            _prefetch(links, home[f])
+        j, inserted = _pair_slot(links, home[i], pair_key(np.int64(patient[i]), np.int64(carer[i])))
         if inserted:
             new_links += 1
         e = 2 * np.int64(t_s[i]) + (1 if action[i] < 0 else 0)
@@ -455,8 +489,8 @@ def apply_readings(
 ) -> tuple[int, int, int]:  # pragma: no cover - jitted
     """Apply self-monitoring readings; returns (new dedup entries, duplicates, stale).
 
-    Same rules as :func:`apply_activities`: the last reading time is a max over every event, the
-    daily count admits each reading id at most once and only from ``min_sum_day`` on.
+    Same rules and passes as :func:`apply_activities`: the last reading time is a max over every
+    event, the daily count admits each reading id at most once and only from ``min_sum_day`` on.
     """
     new_dedup = 0
     duplicates = 0
@@ -465,14 +499,19 @@ def apply_readings(
     words = r64.shape[1]
     base = 8 + 2 * cov
     flags = 16 + 6 * cov + (cov + 7) // 8
+    dedup_home = np.empty(n, np.int64)
+    for i in range(n):
+        dedup_home[i] = _dedup_bucket(dedup, np.uint64(id_hash[i]))
+    mul, shift = _mod_magic(cov)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
         if f < n:
             _prefetch(r64, np.int64(patient[f]) * words)
-            _prefetch(dedup, _dedup_bucket(dedup, np.uint64(id_hash[f])) * (DEDUP_WAYS + 1))
+            _prefetch(dedup, dedup_home[f] * (DEDUP_WAYS + 1))
         p = np.int64(patient[i])
         t = np.int64(t_s[i])
         day = t // SECONDS_PER_DAY
+        c = _ring_cell(day, cov, mul, shift)
         last = r64[p, 1]
         if last == NO_TIME:
             r64[p, 1] = t
@@ -480,19 +519,18 @@ def apply_readings(
         else:
             head = last // SECONDS_PER_DAY
             if day > head:
-                _clear_reading_cells(r16, r8, hi, p, head, day, cov)
+                _clear_reading_cells(r16, r8, hi, p, head, day, c, cov)
                 head = day
             if t > last:
                 r64[p, 1] = t
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_admit(dedup, np.uint64(id_hash[i]), day):
+        if not _dedup_insert(dedup, dedup_home[i], np.uint64(id_hash[i]), day):
             duplicates += 1
             continue
         new_dedup += 1
         if day > head - cov:  # always, for an admitted event
-            c = day % cov
             v = r16[p, base + c]
             if v == np.uint16(0xFFFF):
                 hi[p, cov + c] += np.uint32(1)
@@ -510,7 +548,7 @@ def rehash_pairs(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover -
     for i in range(old.shape[0]):
         k = old[i].key
         if k != 0:
-            j, _ = _pair_slot(new, k)
+            j, _ = _pair_slot(new, _pair_home(new, k), k)
             new[j].last_day = old[i].last_day
             n += 1
     return n
@@ -523,7 +561,7 @@ def rehash_links(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover -
     for i in range(old.shape[0]):
         k = old[i].key
         if k != 0:
-            j, _ = _pair_slot(new, k)
+            j, _ = _pair_slot(new, _pair_home(new, k), k)
             new[j].link = old[i].link
             n += 1
     return n

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.contract.models import CareLink, CarerActivity, GatewayBatch, Patient, Reading
 from monitor.core.reference import ReferenceSupport
@@ -502,6 +504,18 @@ def test_dedup_buckets_probe_across_buckets_and_wrap_around():
         1 for i in range(20) if i % 3 >= 1)
     for i, h in enumerate(ids):
         assert k._dedup_admit(new, h, np.int64(102)) == (i % 3 == 0)
+
+
+@given(st.integers(1, 64), st.one_of(st.integers(0, 2**30 + 5), st.integers(-(2**62), 2**62),
+                                   st.sampled_from([0, 2**30 - 1, 2**30, -1, -(2**63) // 86400])))
+@settings(max_examples=300, deadline=None)
+def test_ring_cell_by_reciprocal_is_floor_modulo(cov, day):
+    """The ring cell of a day (multiply-shift for the days 0 .. 2**30 - 1, a division elsewhere)
+    is exactly ``day mod cov``, for every ring size."""
+    from monitor.core import support as k
+
+    m, s = k._mod_magic(np.int64(cov))
+    assert k._ring_cell(np.int64(day), np.int64(cov), m, s) == day % cov
 
 
 def test_state_arrays_are_cache_line_aligned_records():
