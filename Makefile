@@ -6,7 +6,7 @@ CLI := $(BIN)/coproduction-monitor
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test unit integration bench kafka-up kafka-down schemas clean
+.PHONY: demo test lint unit integration bench kafka-up kafka-down schemas clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,10 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(CLI) demo
 
-# Starts the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, runs every test, stops the broker
-# it started (also when the tests fail).
-test: $(TEST_STAMP)
+# Lints, then starts the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, runs every test,
+# stops the broker it started (also when the tests fail).
+test: lint
 	@bash .ci/with-broker.sh $(BIN)/python -m pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
 
 unit: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit
