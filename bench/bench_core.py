@@ -97,6 +97,46 @@ def _touch_links(patient, carer, links):  # pragma: no cover - jitted
         links[K._pair_home(links, K.pair_key(np.int64(patient[i]), np.int64(carer[i])))].link += 1
 
 
+@kernel
+def _rmw_lines(first, second, table, k):  # pragma: no cover - jitted
+    """Per event: add 1 to line ``first[i] * k`` and, if ``second`` is not empty, to line
+    ``second[i]`` of ``table`` (rows of 8 words = one 64-byte line), prefetched as the kernels do."""
+    n = first.shape[0]
+    two = second.shape[0] == n
+    for i in range(n):
+        f = i + K.PREFETCH_DISTANCE
+        if f < n:
+            K._prefetch(table, first[f] * k * 8)
+            if two:
+                K._prefetch(table, second[f] * 8)
+        table[first[i] * k, 0] += np.uint64(1)
+        if two:
+            table[second[i], 7] += np.uint64(1)
+
+
+def line_costs(lines: int = 5_000_000, events: int = 10_000_000, repeats: int = 3) -> dict[str, float]:
+    """ns per event of random read-modify-writes in a 320 MB table: one line, two independent lines,
+    and two lines of one 128-byte block (is co-locating a patient's data worth it?)."""
+    rng = np.random.default_rng(3)
+    table = np.ones((lines, 8), np.uint64)
+    one = rng.integers(0, lines, events)
+    other = rng.integers(0, lines, events)
+    blocks = rng.integers(0, lines // 2, events)
+    cases = {"one_line_ns": (one, np.zeros(0, np.int64), 1),
+             "two_random_lines_ns": (one, other, 1),
+             "two_adjacent_lines_ns": (blocks, 2 * blocks + 1, 2)}
+    out = {}
+    for name, (first, second, k) in cases.items():
+        _rmw_lines(first[:1000], second[:1000], table, k)
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _rmw_lines(first, second, table, k)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = round(best / events * 1e9, 1)
+    return out
+
+
 def touch_lines(state: SupportState, batches: list[EventBatch]) -> None:
     """The memory traffic of ``state.apply`` over ``batches`` without its logic (state garbled)."""
     a = state._arrays
@@ -268,6 +308,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"memory ceiling (the same lines, no logic): {total / ceiling_s / 1e6:.2f} M events/s; "
           f"the kernels reach {ceiling_s / numba_s:.0%} of it", flush=True)
 
+    costs = line_costs()
+    print("random read-modify-write, ns per event: " + ", ".join(f"{k} {v}" for k, v in costs.items()),
+          flush=True)
+
     # the reference on the first events of the same stream (same patients and slots)
     ref_batches: list[EventBatch] = []
     seen = 0
@@ -314,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "grouped_events_per_s_cpu": round(total / g_cpu),
             "ceiling_events_per_s": round(total / ceiling_s),
             "fraction_of_ceiling": round(ceiling_s / numba_s, 3),
+            "line_costs": costs,
             "reference_events_per_s": round(ref_eps),
             "ratio": round(ratio, 1),
             "reference_events": seen,
@@ -321,6 +366,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "grouped_*: same events with each batch sorted by patient; "
                         "ceiling_events_per_s: the same cache lines touched with no logic "
                         "(an upper bound on this machine, see bench_core.touch_lines); "
+                        "line_costs: ns per event of random read-modify-writes of lines of a "
+                        "320 MB table (bench_core.line_costs); "
                         f"best of {args.repeats} wall-clock runs (_cpu: thread CPU time)",
         }),
         "recompute_1m_ms": merge_section("recompute_1m_ms", {
