@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from monitor.kafka import local
 from monitor.kafka.admin import ensure_topics
@@ -94,6 +94,26 @@ def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
     if os.environ.get("MONITOR_BROKER_IS_LOCAL") or not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         e["MONITOR_LOCAL_BROKER"] = "1"
     return e
+
+
+def read_records(settings: Settings, topic: str, *, partitions: int | None = None) -> list[Any]:
+    """Every record of ``topic`` (all its partitions, from the beginning) up to its end offsets
+    at the call, as kafka-python records (``partition``, ``offset``, ``key``, ``value``);
+    ``partitions``: the partition count the topic must have."""
+    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        assert partitions is None or len(tps) == partitions
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list[Any] = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for tp, batch in consumer.poll(timeout_ms=1000).items():
+                records.extend(r for r in batch if r.offset < end[tp])
+        return records
+    finally:
+        consumer.close()
 
 
 def settings_from(env: dict[str, str]) -> Settings:

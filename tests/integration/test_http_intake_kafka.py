@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from kafka import KafkaConsumer, TopicPartition
 
 from monitor.contract.models import DeadLetter, Reading
 from monitor.intake.http import create_intake_app
@@ -23,27 +22,14 @@ from monitor.intake.serve import attach_publisher
 from monitor.kafka.partitioning import partition_for
 from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, read_records
 
 pytestmark = pytest.mark.integration
 
 
 def read_all(settings: Settings, topic: str) -> list[Any]:
     """Every record on ``topic`` up to its current end offsets (all partitions)."""
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        assert len(partitions) == settings.partitions
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+    return read_records(settings, topic, partitions=settings.partitions)
 
 
 def serve_and_post(settings: Settings, requests: list[tuple[str, Any]]) -> list[tuple[int, str, Any]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.checkpoints import CheckpointStore
 from monitor.simulate import SimConfig, publish
-from tests.integration.conftest import WorkerProcess, free_port, settings_from
+from tests.integration.conftest import WorkerProcess, free_port, read_records, settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -117,23 +117,6 @@ def uninterrupted_run(env: dict[str, str], tmp: Path,
     finally:
         w.stop()
     return e, settings, sent, patients, equity
-
-
-def read_records(settings, topic: str) -> list[Any]:
-    """Every record of ``topic`` (all partitions) up to its end offsets at the call."""
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: list[Any] = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.extend(r for r in batch if r.offset < end[TopicPartition(r.topic, r.partition)])
-        return records
-    finally:
-        consumer.close()
 
 
 def assert_no_output_twice(settings) -> None:
