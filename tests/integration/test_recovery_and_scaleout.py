@@ -204,6 +204,37 @@ def test_three_workers_give_the_same_answer_as_one(env, tmp_path):
     assert three_equity["groups"] == one_equity["groups"]
 
 
+def test_workers_joining_and_leaving_mid_stream_change_nothing(env, tmp_path):
+    """Rebalances while outputs are in flight: a second worker joins a quarter of the way through
+    the stream, the first leaves (graceful stop) half way; the survivor's answer equals the
+    uninterrupted one and no flag or alert is emitted twice (outputs of revoked partitions are
+    flushed before their next owner reads them back)."""
+    _, _, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "ref")
+    e = deployment(env, tmp_path, "moves")
+    settings = settings_from(e)
+    ensure_topics(settings)
+    assert sum(publish(CFG, settings, progress=False).values()) == sent
+    first = WorkerProcess(worker_env(e, tmp_path, 1), tmp_path / "first.log")
+    second = WorkerProcess(worker_env(e, tmp_path, 2), tmp_path / "second.log")
+    first.start()
+    try:
+        wait_all([first], sent // 4)
+        second.start()
+        wait_assigned([first, second], settings.partitions)
+        wait_all([first, second], sent // 2)
+        first.stop()
+        wait_all([second], sent)
+        patients, equity = final_state([second], settings)
+        summary = second.get("/summary")
+    finally:
+        first.stop()
+        second.stop()
+    assert summary["inputs"] == sent
+    assert patients == ref_patients
+    assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
+    assert_no_output_twice(settings)
+
+
 def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
     """A checkpoint the worker cannot read (corrupt, or from an incompatible version) does not
     stop it: the partition is rebuilt from its input topics, to the same answer, and no output is
