@@ -142,7 +142,9 @@ class WorkerProcess:
         self.base = f"http://127.0.0.1:{env['MONITOR_WEB_PORT']}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start the worker and wait for its web server. Generous: the first worker of a fresh
+        clone compiles every numba kernel (no cache yet), slow on a loaded CI machine."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "worker"], env=self.env, cwd=ROOT,
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
