@@ -4,13 +4,14 @@ All patient-keyed topics get the same partition count (``MONITOR_PARTITIONS``, d
 co-partitioned by patient id, as faust requires of the sources of one agent. ``care-network`` and
 ``patients`` are compacted (latest state per key). Creating an existing topic is not an error;
 an existing topic with a different partition count is (faust would raise PartitionsMismatch later).
+:func:`committed_offsets` reads a consumer group's committed offsets (rebuilding a partition).
 """
 
 from __future__ import annotations
 
 import time
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
 
@@ -90,3 +91,19 @@ def replication_factor(settings: Settings, admin: KafkaAdminClient | None = None
         if own:
             admin.close()
     return max(1, min(3, brokers))
+
+
+def committed_offsets(settings: Settings, group_id: str,
+                      tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The offsets consumer group ``group_id`` has committed for ``(topic, partition)`` pairs: the
+    next offset it will consume, 0 where it has committed nothing. Blocking (kafka-python)."""
+    admin = admin_client(settings)
+    try:
+        got = admin.list_consumer_group_offsets(group_id, partitions=[TopicPartition(t, p) for t, p in tps])
+    finally:
+        admin.close()
+    out = {}
+    for t, p in tps:
+        meta = got.get(TopicPartition(t, p))
+        out[(t, p)] = max(0, meta.offset) if meta is not None else 0
+    return out

@@ -42,7 +42,13 @@ MAGIC = b"CMCKPT1\n"
 
 
 class CheckpointUnreadable(Exception):
-    """The partition's log holds checkpoint chunks but no complete checkpoint."""
+    """The partition's log holds checkpoint chunks but no complete checkpoint. ``max_seq`` is the
+    highest sequence number among its readable chunks (0 if none): a new checkpoint must use a
+    higher one to be preferred to them."""
+
+    def __init__(self, message: str, max_seq: int = 0) -> None:
+        super().__init__(message)
+        self.max_seq = max_seq
 
 
 def encode_chunks(partition: int, seq: int, data: bytes, *, compressed: bool = False,
@@ -208,7 +214,7 @@ class CheckpointStore:
                 if any(rec.value is not None for rec in records):
                     raise CheckpointUnreadable(
                         f"partition {partition} holds {len(records)} checkpoint records but no "
-                        "complete checkpoint")
+                        "complete checkpoint", max((int(h["seq"]) for h, _ in chunks), default=0))
                 return None
             window *= 4
 
@@ -228,8 +234,9 @@ async def read_tail(settings: Settings, topic: str, partition: int, count: int) 
 
 
 async def read_partition(settings: Settings, topic: str, partition: int,
-                         start: int | None = None) -> list[Any]:
-    """Every record of one topic partition from ``start`` (default: the beginning) to its end."""
+                         start: int | None = None, stop: int | None = None) -> list[Any]:
+    """Every record of one topic partition from ``start`` (default: the beginning) to its end, or
+    to ``stop`` (exclusive) if that is earlier."""
     consumer = AIOKafkaConsumer(
         **settings.aiokafka_config(), enable_auto_commit=False, group_id=None,
         auto_offset_reset="earliest",
@@ -240,6 +247,8 @@ async def read_partition(settings: Settings, topic: str, partition: int,
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
+        if stop is not None:
+            end = min(end, stop)
         # explicit offsets: seek_to_beginning right after assign() resolves lazily and was seen to
         # land at the end
         begin = (await consumer.beginning_offsets([tp]))[tp]

@@ -58,6 +58,7 @@ from monitor.alerts.engine import AlertEvent
 from monitor.carers.ledger import merge_rows, notifications_from_rows, to_csv, to_json, week_of
 from monitor.carers.participation import ParticipationSummary, participation_measures
 from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
+from monitor.kafka.admin import committed_offsets
 from monitor.kafka.checkpoints import CheckpointStore, CheckpointUnreadable, read_partition
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import PartitionState, Pipeline
@@ -169,7 +170,9 @@ class PartitionManager:
         """Drop revoked partitions. A checkpoint being written finishes first, and the outputs
         sent so far are flushed: the next owner (maybe this worker again) restores the checkpoint
         and reads the outputs written after it back to suppress them, so they must be in the log
-        before it can be assigned the partition (faust revokes before the group re-assigns)."""
+        before it can be assigned the partition (faust revokes before the group re-assigns).
+        faust flushes its producer before this signal too, but a batch being applied (it holds
+        :attr:`lock`) may publish after that flush."""
         parts = {tp.partition for tp in revoked if tp.topic in self.input_topics}
         async with self.round_lock, self.lock:
             if parts and self.flush_outputs is not None:
@@ -188,16 +191,15 @@ class PartitionManager:
         """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be read
         (corrupt, written by an incompatible version, or no complete one among the partition's
         checkpoint records) is not fatal: the partition is rebuilt from its input topics
-        (everything retention kept, read directly up to their current ends; the consumer group
-        then goes on from its committed offsets, and what the rebuild applied is skipped by
-        offset). Outputs already written are suppressed as after any restore."""
+        (everything retention kept, read directly up to the consumer group's committed offsets;
+        the group then goes on from there). Outputs already written are suppressed as after any restore."""
         try:
             loaded = await self.store.load(p)
         except CheckpointUnreadable as exc:
             log.error("no complete checkpoint of partition %d (%s); rebuilding the partition from "
                       "its input topics", p, exc)
             loaded = None
-            state: PartitionState | None = await self._rebuild(p)
+            state: PartitionState | None = await self._rebuild(p, exc.max_seq)
         else:
             state = None
         if loaded is not None:
@@ -207,7 +209,7 @@ class PartitionManager:
             except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
                 log.error("the checkpoint of partition %d is unreadable (%s: %s); rebuilding the "
                           "partition from its input topics", p, type(exc).__name__, exc)
-                state = await self._rebuild(p)
+                state = await self._rebuild(p, loaded[0])
         if state is None:
             state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
         self.pipe.adopt(state)
@@ -219,17 +221,25 @@ class PartitionManager:
                 except (TypeError, ValueError):
                     continue
 
-    async def _rebuild(self, p: int) -> PartitionState:
+    async def _rebuild(self, p: int, after_seq: int) -> PartitionState:
         """Partition ``p`` from the beginning of its input topics (patients, care links, carer
-        activity, readings, each in offset order), in batches; the outputs of the rebuild are not
-        published again (they were when the input was first processed, or are re-derived)."""
+        activity, readings, each in offset order) up to the consumer group's committed offsets,
+        in batches. That input was processed before and its outputs published (an offset is
+        committed only after a checkpoint, which flushes the outputs first), so the outputs of
+        the rebuild are not published; the group goes on from its committed offsets as usual.
+        The next checkpoint gets a sequence number above ``after_seq`` (the unusable
+        checkpoint's), so that it, not the unusable one, is restored next time."""
         self.pipe.release(p)
-        for topic in sorted(self.expected, key=lambda t: _REBUILD_ORDER.get(self.expected[t], 9)):
-            records = await read_partition(self.settings, topic, p)
+        topics = sorted(self.expected, key=lambda t: _REBUILD_ORDER.get(self.expected[t], 9))
+        committed = await asyncio.get_running_loop().run_in_executor(
+            None, committed_offsets, self.settings, self.settings.app_id, [(t, p) for t in topics])
+        for topic in topics:
+            records = await read_partition(self.settings, topic, p, stop=committed[(topic, p)])
             for i in range(0, len(records), 10_000):
                 self.pipe.ingest(records[i : i + 10_000], self.expected)
                 await asyncio.sleep(0)
         state = self.pipe.release(p) or PartitionState(p, self.pipe.config, self.pipe.alert_config)
+        state.checkpoint_seq = max(state.checkpoint_seq, after_seq)
         self.rebuilt += 1
         self.dirty.add(p)  # a readable checkpoint replaces the bad one at the next round
         return state

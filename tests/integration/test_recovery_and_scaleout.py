@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer
 
 from monitor.kafka.admin import ensure_topics
-from monitor.kafka.checkpoints import CheckpointStore
+from monitor.kafka.checkpoints import CHUNK_BYTES, CheckpointStore, encode_chunks
 from monitor.simulate import SimConfig, publish
 from tests.integration.conftest import WorkerProcess, free_port, read_records, settings_from
 
@@ -235,28 +236,55 @@ def test_workers_joining_and_leaving_mid_stream_change_nothing(env, tmp_path):
     assert_no_output_twice(settings)
 
 
-def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
-    """A checkpoint the worker cannot read (corrupt, or from an incompatible version) does not
-    stop it: the partition is rebuilt from its input topics, to the same answer, and no output is
-    emitted twice."""
-    e, settings, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "rebuild")
+def wait_checkpointed(w: WorkerProcess, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while w.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not w.get("/health")["dirty_partitions"], "not every partition was checkpointed"
 
-    async def spoil() -> None:  # the newest checkpoint of every partition becomes unreadable
-        store = CheckpointStore(settings, settings.topics.name("checkpoints"))
+
+@pytest.mark.parametrize("spoil", ["incompatible", "torn"])
+def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, spoil):
+    """A checkpoint the worker cannot use does not stop it: the partition is rebuilt from its
+    input up to the group's committed offsets, to the same answer, and no output is emitted twice.
+    ``incompatible``: after a whole run, the newest checkpoint of every partition is undecodable
+    (another version). ``torn``: a new deployment whose checkpoint partitions hold only part of a
+    write (nothing committed yet: the rebuild reads nothing, and the input is processed as usual,
+    with its alerts and flags published). Either way the rebuilt partitions' checkpoints win the
+    next restore."""
+    e, settings, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "rebuild")
+    if spoil == "torn":
+        e = deployment(env, tmp_path, "torn")
+        settings = settings_from(e)
+        ensure_topics(settings)
+        assert sum(publish(CFG, settings, progress=False).values()) == sent
+
+    async def spoil_checkpoints() -> None:
+        topic = settings.topics.name("checkpoints")
+        store = CheckpointStore(settings, topic)
+        producer = AIOKafkaProducer(**settings.aiokafka_config(), acks="all",
+                                    max_request_size=CHUNK_BYTES + 100_000)
+        await producer.start()
         try:
             for p in range(settings.partitions):
-                await store.save(p, 10**9, b"CMPART1\n written by another version")
+                if spoil == "incompatible":
+                    await store.save(p, 10**9, b"CMPART1\n written by another version")
+                else:  # the first chunk of a two-chunk write
+                    key, value = encode_chunks(p, 10**9, random.Random(p).randbytes(CHUNK_BYTES + 10))[0]
+                    await producer.send_and_wait(topic, key=key, value=value, partition=p)
         finally:
+            await producer.stop()
             await store.stop()
 
-    asyncio.run(spoil())
+    asyncio.run(spoil_checkpoints())
     second = WorkerProcess(worker_env(e, tmp_path, 1), tmp_path / "second.log")
     second.start()
     try:
-        wait_all([second], sent)  # counted again from the beginning of the input
+        wait_all([second], sent)
         patients, equity = final_state([second], settings)
         health = second.get("/health")
         summary = second.get("/summary")
+        wait_checkpointed(second)
     finally:
         second.stop()
     assert health["rebuilt"] == settings.partitions and health["restored"] == 0
@@ -264,3 +292,15 @@ def test_an_unreadable_checkpoint_is_rebuilt_from_the_input(env, tmp_path):
     assert patients == ref_patients
     assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
     assert_no_output_twice(settings)
+    assert read_records(settings, settings.topics.name("alerts"))  # published once, not lost
+
+    third = WorkerProcess(worker_env(e, tmp_path, 2), tmp_path / "third.log")
+    third.start()
+    try:
+        wait_all([third], sent)
+        patients, _ = final_state([third], settings)
+        health = third.get("/health")
+    finally:
+        third.stop()
+    assert health["restored"] == settings.partitions and health["rebuilt"] == 0
+    assert patients == ref_patients
