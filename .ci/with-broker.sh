@@ -8,6 +8,7 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   if ! $CLI kafka status >/dev/null 2>&1; then
     $CLI kafka up || exit 1
     started=1
+    export MONITOR_BROKER_STARTED=1  # nobody else uses it: the tests may clear old test topics
   fi
   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${MONITOR_LOCAL_KAFKA_PORT:-9092}
   export MONITOR_BROKER_IS_LOCAL=1

@@ -31,18 +31,32 @@ from monitor.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-#: Topics of test deployments (``env`` and the recovery tests' ``deployment``): ``t<hex>-<name>``,
-#: and faust's own topics of their apps (``monitor-<name>-<hex>-...``).
-TEST_TOPIC = re.compile(r"^(t[0-9a-f]{8,10}-|monitor-[a-z0-9]+-[0-9a-f]{8,10}-)")
+#: Topics of test deployments (``env`` and the recovery tests' ``deployment``): ``t<tag>-<name>``,
+#: and faust's own topics of their apps (``monitor-<name>-<tag>-...``); tags from :func:`new_tag`.
+TEST_TOPIC = re.compile(r"^(?:t([0-9a-f]{8,10})-|monitor-[a-z0-9]+-([0-9a-f]{8,10})-)")
+SESSION_TAGS: set[str] = set()
 
 
-def drop_test_topics(bootstrap: str) -> int:
-    """Delete every test deployment's topics (this session's and leftovers of interrupted ones)
-    from the project's own local broker: without this, a long-lived checkout's broker holds
+def new_tag(length: int = 10) -> str:
+    """A fresh deployment tag (topic prefix, app id), remembered for the clean-up."""
+    tag = uuid.uuid4().hex[:length]
+    SESSION_TAGS.add(tag)
+    return tag
+
+
+def drop_test_topics(bootstrap: str, *, leftovers: bool) -> int:
+    """Delete this session's test topics from the project's own local broker, and with
+    ``leftovers`` (the broker was started for this run, so no other run uses it) those of
+    earlier, interrupted sessions too: without this, a long-lived checkout's broker holds
     thousands of partitions and starts slower every run. Returns the number of topics deleted."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-cleanup")
     try:
-        names = sorted(t for t in admin.list_topics() if TEST_TOPIC.match(t))
+        names = []
+        for t in admin.list_topics():
+            m = TEST_TOPIC.match(t)
+            if m and (leftovers or (m.group(1) or m.group(2)) in SESSION_TAGS):
+                names.append(t)
+        names.sort()
         for i in range(0, len(names), 200):
             admin.delete_topics(names[i:i + 200], timeout_ms=60_000)
         return len(names)
@@ -55,15 +69,15 @@ def bootstrap() -> Iterator[str]:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         yield configured
-        if os.environ.get("MONITOR_BROKER_IS_LOCAL"):  # the local broker, started by .ci/with-broker.sh
-            drop_test_topics(configured)
+        if os.environ.get("MONITOR_BROKER_IS_LOCAL"):  # the local broker, via .ci/with-broker.sh
+            drop_test_topics(configured, leftovers=bool(os.environ.get("MONITOR_BROKER_STARTED")))
         return
     broker = local.LocalBroker(ROOT / ".kafka")
     started = not local.status(broker)["running"]
     local.up(broker)
     try:
         yield broker.bootstrap
-        drop_test_topics(broker.bootstrap)
+        drop_test_topics(broker.bootstrap, leftovers=started)
     finally:
         if started:
             local.down(broker)
@@ -78,7 +92,7 @@ def free_port() -> int:
 @pytest.fixture
 def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
     """Environment of one isolated monitor deployment (topics, app id, port, data dir)."""
-    tag = uuid.uuid4().hex[:10]
+    tag = new_tag()
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MONITOR_", "KAFKA_"))}
     e.update({
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,

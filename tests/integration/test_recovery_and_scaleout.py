@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from kafka import KafkaConsumer
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.checkpoints import CHUNK_BYTES, CheckpointStore, encode_chunks
 from monitor.simulate import SimConfig, publish
-from tests.integration.conftest import WorkerProcess, free_port, read_records, settings_from
+from tests.integration.conftest import WorkerProcess, free_port, new_tag, read_records, settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ CFG = SimConfig(patients=240, days=12, seed=21, end=END, invalid_rate=0.01)
 
 def deployment(env: dict[str, str], tmp: Path, name: str) -> dict[str, str]:
     """A separate deployment (own topics and consumer group) with the same settings."""
-    tag = uuid.uuid4().hex[:8]
+    tag = new_tag(8)
     e = dict(env)
     e.update({"MONITOR_TOPIC_PREFIX": f"t{tag}-", "MONITOR_APP_ID": f"monitor-{name}-{tag}",
               "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1",
