@@ -92,6 +92,11 @@ def free_port() -> int:
 @pytest.fixture
 def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
     """Environment of one isolated monitor deployment (topics, app id, port, data dir)."""
+    return deployment_env(bootstrap, tmp_path)
+
+
+def deployment_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
+    """:func:`env` for fixtures of a wider scope."""
     tag = new_tag()
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MONITOR_", "KAFKA_"))}
     e.update({

@@ -19,7 +19,14 @@ from kafka import KafkaConsumer
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.checkpoints import CHUNK_BYTES, CheckpointStore, encode_chunks
 from monitor.simulate import SimConfig, publish
-from tests.integration.conftest import WorkerProcess, free_port, new_tag, read_records, settings_from
+from tests.integration.conftest import (
+    WorkerProcess,
+    deployment_env,
+    free_port,
+    new_tag,
+    read_records,
+    settings_from,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -129,8 +136,17 @@ def assert_no_output_twice(settings) -> None:
         assert not twice, f"{topic} events emitted more than once (partition, offset, event): {twice}"
 
 
-def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path):
-    _, _, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "ref")
+@pytest.fixture(scope="module")
+def reference(bootstrap, tmp_path_factory) -> tuple[int, dict, dict]:
+    """One uninterrupted run of CFG shared by the tests that only compare with it: (messages
+    sent, per-patient state, equity snapshot)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    _, _, sent, patients, equity = uninterrupted_run(deployment_env(bootstrap, tmp), tmp, "ref")
+    return sent, patients, equity
+
+
+def test_sigkill_three_times_gives_the_uninterrupted_answer(env, tmp_path, reference):
+    sent, ref_patients, ref_equity = reference
 
     # the same input, killed with SIGKILL three times at random points
     crash_env = deployment(env, tmp_path, "crash")
@@ -204,12 +220,12 @@ def test_three_workers_give_the_same_answer_as_one(env, tmp_path):
     assert three_equity["groups"] == one_equity["groups"]
 
 
-def test_workers_joining_and_leaving_mid_stream_change_nothing(env, tmp_path):
+def test_workers_joining_and_leaving_mid_stream_change_nothing(env, tmp_path, reference):
     """Rebalances while outputs are in flight: a second worker joins a quarter of the way through
     the stream, the first leaves (graceful stop) half way; the survivor's answer equals the
     uninterrupted one and no flag or alert is emitted twice (outputs of revoked partitions are
     flushed before their next owner reads them back)."""
-    _, _, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "ref")
+    sent, ref_patients, ref_equity = reference
     e = deployment(env, tmp_path, "moves")
     settings = settings_from(e)
     ensure_topics(settings)
@@ -243,7 +259,7 @@ def wait_checkpointed(w: WorkerProcess, timeout_s: float = 60) -> None:
 
 
 @pytest.mark.parametrize("spoil", ["incompatible", "torn"])
-def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, spoil):
+def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, reference, spoil):
     """A checkpoint the worker cannot use does not stop it: the partition is rebuilt from its
     input up to the group's committed offsets, to the same answer, and no output is emitted twice.
     ``incompatible``: after a whole run, the newest checkpoint of every partition is undecodable
@@ -251,8 +267,10 @@ def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, spoil):
     write (nothing committed yet: the rebuild reads nothing, and the input is processed as usual,
     with its alerts and flags published). Either way the rebuilt partitions' checkpoints win the
     next restore."""
-    e, settings, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "rebuild")
-    if spoil == "torn":
+    if spoil == "incompatible":  # spoils the checkpoints of this very run
+        e, settings, sent, ref_patients, ref_equity = uninterrupted_run(env, tmp_path, "rebuild")
+    else:
+        sent, ref_patients, ref_equity = reference
         e = deployment(env, tmp_path, "torn")
         settings = settings_from(e)
         ensure_topics(settings)
