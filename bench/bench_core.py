@@ -61,40 +61,49 @@ _W = K.DEDUP_WAYS + 1
 def _touch_readings(patient, id_hash, r64, dedup):  # pragma: no cover - jitted
     n = patient.shape[0]
     words = r64.shape[1]
+    home = np.empty(n, np.int64)  # one hash per event, as the kernels do
+    for i in range(n):
+        home[i] = K._dedup_bucket(dedup, np.uint64(id_hash[i]))
     for i in range(n):
         f = i + K.PREFETCH_DISTANCE
         if f < n:
             K._prefetch(r64, np.int64(patient[f]) * words)
-            K._prefetch(dedup, K._dedup_bucket(dedup, np.uint64(id_hash[f])) * _W)
+            K._prefetch(dedup, home[f] * _W)
         r64[np.int64(patient[i]), 1] += 1
-        dedup[K._dedup_bucket(dedup, np.uint64(id_hash[i])), _W - 1] += np.uint64(1)
+        dedup[home[i], _W - 1] += np.uint64(1)
 
 
 @kernel
 def _touch_activities(patient, carer, id_hash, r64, pairs, dedup):  # pragma: no cover - jitted
     n = patient.shape[0]
     words = r64.shape[1]
+    pair_home = np.empty(n, np.int64)
+    dedup_home = np.empty(n, np.int64)
+    for i in range(n):
+        pair_home[i] = K._pair_home(pairs, K.pair_key(np.int64(patient[i]), np.int64(carer[i])))
+        dedup_home[i] = K._dedup_bucket(dedup, np.uint64(id_hash[i]))
     for i in range(n):
         f = i + K.PREFETCH_DISTANCE
         if f < n:
-            fp = np.int64(patient[f])
-            K._prefetch(r64, fp * words)
-            K._prefetch(pairs, K._pair_home(pairs, K.pair_key(fp, np.int64(carer[f]))))
-            K._prefetch(dedup, K._dedup_bucket(dedup, np.uint64(id_hash[f])) * _W)
-        p = np.int64(patient[i])
-        r64[p, 0] += 1
-        pairs[K._pair_home(pairs, K.pair_key(p, np.int64(carer[i])))].last_day += 1
-        dedup[K._dedup_bucket(dedup, np.uint64(id_hash[i])), _W - 1] += np.uint64(1)
+            K._prefetch(r64, np.int64(patient[f]) * words)
+            K._prefetch(pairs, pair_home[f])
+            K._prefetch(dedup, dedup_home[f] * _W)
+        r64[np.int64(patient[i]), 0] += 1
+        pairs[pair_home[i]].last_day += 1
+        dedup[dedup_home[i], _W - 1] += np.uint64(1)
 
 
 @kernel
 def _touch_links(patient, carer, links):  # pragma: no cover - jitted
     n = patient.shape[0]
+    home = np.empty(n, np.int64)
+    for i in range(n):
+        home[i] = K._pair_home(links, K.pair_key(np.int64(patient[i]), np.int64(carer[i])))
     for i in range(n):
         f = i + K.PREFETCH_DISTANCE
         if f < n:
-            K._prefetch(links, K._pair_home(links, K.pair_key(np.int64(patient[f]), np.int64(carer[f]))))
-        links[K._pair_home(links, K.pair_key(np.int64(patient[i]), np.int64(carer[i])))].link += 1
+            K._prefetch(links, home[f])
+        links[home[i]].link += 1
 
 
 @kernel
@@ -111,14 +120,16 @@ def _rmw_lines(first, second, table, k):  # pragma: no cover - jitted
                 K._prefetch(table, second[f] * 8)
         table[first[i] * k, 0] += np.uint64(1)
         if two:
-            table[second[i], 7] += np.uint64(1)
+            table[second[i], 0] += np.uint64(1)
 
 
 def line_costs(lines: int = 5_000_000, events: int = 10_000_000, repeats: int = 3) -> dict[str, float]:
     """ns per event of random read-modify-writes in a 320 MB table: one line, two independent lines,
     and two lines of one 128-byte block (is co-locating a patient's data worth it?)."""
     rng = np.random.default_rng(3)
-    table = np.ones((lines, 8), np.uint64)
+    raw = np.ones(lines * 8 + 16, np.uint64)
+    skip = (-raw.ctypes.data % 128) // 8  # rows on 64-byte lines, row pairs on 128-byte blocks
+    table = raw[skip:skip + lines * 8].reshape(lines, 8)
     one = rng.integers(0, lines, events)
     other = rng.integers(0, lines, events)
     blocks = rng.integers(0, lines // 2, events)
