@@ -293,17 +293,22 @@ def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, referen
             await producer.stop()
             await store.stop()
 
+    def run_worker(i: int) -> tuple[dict, dict, dict, dict]:
+        """A worker until it has every input and its checkpoints are written: (patients,
+        equity, /health, /summary)."""
+        w = WorkerProcess(worker_env(e, tmp_path, i), tmp_path / f"worker{i}.log")
+        w.start()
+        try:
+            wait_all([w], sent)
+            patients, equity = final_state([w], settings)
+            health, summary = w.get("/health"), w.get("/summary")
+            wait_checkpointed(w)
+        finally:
+            w.stop()
+        return patients, equity, health, summary
+
     asyncio.run(spoil_checkpoints())
-    second = WorkerProcess(worker_env(e, tmp_path, 1), tmp_path / "second.log")
-    second.start()
-    try:
-        wait_all([second], sent)
-        patients, equity = final_state([second], settings)
-        health = second.get("/health")
-        summary = second.get("/summary")
-        wait_checkpointed(second)
-    finally:
-        second.stop()
+    patients, equity, health, summary = run_worker(1)
     assert health["rebuilt"] == settings.partitions and health["restored"] == 0
     assert summary["inputs"] == sent
     assert patients == ref_patients
@@ -311,13 +316,6 @@ def test_an_unusable_checkpoint_is_rebuilt_from_the_input(env, tmp_path, referen
     assert_no_output_twice(settings)
     assert read_records(settings, settings.topics.name("alerts"))  # published once, not lost
 
-    third = WorkerProcess(worker_env(e, tmp_path, 2), tmp_path / "third.log")
-    third.start()
-    try:
-        wait_all([third], sent)
-        patients, _ = final_state([third], settings)
-        health = third.get("/health")
-    finally:
-        third.stop()
+    patients, _, health, _ = run_worker(2)  # restarted: the rebuilt partitions' checkpoints win
     assert health["restored"] == settings.partitions and health["rebuilt"] == 0
     assert patients == ref_patients
