@@ -188,29 +188,19 @@ class PartitionManager:
         self.dirty.discard(p)
 
     async def _restore(self, p: int) -> None:
-        """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be read
-        (corrupt, written by an incompatible version, or no complete one among the partition's
-        checkpoint records) is not fatal: the partition is rebuilt from its input topics
-        (everything retention kept, read directly up to the consumer group's committed offsets;
-        the group then goes on from there). Outputs already written are suppressed as after any restore."""
+        """Restore partition ``p`` from its newest checkpoint. A checkpoint that cannot be used
+        (no complete one among the partition's checkpoint records, or one that does not decode:
+        corrupt, or written by an incompatible version) is not fatal: the partition is rebuilt
+        from its input topics (everything retention kept, read directly up to the consumer
+        group's committed offsets; the group then goes on from there). Outputs already written
+        are suppressed as after any restore."""
         try:
-            loaded = await self.store.load(p)
+            state = await self._load(p)
         except CheckpointUnreadable as exc:
-            log.error("no complete checkpoint of partition %d (%s); rebuilding the partition from "
-                      "its input topics", p, exc)
-            loaded = None
-            state: PartitionState | None = await self._rebuild(p, exc.max_seq)
-        else:
-            state = None
-        if loaded is not None:
-            try:
-                state = PartitionState.restore(loaded[1])
-                self.restored += 1
-            except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
-                log.error("the checkpoint of partition %d is unreadable (%s: %s); rebuilding the "
-                          "partition from its input topics", p, type(exc).__name__, exc)
-                state = await self._rebuild(p, loaded[0])
-        if state is None:
+            log.error("the checkpoint of partition %d is unusable (%s); rebuilding the partition "
+                      "from its input topics", p, exc)
+            state = await self._rebuild(p, exc.max_seq)
+        if state is None:  # never checkpointed
             state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
         self.pipe.adopt(state)
         for kind in OUTPUTS:
@@ -220,6 +210,21 @@ class PartitionManager:
                     state.suppress.add(output_key(kind, json.loads(rec.value)))
                 except (TypeError, ValueError):
                     continue
+
+    async def _load(self, p: int) -> PartitionState | None:
+        """The state in partition ``p``'s newest checkpoint (None: never checkpointed). Raises
+        :class:`CheckpointUnreadable` when there is no complete checkpoint or it does not decode."""
+        loaded = await self.store.load(p)
+        if loaded is None:
+            return None
+        seq, data = loaded
+        try:
+            state = PartitionState.restore(data)
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
+            raise CheckpointUnreadable(f"checkpoint {seq} does not decode ({type(exc).__name__}: "
+                                       f"{exc})", seq) from exc
+        self.restored += 1
+        return state
 
     async def _rebuild(self, p: int, after_seq: int) -> PartitionState:
         """Partition ``p`` from the beginning of its input topics (patients, care links, carer
@@ -432,10 +437,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
 
     mgr.expected = expected
 
-    async def flush_outputs() -> None:
-        await app.producer.flush()
-
-    mgr.flush_outputs = flush_outputs
+    mgr.flush_outputs = lambda: app.producer.flush()
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
     app.batch_handler = ingest
