@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from kafka import KafkaConsumer
 
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.checkpoints import CHUNK_BYTES, CheckpointStore, encode_chunks
@@ -53,12 +52,7 @@ def worker_env(env: dict[str, str], tmp: Path, i: int) -> dict[str, str]:
 
 
 def read_all(settings, topic: str) -> list[dict]:
-    consumer = KafkaConsumer(topic, **settings.kafka_python_config(), auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=3000)
-    try:
-        return [json.loads(r.value) for r in consumer]
-    finally:
-        consumer.close()
+    return [json.loads(r.value) for r in read_records(settings, topic)]
 
 
 def total_inputs(workers: list[WorkerProcess]) -> int:
@@ -105,6 +99,14 @@ def final_state(workers: list[WorkerProcess], settings) -> tuple[dict, dict]:
     raise AssertionError("the state did not settle")
 
 
+def wait_checkpointed(w: WorkerProcess, timeout_s: float = 60) -> None:
+    """Until every partition is checkpointed (its input acknowledged)."""
+    deadline = time.monotonic() + timeout_s
+    while w.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not w.get("/health")["dirty_partitions"], "not every partition was checkpointed"
+
+
 def uninterrupted_run(env: dict[str, str], tmp: Path,
                       name: str) -> tuple[dict[str, str], Any, int, dict, dict]:
     """A new deployment, CFG published and processed by one worker until every partition is
@@ -117,9 +119,7 @@ def uninterrupted_run(env: dict[str, str], tmp: Path,
     w.start()
     try:
         wait_all([w], sent)
-        deadline = time.monotonic() + 60
-        while w.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
-            time.sleep(0.2)  # every partition checkpointed: its input acknowledged
+        wait_checkpointed(w)
         patients, equity = final_state([w], settings)
     finally:
         w.stop()
@@ -249,13 +249,6 @@ def test_workers_joining_and_leaving_mid_stream_change_nothing(env, tmp_path, re
     assert patients == ref_patients
     assert equity["equity"] == ref_equity["equity"] and equity["groups"] == ref_equity["groups"]
     assert_no_output_twice(settings)
-
-
-def wait_checkpointed(w: WorkerProcess, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while w.get("/health")["dirty_partitions"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not w.get("/health")["dirty_partitions"], "not every partition was checkpointed"
 
 
 @pytest.mark.parametrize("spoil", ["incompatible", "torn"])
