@@ -23,6 +23,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -161,16 +162,8 @@ def touch_lines(state: SupportState, batches: list[EventBatch]) -> None:
 
 def timed_ceiling(n_p: int, n_e: int, batches: list[EventBatch], repeats: int) -> float:
     """Best wall seconds of :func:`touch_lines` over ``batches`` on a fresh state."""
-    best = math.inf
     touch_lines(fresh_state(1000, 1000), make_batches(1000, 1000, 1000))  # compile
-    for _ in range(repeats):
-        gc.collect()
-        state = fresh_state(n_p, n_e)
-        t0 = time.perf_counter()
-        touch_lines(state, batches)
-        best = min(best, time.perf_counter() - t0)
-        del state
-    return best
+    return timed_apply(n_p, n_e, batches, repeats, run=touch_lines)[1]
 
 
 def make_batches(n_patients: int, n_events: int, batch: int, seed: int = 1) -> list[EventBatch]:
@@ -261,9 +254,16 @@ def fresh_state(n_p: int, n_e: int) -> SupportState:
     return state
 
 
-def timed_apply(n_p: int, n_e: int, batches: list[EventBatch], repeats: int
+def apply_all(state: SupportState, batches: list[EventBatch]) -> None:
+    for b in batches:
+        state.apply(b)
+
+
+def timed_apply(n_p: int, n_e: int, batches: list[EventBatch], repeats: int,
+                run: Callable[[SupportState, list[EventBatch]], None] = apply_all
                 ) -> tuple[SupportState, float, float]:
-    """Apply the batches to a fresh state ``repeats`` times; (last state, best wall s, best CPU s)."""
+    """``run`` the batches (default: apply them) on a fresh state ``repeats`` times; (last state,
+    best wall s, best CPU s)."""
     best_wall = best_cpu = math.inf
     state = None
     for _ in range(repeats):
@@ -271,8 +271,7 @@ def timed_apply(n_p: int, n_e: int, batches: list[EventBatch], repeats: int
         gc.collect()
         state = fresh_state(n_p, n_e)
         w0, c0 = time.perf_counter(), time.thread_time()
-        for b in batches:
-            state.apply(b)
+        run(state, batches)
         best_wall = min(best_wall, time.perf_counter() - w0)
         best_cpu = min(best_cpu, time.thread_time() - c0)
     assert state is not None
