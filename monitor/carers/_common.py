@@ -22,7 +22,7 @@ from monitor.errors import MonitorError
 __all__ = [
     "CarersInputError",
     "SnapshotError",
-    "activity_hash",
+    "activity_key",
     "day_of_instant",
     "decode_hashes",
     "encode_hashes",
@@ -76,9 +76,20 @@ def parse_week(label: str) -> int:
     return (monday.toordinal() - 1) // 7
 
 
-def activity_hash(activity_id: str) -> int:
-    """The 64-bit hash of an activity id (the same as the support core's duplicate table)."""
-    return id_hash("a", activity_id)
+def activity_key(patient_id: str, activity_id: str) -> int:
+    """The 64-bit de-duplication key of a carer activity: an activity id is unique *per
+    patient*, so two patients' activities with the same ``activity_id`` are different
+    activities (the support core's rule, :func:`monitor.core.support.dedup_key`).
+
+    ``id_hash("pa", f"{len(patient_id)}:{patient_id}:{activity_id}")`` (BLAKE2b-64, non-zero):
+    the length prefix makes the encoding of the pair injective (``("p1", "2:x")`` and
+    ``("p1:2", "x")`` are different strings), so two different (patient, activity) pairs
+    collide only if their 64-bit hashes do, probability 2**-64 per pair. With ``n`` activities
+    in one id set (a ledger week or a fragility day of one partition) the birthday bound gives
+    ``P(any false duplicate) ~= n**2 / 2**65``: 1.1e-5 for n = 20 million, 2.7e-8 for one
+    million; a false duplicate drops that one activity.
+    """
+    return id_hash("pa", f"{len(patient_id)}:{patient_id}:{activity_id}")
 
 
 def encode_hashes(hashes: Iterable[int]) -> str:

@@ -19,8 +19,10 @@ Definitions (UTC days; "as of" an instant uses its UTC day ``D``, as in :mod:`mo
 
 Idempotence, order independence, retention
 ------------------------------------------
-Minutes are summed per (patient, day, carer) in integer milliseconds and an ``activity_id``
-counts once per day (a set of 64-bit id hashes per retained day, as in the support core).
+Minutes are summed per (patient, day, carer) in integer milliseconds and an activity counts
+once per (patient, ``activity_id``) and day (a set of 64-bit keys per retained day,
+:func:`monitor.carers._common.activity_key`; an activity id is unique per patient, as in the
+support core).
 Only the ``window_days`` days up to the watermark day (the latest UTC day of any applied activity
 or link) are kept: older cells and id sets are dropped as the watermark advances, and an older
 activity is ignored (``too_old``), so the retained state is the same whatever the arrival order.
@@ -39,7 +41,7 @@ from typing import Any
 
 from monitor.carers._common import (
     CarersInputError,
-    activity_hash,
+    activity_key,
     day_of_instant,
     decode_hashes,
     encode_hashes,
@@ -63,7 +65,7 @@ PATIENT_FLAGS: tuple[str, ...] = (NETWORK_LOST, SINGLE_POINT_OF_FAILURE)
 """The patient flags this module raises, sorted."""
 
 _MAGIC = b"CMCARERFRAGILITY"
-_VERSION = 1
+_VERSION = 2  # 2: the id sets hold activity_key(patient, id); version 1 held id hashes alone
 
 # a cell: [milliseconds, activity count]; count, not ms > 0, tells an active carer (a tiny
 # duration can round to 0 ms)
@@ -128,7 +130,7 @@ class FragilityState:
                 counts["too_old"] += 1
                 continue
             ids = self._ids.setdefault(day, set())
-            h = activity_hash(act.activity_id)
+            h = activity_key(act.patient_id, act.activity_id)
             if h in ids:
                 counts["duplicates"] += 1
                 continue

@@ -17,10 +17,13 @@ Definitions
 
 Idempotence, order independence, retention
 ------------------------------------------
-An ``activity_id`` counts at most once: each retained week keeps the set of 64-bit hashes of the
-ids applied to it (the support core's hash, ``blake2b("a:" + id)``; the only inexactness is a
-collision between two different ids in one week, ~n/2**64). The first delivery of an id wins;
-two *different* activities sharing an id are a producer error. Only the ``retention_weeks``
+An activity counts at most once per (patient, ``activity_id``) - an activity id is unique per
+patient, as in the support core, so two patients' activities with the same id both count: each
+retained week keeps the set of 64-bit keys (:func:`monitor.carers._common.activity_key`) of the
+activities applied to it; the only inexactness is a collision between two different (patient,
+id) pairs in one week, P ~= n**2 / 2**65 for n activities (1.1e-5 for 20 million). The first
+delivery wins; two *different* activities of one patient sharing an id are a producer error.
+Only the ``retention_weeks``
 (default 8) most recent weeks up to the watermark week (the ISO week of the latest ``started_at``
 applied) are kept; when the watermark advances, older weeks are dropped with their id sets, and
 an activity of a week older than that horizon is ignored (counted as ``too_old``). The retained
@@ -53,7 +56,7 @@ from typing import Any
 from monitor.carers._common import (
     MS_PER_MINUTE,
     CarersInputError,
-    activity_hash,
+    activity_key,
     day_of_instant,
     decode_hashes,
     encode_hashes,
@@ -93,7 +96,7 @@ ROW_FIELDS: tuple[str, ...] = (
 """Keys of a ledger row, in CSV column order."""
 
 _MAGIC = b"CMCARERLEDGER"
-_VERSION = 1
+_VERSION = 2  # 2: the id sets hold activity_key(patient, id); version 1 held id hashes alone
 
 
 def week_of(t: datetime) -> str:
@@ -209,7 +212,7 @@ class CarerLedger:
                 counts["too_old"] += 1
                 continue
             ids = self._ids.setdefault(wk, set())
-            h = activity_hash(act.activity_id)
+            h = activity_key(act.patient_id, act.activity_id)
             if h in ids:
                 counts["duplicates"] += 1
                 continue

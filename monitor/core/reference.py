@@ -5,8 +5,9 @@ definitions of :mod:`monitor.core.state` literally, so it is slow and obviously 
 the same :class:`~monitor.core.state.EventBatch` input as the numba state and returns, per patient
 slot, the same values as :meth:`monitor.core.state.Evaluation.patient` plus the raw integers.
 
-Duplicates are recognised by the event-id hash (first delivery wins), care links by their full
-content (a set), registry upserts by the larger ``version``.
+Duplicates are recognised exactly by (patient slot, kind, event-id hash) - an activity by
+(patient, id), a reading by (patient, reading kind, id) - the first delivery wins; care links by
+their full content (a set), registry upserts by the larger ``version``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class ReferenceSupport:
 
     def __init__(self, config: SupportConfig | None = None) -> None:
         self.config = config or SupportConfig()
-        self.activities: dict[int, tuple[int, int, int, int]] = {}  # hash -> (p, c, t, ms)
-        self.readings: dict[int, tuple[int, int]] = {}  # hash -> (p, t)
+        # (p, id hash) -> (p, c, t, ms)
+        self.activities: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self.readings: dict[tuple[int, int, int], tuple[int, int]] = {}  # (p, kind, hash) -> (p, t)
         self.links: set[tuple[int, int, int, int]] = set()  # (p, c, t, action)
         self.registry: dict[int, PatientRecord] = {}
         self.contact_times: dict[int, list[int]] = defaultdict(list)  # incl. re-deliveries
@@ -44,7 +46,7 @@ class ReferenceSupport:
         self.watermark_s: int | None = None
 
     def apply(self, batch: EventBatch) -> None:
-        """Record every event of the batch (the first delivery of an id wins)."""
+        """Record every event of the batch (the first delivery of a (patient, kind, id) wins)."""
         for rec in batch.patients:
             self.patients_seen.add(rec.patient_slot)
             old = self.registry.get(rec.patient_slot)
@@ -59,8 +61,8 @@ class ReferenceSupport:
             self.patients_seen.add(p)
             self.contact_times[p].append(t)
             times.append(t)
-            if h not in self.activities:
-                self.activities[h] = (p, c, t, minutes_to_ms(m))
+            if (p, h) not in self.activities:
+                self.activities[(p, h)] = (p, c, t, minutes_to_ms(m))
         for p, c, t, a in zip(
             batch.link_patient.tolist(), batch.link_carer.tolist(), batch.link_t.tolist(),
             batch.link_action.tolist(), strict=True,
@@ -68,15 +70,15 @@ class ReferenceSupport:
             self.patients_seen.add(p)
             self.links.add((p, c, t, a))
             times.append(t)
-        for p, t, h in zip(
-            batch.reading_patient.tolist(), batch.reading_t.tolist(),
-            batch.reading_id_hash.tolist(), strict=True,
+        for p, k, t, h in zip(
+            batch.reading_patient.tolist(), batch.reading_kind.tolist(),
+            batch.reading_t.tolist(), batch.reading_id_hash.tolist(), strict=True,
         ):
             self.patients_seen.add(p)
             self.reading_times[p].append(t)
             times.append(t)
-            if h not in self.readings:
-                self.readings[h] = (p, t)
+            if (p, k, h) not in self.readings:
+                self.readings[(p, k, h)] = (p, t)
         if times:
             t_max = max(times)
             if self.watermark_s is None or t_max > self.watermark_s:

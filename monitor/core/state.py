@@ -30,18 +30,25 @@ Idempotence and order independence
 ----------------------------------
 Re-deliveries are harmless by construction: maxima (last contact/reading, per-pair last contact
 day), bit-or (a contact-day bit per day of the coverage window) and "latest link wins" are
-idempotent and commutative. The only sums (care minutes and readings per day, kept in a ring of day cells per
-patient) admit an event id at most once through an **exact duplicate table**: an open-addressing
-hash set of 64-bit event-id hashes (blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``),
-holding only events of the last ``coverage_days`` days before the watermark day. Older events
-cannot appear in any window that can still be evaluated (``evaluate`` refuses an as-of day before
-the watermark day), so their sums are skipped and their ids purged; its size is bounded by the
-number of events in one coverage window (buckets of 7 ids + their ``day mod 256`` tags in one
-64-byte line, 9.1 bytes per id slot, at most 70 % full, rebuilt with 50 % headroom: ~13-20 bytes
-per event). The only inexactness is a 64-bit
-hash collision between two *different* ids inside one window (probability ~ n / 2**64 per
-event, ~1e-12 for 20 million events a week). The first delivery of an id wins; two different
-events sharing an id are a producer error. Care links need no table (idempotent). Patient
+idempotent and commutative. The only sums (care minutes and readings per day, kept in a ring of
+day cells per patient) admit an event at most once through an **exact duplicate table**: an
+open-addressing hash set of 64-bit event keys, holding only events of the last ``coverage_days``
+days before the watermark day. A duplicate is the same **(patient, kind, id)**: a carer activity
+id is unique per patient, a reading id per patient and reading kind, so two patients' events
+with the same id both count. The key (:func:`monitor.core.support.dedup_key`) is the id hash
+(blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``, :func:`id_hash`) XOR the splitmix64
+mix of an injective (patient slot, kind) tag. Older events cannot appear in any window that
+can still be evaluated (``evaluate`` refuses an as-of day before the watermark day), so their
+sums are skipped and their keys purged; the table's size is bounded by the number of events in
+one coverage window (buckets of 7 keys + their ``day mod 256`` tags in one 64-byte line, 9.1
+bytes per key slot, at most 70 % full, rebuilt with 50 % headroom: ~13-20 bytes per event). The
+only inexactness is a 64-bit collision between the keys of two *different* (patient, kind, id)
+inside one window: the same id of two patients or kinds never collides (the mix is a
+bijection), two different ids collide with probability 2**-64 per pair, so with n events in a
+window P(any false duplicate) ~= n**2 / 2**65: ~1.1e-5 per window for n = 20 million (~1.1e-12
+for any one event, n / 2**64). The first delivery of a (patient, kind, id) wins; two different
+events sharing one are a producer error. Care links need no table (idempotent; their table is
+keyed by the (patient, carer) pair, so per patient already). Patient
 registry upserts are resolved by ``(registered_at, content hash)`` (the larger wins), so they are
 order independent too.
 
@@ -134,7 +141,10 @@ UNKNOWN_GROUP = "unknown"
 """Group of a patient seen in events but never registered (excluded from equity measures)."""
 
 SNAPSHOT_MAGIC = b"CMSUPPORT"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
+"""4: duplicate-table keys bind the id to its patient and kind (:func:`monitor.core.support.
+dedup_key`); the keys of version 3 were the bare id hashes, so a version 3 snapshot is refused
+(:class:`SnapshotError`) and the partition is rebuilt from its input."""
 MICRO = 1_000_000
 
 
@@ -172,7 +182,10 @@ def minutes_to_ms(minutes: float) -> int:
 
 
 def id_hash(prefix: str, identifier: str) -> int:
-    """Stable non-zero 64-bit hash of an event id (blake2b; same in every process)."""
+    """Stable non-zero 64-bit hash of an event id (blake2b; same in every process).
+
+    The duplicate table does not key on it alone: :func:`monitor.core.support.dedup_key` binds
+    it to the event's patient and kind (collision probability stated there)."""
     digest = hashlib.blake2b(f"{prefix}:{identifier}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
 
@@ -220,7 +233,7 @@ class SupportConfig:
     @property
     def ring_days(self) -> int:
         """The smallest power of two >= ``coverage_days`` (the ring size of snapshot version 2;
-        the records of version 3 have exactly ``coverage_days`` cells)."""
+        the records of versions 3 and later have exactly ``coverage_days`` cells)."""
         return 1 << (self.coverage_days - 1).bit_length()
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,10 +279,12 @@ class EventBatch:
 
     Activities: ``activity_patient`` / ``activity_carer`` (int32 slots), ``activity_start_s``
     (int64 epoch seconds UTC), ``activity_minutes`` (float64, 0 < m <= 1440),
-    ``activity_id_hash`` (uint64, non-zero, see :func:`id_hash`). Care links: ``link_patient``,
+    ``activity_id_hash`` (uint64, non-zero, ``id_hash("a", activity_id)``; duplicates are the
+    same (patient, id), see :func:`monitor.core.support.dedup_key`). Care links: ``link_patient``,
     ``link_carer``, ``link_t`` (effective_at, epoch seconds), ``link_action`` (int8 +1 join,
     -1 leave). Readings: ``reading_patient``, ``reading_kind`` (int8 code in
-    :data:`READING_KINDS`), ``reading_t`` (measured_at), ``reading_id_hash``. ``patients``:
+    :data:`READING_KINDS`, -1 unknown), ``reading_t`` (measured_at), ``reading_id_hash``
+    (``id_hash("r", reading_id)``; duplicates are the same (patient, kind, id)). ``patients``:
     registry upserts. ``skipped_after_until``: events left out by :func:`batch_from_documents`
     because they fall after its ``until`` day.
     """
@@ -1033,7 +1048,8 @@ class SupportState:
         if batch.n_readings:
             self._ensure_dedup(batch.n_readings)
             new_dedup, d, s = _k.apply_readings(
-                batch.reading_patient, batch.reading_t, batch.reading_id_hash, min_day, cov,
+                batch.reading_patient, batch.reading_kind, batch.reading_t, batch.reading_id_hash,
+                min_day, cov,
                 r64, r16, r8, a["hi"], a["dedup"])
             self._dedup_count += int(new_dedup)
             dup += int(d)

@@ -15,16 +15,16 @@ Durations
     of how patients are split across workers.
 Sentinels
     :data:`NO_DAY` (int32 min) marks "no day", :data:`NO_TIME` (int64 min) "no time"; a hash-table
-    key of 0 marks an empty slot (event-id hashes are never 0).
+    key of 0 marks an empty slot (event keys, :func:`dedup_key`, are never 0).
 
 Order independence
     Every update is commutative and idempotent, or guarded by the exact duplicate table:
     ``max`` (last contact, last reading, pair last-contact day), bit-or (contact-day bits),
     "latest wins" with a total order (care links), and integer sums whose terms are admitted at
-    most once per event id. A day ring holds the ``coverage_days`` days up to its head (the day
-    of the last contact / reading); a day that leaves the ring when the head advances is outside
-    every window that can still be evaluated (an admitted event is on a day >= watermark day -
-    coverage_days + 1, and a head is never after the watermark day).
+    most once per (patient, kind, event id). A day ring holds the ``coverage_days`` days up to
+    its head (the day of the last contact / reading); a day that leaves the ring when the head
+    advances is outside every window that can still be evaluated (an admitted event is on a day
+    >= watermark day - coverage_days + 1, and a head is never after the watermark day).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def record_layout(coverage_days: int) -> dict[str, int]:
 
 DEDUP_WAYS = 7
 """Keys per duplicate-table bucket: a bucket is one 64-byte line of 8 ``uint64`` words, words
-0..6 the event-id hashes (0 = empty, filled in order), word 7 their ``day mod 256`` tags (byte k
+0..6 the event keys (:func:`dedup_key`; 0 = empty, filled in order), word 7 their ``day mod 256`` tags (byte k
 = tag of key k). Probing is linear over buckets (any bucket count, see :func:`_dedup_bucket`),
 so a lookup touches one line almost always."""
 
@@ -168,6 +168,42 @@ def pair_key(patient: np.int64, carer: np.int64) -> np.uint64:  # pragma: no cov
     return (np.uint64(patient + 1) << np.uint64(32)) | np.uint64(carer)
 
 
+DEDUP_ACTIVITY = 0x100
+"""The kind field of an activity's duplicate-table tag (bit 8): above every reading kind byte
+(``kind & 0xFF``, 0..255), so an activity and a reading never share a tag."""
+
+
+@kernel
+def dedup_key(id_hash: np.uint64, patient: np.int64, kind: np.int64) -> np.uint64:  # pragma: no cover
+    """The duplicate-table key of an event: its id hash bound to its patient slot and kind.
+
+    A duplicate is the same (patient, kind, id): a reading is ``(patient, reading kind code,
+    id_hash("r", reading_id))``, a carer activity ``(patient, DEDUP_ACTIVITY, id_hash("a",
+    activity_id))`` - an activity id is unique per patient, a reading id per patient and kind.
+    The key is ``id_hash ^ mix64(tag)`` with the injective tag ``(patient + 1) << 9 | kind``
+    (``kind`` = :data:`DEDUP_ACTIVITY` or a reading kind code ``& 0xFF``; slots < 2**31, so the
+    tag fits in 41 bits); a key 0 (the empty slot) becomes 1.
+
+    The patient *slot* (not a hash of its id) is safe here: the table lives and is snapshotted
+    with the slot map of its :class:`~monitor.core.state.SupportState` (slots are append-only
+    and restored as they were; a rebuild from input builds a new table with its own slots), as
+    the pair and link tables keyed by slots already require. It costs no memory access: one
+    splitmix64 of the tag, a few ns, next to the ~20 ns cache misses the kernels wait for.
+
+    Collisions: the same id for two different (patient, kind) never collides (``mix64`` is a
+    bijection, so different tags give different keys; the 0 -> 1 remap aside, probability
+    2**-64). Two different ids collide with probability 2**-64 per pair (BLAKE2b-64 of distinct
+    strings modelled as independent uniform values), whatever their tags. With ``n`` events
+    (activities and readings together) in one duplicate window (``coverage_days`` days), the
+    birthday bound gives ``P(any false duplicate) ~= n**2 / 2**65``: for n = 20 million,
+    4e14 / 3.7e19 ~= 1.1e-5 per window (~1.1e-12 for any one event, n / 2**64); a false
+    duplicate drops that one event from the sums.
+    """
+    tag = (np.uint64(patient + 1) << np.uint64(9)) | (np.uint64(kind) & np.uint64(0x1FF))
+    k = np.uint64(id_hash) ^ mix64(tag)
+    return k if k != np.uint64(0) else np.uint64(1)
+
+
 @kernel
 def _pair_slot(table: np.ndarray, i: np.int64, key: np.uint64) -> tuple[int, bool]:  # pragma: no cover
     """Find or insert ``key`` in a pair or link table (buckets of :data:`PAIR_WAYS` slots, a
@@ -197,7 +233,8 @@ def _pair_home(table: np.ndarray, key: np.uint64) -> int:  # pragma: no cover - 
 
 @kernel
 def _dedup_bucket(dedup: np.ndarray, h: np.uint64) -> int:  # pragma: no cover - jitted
-    """The home bucket of event-id hash ``h``: the high 32 bits of its mix scaled to the bucket
+    """The home bucket of event key ``h`` (:func:`dedup_key`): the high 32 bits of its mix scaled
+    to the bucket
     count (multiply-shift, so the table need not be a power of two)."""
     return np.int64(((mix64(h) >> np.uint64(32)) * np.uint64(dedup.shape[0])) >> np.uint64(32))
 
@@ -205,7 +242,7 @@ def _dedup_bucket(dedup: np.ndarray, h: np.uint64) -> int:  # pragma: no cover -
 @kernel
 def _dedup_insert(dedup: np.ndarray, b: np.int64, h: np.uint64, day: np.int64
                   ) -> bool:  # pragma: no cover - jitted
-    """Insert event-id hash ``h`` seen on ``day`` (tag ``day mod 256``) from its home bucket
+    """Insert event key ``h`` (:func:`dedup_key`) seen on ``day`` (tag ``day mod 256``) from its home bucket
     ``b`` (see :func:`_dedup_bucket`); False if present.
 
     Buckets fill their key words in order and entries are never deleted one by one (a purge
@@ -382,13 +419,13 @@ def apply_activities(
     :func:`record_layout`), ``hi`` the high parts of their ring cells. Idempotent parts (pair
     last-contact day, contact-day bit, last contact time) are applied to every event. Care
     minutes are added only for events on a day ``>= min_sum_day`` (the oldest day any future
-    evaluation can still sum) whose id hash is new to the duplicate table; ``duplicates`` counts
-    re-deliveries found there, ``stale`` events older than ``min_sum_day`` (their minutes can no
-    longer appear in any window).
+    evaluation can still sum) whose (patient, activity id) is new to the duplicate table (key
+    :func:`dedup_key`); ``duplicates`` counts re-deliveries found there, ``stale`` events older
+    than ``min_sum_day`` (their minutes can no longer appear in any window).
 
-    Two passes: the first computes every event's pair and duplicate-table home bucket (one hash
-    each), the second prefetches the lines of the event :data:`PREFETCH_DISTANCE` ahead and
-    applies the events.
+    Two passes: the first computes every event's pair and duplicate-table key and home bucket
+    (one hash each, plus the tag mix of the key), the second prefetches the lines of the event
+    :data:`PREFETCH_DISTANCE` ahead and applies the events.
     """
     new_pairs = 0
     new_dedup = 0
@@ -400,9 +437,12 @@ def apply_activities(
     flags = bits + (cov + 7) // 8
     pair_home = np.empty(n, np.int64)
     dedup_home = np.empty(n, np.int64)
+    keys = np.empty(n, np.uint64)
     for i in range(n):
-        pair_home[i] = _pair_home(pairs, pair_key(np.int64(patient[i]), np.int64(carer[i])))
-        dedup_home[i] = _dedup_bucket(dedup, np.uint64(id_hash[i]))
+        p = np.int64(patient[i])
+        pair_home[i] = _pair_home(pairs, pair_key(p, np.int64(carer[i])))
+        keys[i] = dedup_key(np.uint64(id_hash[i]), p, np.int64(DEDUP_ACTIVITY))
+        dedup_home[i] = _dedup_bucket(dedup, keys[i])
     mul, shift = _mod_magic(cov)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
@@ -437,7 +477,7 @@ def apply_activities(
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_insert(dedup, dedup_home[i], np.uint64(id_hash[i]), day):
+        if not _dedup_insert(dedup, dedup_home[i], keys[i], day):
             duplicates += 1
             continue
         new_dedup += 1
@@ -483,14 +523,16 @@ def apply_links(
 
 @kernel
 def apply_readings(
-    patient: np.ndarray, t_s: np.ndarray, id_hash: np.ndarray, min_sum_day: np.int64,
+    patient: np.ndarray, kind: np.ndarray, t_s: np.ndarray, id_hash: np.ndarray,
+    min_sum_day: np.int64,
     cov: np.int64, r64: np.ndarray, r16: np.ndarray, r8: np.ndarray, hi: np.ndarray,
     dedup: np.ndarray,
 ) -> tuple[int, int, int]:  # pragma: no cover - jitted
     """Apply self-monitoring readings; returns (new dedup entries, duplicates, stale).
 
     Same rules and passes as :func:`apply_activities`: the last reading time is a max over every
-    event, the daily count admits each reading id at most once and only from ``min_sum_day`` on.
+    event, the daily count admits each (patient, kind, reading id) at most once (``kind``: the
+    int8 kind codes, key :func:`dedup_key`) and only from ``min_sum_day`` on.
     """
     new_dedup = 0
     duplicates = 0
@@ -500,8 +542,12 @@ def apply_readings(
     base = 8 + 2 * cov
     flags = 16 + 6 * cov + (cov + 7) // 8
     dedup_home = np.empty(n, np.int64)
+    keys = np.empty(n, np.uint64)
     for i in range(n):
-        dedup_home[i] = _dedup_bucket(dedup, np.uint64(id_hash[i]))
+        # & 0xFF: the kind byte of the tag (an unknown kind, code -1, is 255)
+        keys[i] = dedup_key(np.uint64(id_hash[i]), np.int64(patient[i]),
+                            np.int64(kind[i]) & 0xFF)
+        dedup_home[i] = _dedup_bucket(dedup, keys[i])
     mul, shift = _mod_magic(cov)
     for i in range(n):
         f = i + PREFETCH_DISTANCE
@@ -526,7 +572,7 @@ def apply_readings(
         if day < min_sum_day:
             stale += 1
             continue
-        if not _dedup_insert(dedup, dedup_home[i], np.uint64(id_hash[i]), day):
+        if not _dedup_insert(dedup, dedup_home[i], keys[i], day):
             duplicates += 1
             continue
         new_dedup += 1

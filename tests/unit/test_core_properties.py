@@ -89,6 +89,57 @@ def to_doc(ev: tuple[Any, ...]) -> Any:
                    registered_at=None if reg_day is None else _at(reg_day, 0))
 
 
+# Ids from a tiny alphabet shared by every patient and kind, so that two patients (or two kinds
+# of one patient) reuse an id in almost every example: a duplicate is the same (patient, kind,
+# id), so the content of an event is a function of that triple (a re-delivery has the same
+# content) and events that only share the id are different events.
+SHARED_KINDS = [("glucose", "mmol/L", 5.0), ("heart_rate", "/min", 70.0), ("spo2", "%", 97.0)]
+shared_activity = st.tuples(st.just("activity"), st.integers(0, 5), st.integers(0, 2))
+shared_reading = st.tuples(st.just("reading"), st.integers(0, 5), st.integers(0, 2),
+                           st.integers(0, 2))
+shared_events = st.lists(st.one_of(shared_activity, shared_reading, link, patient), min_size=1,
+                         max_size=60)
+
+
+def shared_doc(ev: tuple[Any, ...]) -> Any:
+    """A shared-id tuple -> a contract document (links and patients as :func:`to_doc`)."""
+    if ev[0] == "activity":
+        _, p, ident = ev
+        rng = random.Random(f"a/{p}/{ident}")  # content = f(patient, id)
+        return CarerActivity(
+            activity_id=str(ident), patient_id=PATIENTS[p], carer_id=CARERS[rng.randrange(4)],
+            kind="visit", started_at=_at(rng.randrange(10), rng.randrange(86400)),
+            duration_minutes=rng.choice([0.5, 1.0, 15.0, 30.25, 600.0, 1440.0]))
+    if ev[0] == "reading":
+        _, p, kind, ident = ev
+        rng = random.Random(f"r/{p}/{kind}/{ident}")  # content = f(patient, kind, id)
+        name, unit, value = SHARED_KINDS[kind]
+        return Reading(reading_id=str(ident), patient_id=PATIENTS[p], device_id="d1",
+                       kind=name, value=value, unit=unit,
+                       measured_at=_at(rng.randrange(10), rng.randrange(86400)))
+    return to_doc(ev)
+
+
+def distinct_sums(docs: list[Any], as_of_s: int, coverage_days: int = 7) -> dict[str, tuple[int, int]]:
+    """The oracle of the sums, independent of any hash: per patient id, (care ms, readings) of
+    the distinct (patient, "activity", id) / (patient, kind, id) in the coverage window."""
+    today = as_of_s // 86400
+    seen: dict[tuple[str, str, str], Any] = {}
+    for d in docs:
+        if isinstance(d, CarerActivity):
+            seen.setdefault((d.patient_id, "activity", d.activity_id), d)
+        elif isinstance(d, Reading):
+            seen.setdefault((d.patient_id, str(d.kind.value), d.reading_id), d)
+    out: dict[str, tuple[int, int]] = {}
+    for (pid, kind, _), d in seen.items():
+        t = d.started_at if kind == "activity" else d.measured_at
+        if not 0 <= today - int(t.timestamp()) // 86400 < coverage_days:
+            continue
+        ms, n = out.get(pid, (0, 0))
+        out[pid] = (ms + round(d.duration_minutes * 60_000), n) if kind == "activity" else (ms, n + 1)
+    return out
+
+
 def run_core(docs: list[Any], splits: list[int], config: SupportConfig | None = None) -> SupportState:
     state = SupportState(config)
     start = 0
@@ -137,6 +188,43 @@ def test_numba_core_equals_reference(evs, splits, extra_days, extra_s):
         assert (None if last_c < -(2**62) else last_c) == want["last_contact_s"]
     summary = state.partial_summary(ev)
     assert {d: dict(g) for d, g in summary.groups.items()} == ref.group_counts(as_of)
+
+
+@SETTINGS
+@given(shared_events, st.randoms(use_true_random=False), st.lists(st.integers(0, 60), max_size=4),
+       st.integers(0, 3), st.integers(0, 86399))
+def test_shared_ids_numba_core_equals_reference_and_counts_per_patient_and_kind(
+        evs, rnd, splits, extra_days, extra_s):
+    """Ids reused across patients and kinds, re-delivered at random places and batch splits:
+    numba == reference on every metric, and both count each distinct (patient, kind, id) once."""
+    docs = [shared_doc(e) for e in evs]
+    docs += rnd.sample(docs, k=min(len(docs), 5))  # exact re-deliveries
+    rnd.shuffle(docs)
+    state = SupportState()
+    ref = ReferenceSupport()
+    start = 0
+    for end in [*sorted(set(splits)), len(docs)]:
+        if end > start:
+            batch = batch_from_documents(state, docs[start:end])
+            state.apply(batch)
+            ref.apply(batch)
+            start = end
+    as_of = (state.watermark_s or 0) + extra_days * 86400 + extra_s
+    ev = state.evaluate(as_of)
+    expected = ref.evaluate(as_of)
+    assert set(expected) == set(range(state.n_patients))
+    for slot, want in expected.items():
+        got = ev.patient(slot)
+        assert got == {key: want[key] for key in got}, slot
+        assert bool(ev.covered[slot]) == want["covered"]
+    oracle = distinct_sums(docs, as_of)
+    for slot, pid in enumerate(ev.patient_ids):
+        assert (int(ev.care_ms[slot]), int(ev.readings_received[slot])) == oracle.get(pid, (0, 0))
+    assert {d: dict(g) for d, g in state.partial_summary(ev).groups.items()} == \
+        ref.group_counts(as_of)
+    restored = SupportState.restore(state.snapshot())
+    restored.apply(batch_from_documents(restored, docs))  # everything again, after a restore
+    assert core_view(restored, as_of) == core_view(state, as_of)
 
 
 @SETTINGS
