@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,12 +35,13 @@ import numpy as np
 from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
 from monitor.carers.state import CarersState
 from monitor.contract.models import (
+    DEAD_LETTER_PREFIX_BYTES,
     DeadLetter,
     FlagEvent,
     GatewayBatch,
     Patient,
     Reading,
-    _Document,
+    type_of,
 )
 from monitor.core.state import (
     FLAG_NAMES,
@@ -52,8 +54,11 @@ from monitor.core.state import (
 from monitor.intake.canonical import CanonicalReading, canonical_items
 from monitor.intake.columnar import ReadingSlice, scan_readings
 from monitor.intake.fastpath import fast_canonical
-from monitor.intake.native import Rejection, decode
+from monitor.intake.native import MAX_FUTURE, Rejection, decode, event_time_rejection
 from monitor.metrics.timing import ALERT_DELAY_BUCKETS_S, LatencyHistogram
+from monitor.pending import Held, PendingEvents, detail_for, to_us
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
@@ -65,12 +70,35 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
-    """One input message: its bytes and where it came from (partition -1: not from Kafka)."""
+    """One input message: its bytes and where it came from (partition -1: not from Kafka).
+
+    ``timestamp`` is the Kafka record's timestamp (integer milliseconds since the epoch, UTC;
+    ``None``: unknown, the pipeline's clock is the receive time)."""
 
     value: bytes | None
     topic: str
     partition: int = -1
     offset: int = -1
+    timestamp: int | None = None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def receive_time(rec: Any, now: datetime) -> datetime:
+    """When a record was received: its Kafka timestamp, but never later than ``now``.
+
+    The topics the project creates stamp records with the broker's clock (``LogAppendTime``), so
+    this is when the broker accepted the record, whatever the device's clock says, and it stays the
+    same when the record is processed again (a restart, a rebuild, a worker catching up after an
+    outage: late data is judged by when it arrived, not by when the worker got to it). A topic with
+    producer timestamps (``CreateTime``) could carry any time: a timestamp after ``now`` is cut to
+    ``now``, so no record can widen the clock-skew tolerance for itself."""
+    ts = getattr(rec, "timestamp", None)
+    if type(ts) is not int or ts <= 0:
+        return now
+    at = _EPOCH + timedelta(milliseconds=ts)
+    return at if at < now else now
 
 
 class Record(Protocol):
@@ -146,19 +174,28 @@ class TickResult:
 
     flags: list[FlagEvent]
     alerts: list[AlertEvent]
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 def dead_letter(raw: bytes | None, reason: str, detail: str, *, topic: str, partition: int,
                 offset: int, received_at: datetime) -> DeadLetter:
-    """A dead-letter record keeping the original bytes (UTF-8 text, or base64 when not UTF-8)."""
+    """A dead-letter record keeping a prefix of the original bytes (UTF-8 text, or base64 when the
+    prefix is not UTF-8), the original's length and its SHA-256: at most
+    :data:`~monitor.contract.models.DEAD_LETTER_PREFIX_BYTES` bytes of it, whatever its size."""
     data = raw or b""
+    prefix = data[:DEAD_LETTER_PREFIX_BYTES]
     try:
-        original, encoding = data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        original, encoding = base64.b64encode(data).decode("ascii"), "base64"
+        original, encoding = prefix.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as exc:
+        if len(prefix) < len(data) and exc.start >= len(prefix) - 3:  # a character cut at the end
+            prefix = prefix[:exc.start]
+            original, encoding = prefix.decode("utf-8", errors="replace"), "utf-8"
+        else:
+            original, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
     return DeadLetter(
-        reason=reason, detail=detail, source="kafka", topic=topic, partition=partition,
+        reason=reason, detail=detail[:500], source="kafka", topic=topic, partition=partition,
         offset=offset, received_at=received_at, encoding=encoding, original=original,  # type: ignore[arg-type]
+        original_bytes=len(data), original_sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -195,6 +232,8 @@ class PartitionState:
         # ids of outputs already written that re-processing after a restore will produce again;
         # kept across checkpoints until matched (re-processing may span several checkpoints)
         self.suppress: set[str] = set()
+        # events of patients not registered yet (monitor.pending): bounded, checkpointed
+        self.pending = PendingEvents()
 
     def refresh_flags(self, t: int) -> None:
         """Evaluate every flag as of ``t`` (epoch s) into ``current``: the support core's bits and
@@ -232,6 +271,7 @@ class PartitionState:
             "checkpoint_seq": self.checkpoint_seq,
             "output_offsets": self.output_offsets,
             "suppress": sorted(self.suppress),
+            "pending": self.pending.snapshot(),
         }
         head = json.dumps(header).encode()
         return self.MAGIC + len(head).to_bytes(8, "little") + head + self.support.snapshot()
@@ -257,6 +297,7 @@ class PartitionState:
         st.checkpoint_seq = int(header["checkpoint_seq"])
         st.output_offsets = {k: int(v) for k, v in header["output_offsets"].items()}
         st.suppress = set(header.get("suppress", []))
+        st.pending = PendingEvents.restore(header.get("pending", []))
         return st
 
     def registered_mask(self) -> np.ndarray:
@@ -276,6 +317,15 @@ class Pipeline:
     ``columnar``: clean readings of a batch are scanned together into columns
     (:mod:`monitor.intake.columnar`) rather than decoded message by message; the results are the
     same (``False`` keeps the per-message path, the tests' oracle).
+    ``max_future`` is the clock-skew tolerance: an event time (``measured_at``, ``started_at``,
+    ``effective_at``, ``registered_at``, ``sent_at``) more than this after its record's receive time
+    (:func:`receive_time`) is dead-lettered ``future_timestamp``, so no event moves a watermark
+    beyond receive time + tolerance. ``late_after`` is the late window: a reading received more than
+    this after it was measured is backfill (recorded, never paged: :mod:`monitor.alerts.engine`).
+    ``unknown_grace`` and ``unknown_cap``: an event of a patient not registered in its partition is
+    held (:mod:`monitor.pending`) until the registration arrives, at most ``unknown_grace`` (then,
+    at a tick, it is dead-lettered ``unknown_patient``) and at most ``unknown_cap`` events per
+    partition (beyond, the patients held longest are dead-lettered at once).
     """
 
     def __init__(self, *, clock: Clock = utc_now, config: SupportConfig | None = None,
@@ -283,8 +333,16 @@ class Pipeline:
                  reported_flags: Iterable[str] = ("no_support_network", "support_lapsed", "single_carer",
                                                   "network_lost", "single_point_of_failure"),
                  oldest_reading: timedelta = timedelta(days=30),
-                 idle_after: timedelta = timedelta(seconds=60), columnar: bool = True) -> None:
+                 idle_after: timedelta = timedelta(seconds=60), columnar: bool = True,
+                 max_future: timedelta = MAX_FUTURE, late_after: timedelta = timedelta(hours=1),
+                 unknown_grace: timedelta = timedelta(days=1), unknown_cap: int = 10_000) -> None:
+        if unknown_grace < timedelta(0) or unknown_cap < 0:
+            raise ValueError("unknown_grace and unknown_cap must not be negative")
         self.clock = clock
+        self.unknown_grace = unknown_grace
+        self.unknown_cap = unknown_cap
+        self.max_future = max_future
+        self.late_after = late_after
         self.columnar = columnar
         self.config = config
         self.alert_config = alert_config
@@ -331,7 +389,7 @@ class Pipeline:
             # every clean reading of the fetch in one scan (the others: message by message)
             values = [rec.value if expected.get(rec.topic) == "reading" else None for rec in records]
             if any(v is not None for v in values):
-                spans, cols = scan_readings(values, received_at=received_at, oldest=self.oldest_reading)
+                spans, cols = self._scan(records, values, received_at)
             docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition,
                                      readings_by_partition)
         else:
@@ -345,16 +403,21 @@ class Pipeline:
                 docs += self._decode_one(rec, st, expected.get(rec.topic), received_at, dead, by_partition,
                                          readings_by_partition)
         alerts: list[AlertEvent] = []
-        for p, items in by_partition.items():
+        topic_of = {v: k for k, v in expected.items()}
+        for p in sorted(set(by_partition) | {q for q, s in self.partitions.items() if s.pending.count}):
             st = self.partitions[p]
+            items, readings = self._admit(st, by_partition.get(p, []), topic_of, received_at, dead)
+            if not items:
+                continue
             outcome = st.support.apply(batch_from_documents(st.support, items))
             st.carers.apply(d for d in items if not isinstance(d, CanonicalReading | ReadingSlice))
             st.counts.duplicates += int(outcome.get("duplicates", 0))
             st.last_arrival = received_at
-            readings = readings_by_partition.get(p, [])
             st.counts.readings += sum(len(r) if type(r) is ReadingSlice else 1 for r in readings)
             if readings:
-                events = st.alerts.on_readings(readings, LazyFlags(lambda st=st: self._current_flags(st)))
+                # compound risk from the flags of the latest timer evaluation, not re-evaluated for
+                # this batch: a batch's alerts must not depend on which later events share the batch
+                events = st.alerts.on_readings(readings, LazyFlags(st.support_flags))
                 for e in events:
                     st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
                 alerts.extend(events)
@@ -362,6 +425,51 @@ class Pipeline:
                                               for e in alerts if e.notification == "firing")
         self.batch_seconds.observe(time.perf_counter() - t0)
         return BatchResult(dead_letters=dead, documents=docs, alerts=alerts)
+
+    def _admit(self, st: PartitionState, items: list[Any], topic_of: dict[str, str], now: datetime,
+               dead: list[DeadLetter]) -> tuple[list[Any], list[Any]]:
+        """``(documents, readings)`` of a partition's batch to apply: the held events whose patient
+        is now registered first (they arrived earlier), then the batch's documents of registered
+        patients in order; the others are held (:mod:`monitor.pending`), and the events beyond the
+        cap dead-lettered ``unknown_patient``. ``readings`` are the canonical readings and reading
+        slices among the documents, in order."""
+        known = st.patients
+        admitted: list[Any] = [h.doc for h in st.pending.release(known)]
+        received_us = to_us(now)
+        held = 0
+        for d in items:
+            if type(d) is ReadingSlice:
+                pids = d.patient_ids()
+                if all(pid in known for pid in pids):
+                    admitted.append(d)
+                    continue
+                for r in d.readings():
+                    if r.patient_id in known:
+                        admitted.append(r)
+                    else:
+                        st.pending.hold(r.patient_id, Held(r, received_us, topic_of.get("reading", ""), -1))
+                        held += 1
+                continue
+            if isinstance(d, Patient) or d.patient_id in known:
+                admitted.append(d)
+                continue
+            name = "reading" if type(d) is CanonicalReading else type_of(d)
+            st.pending.hold(d.patient_id, Held(d, received_us, topic_of.get(name, ""), -1))
+            held += 1
+        if held and st.pending.count > self.unknown_cap:
+            self._dead_letter_held(st, st.pending.evict(self.unknown_cap),
+                                   f"more than {self.unknown_cap} events of unregistered patients", dead)
+        readings = [d for d in admitted if type(d) is CanonicalReading or type(d) is ReadingSlice]
+        return admitted, readings
+
+    def _dead_letter_held(self, st: PartitionState, held: list[Held], why: str,
+                          dead: list[DeadLetter]) -> None:
+        """Dead letters ``unknown_patient`` for held events (their record offset is not kept: -1)."""
+        for h in held:
+            st.counts.dead_letters["unknown_patient"] += 1
+            dead.append(dead_letter(h.original(), "unknown_patient", detail_for(h, why), topic=h.topic,
+                                    partition=st.partition, offset=h.offset,
+                                    received_at=_EPOCH + timedelta(microseconds=h.received_us)))
 
     def _ingest_runs(self, records: Sequence[Record], expected: dict[str, str],
                      spans: list[tuple[str, int, int] | None], cols: Any, received_at: datetime,
@@ -409,32 +517,51 @@ class Pipeline:
             k = j
         return docs
 
-    def _decode_one(self, rec: Record, st: PartitionState, exp: str | None, received_at: datetime,
+    def _scan(self, records: Sequence[Record], values: list[bytes | None],
+              now: datetime) -> tuple[list[tuple[str, int, int] | None], Any]:
+        """The columnar scan of a fetch's readings, each judged against its own receive time. A
+        failure of the scan itself (never seen; a guard for a kernel bug) leaves every message to
+        the per-message decoders, which never raise."""
+        now_ms = int((now - _EPOCH) / timedelta(milliseconds=1))
+        stamps = np.fromiter((ts if type(ts := getattr(r, "timestamp", None)) is int and ts > 0 else now_ms
+                              for r in records), dtype=np.int64, count=len(records))
+        received_us = np.minimum(stamps, now_ms) * 1000
+        try:
+            return scan_readings(values, received_at=now, oldest=self.oldest_reading,
+                                 max_future=self.max_future, late_after=self.late_after,
+                                 received_us=received_us)
+        except Exception:  # noqa: BLE001 - bad input must never stop the pipeline
+            log.exception("the columnar scan failed; decoding the fetch message by message")
+            return [None] * len(records), None
+
+    def _decode_one(self, rec: Record, st: PartitionState, exp: str | None, now: datetime,
                     dead: list[DeadLetter], by_partition: dict[int, list[Any]],
                     readings_by_partition: dict[int, list[Any]]) -> int:
         """Decode one message into the partition's documents (or a dead letter); 1 if a document
-        was accepted."""
-        if exp == "reading" and rec.value is not None:
-            fast = fast_canonical(rec.value, received_at=received_at, oldest=self.oldest_reading)
-            if fast is not None:  # a clean native reading or batch: same result, no pydantic
-                st.counts.processed[fast[0]] += 1
-                readings_by_partition.setdefault(st.partition, []).extend(fast[1])
-                by_partition.setdefault(st.partition, []).extend(fast[1])
-                return 1
-        if rec.value is None:
-            result: _Document | Rejection = Rejection("empty_message", "the message has no value")
-        else:
-            result = decode(rec.value, exp)
+        was accepted. Never raises: whatever the bytes, the message is accepted or dead-lettered
+        (an exception of a decoder is a dead letter ``invalid_value`` naming only its type)."""
+        received_at = receive_time(rec, now)
+        limits = {"oldest": self.oldest_reading, "max_future": self.max_future, "late_after": self.late_after}
+        try:
+            result, items = self._decode_pure(rec, exp, received_at, limits)
+        except Exception as exc:  # noqa: BLE001 - no input may stop the pipeline
+            result, items = Rejection("invalid_value", f"undecodable input ({type(exc).__name__})"), []
+
         if isinstance(result, Rejection):
             st.counts.dead_letters[result.reason] += 1
             st.counts.rejected_messages += 1
             dead.append(dead_letter(rec.value, result.reason, result.detail, topic=rec.topic,
                                     partition=rec.partition, offset=rec.offset, received_at=received_at))
             return 0
+        if isinstance(result, str):  # the fast path: a clean native reading or batch
+            st.counts.processed[result] += 1
+            readings_by_partition.setdefault(st.partition, []).extend(items)
+            by_partition.setdefault(st.partition, []).extend(items)
+            return 1
         st.counts.processed[type(result).__name__] += 1
         if isinstance(result, Reading | GatewayBatch):
             accepted = readings_by_partition.setdefault(st.partition, [])
-            for r, c in canonical_items(result, received_at=received_at, oldest=self.oldest_reading):
+            for r, c in items:
                 if isinstance(c, Rejection):
                     st.counts.dead_letters[c.reason] += 1
                     dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
@@ -449,6 +576,28 @@ class Pipeline:
             st.alerts.on_patient(result)
         by_partition.setdefault(st.partition, []).append(result)
         return 1
+
+    @staticmethod
+    def _decode_pure(rec: Record, exp: str | None, received_at: datetime,
+                     limits: dict[str, timedelta]) -> tuple[Any, list[Any]]:
+        """``(outcome, items)`` of one message, touching no state: ``(type name, canonical
+        readings)`` from the fast path, ``(Rejection, [])``, ``(Reading or GatewayBatch, [(reading,
+        canonical or Rejection)])`` or ``(other document, [])``."""
+        if rec.value is None:
+            return Rejection("empty_message", "the message has no value"), []
+        if exp == "reading":
+            fast = fast_canonical(rec.value, received_at=received_at, **limits)
+            if fast is not None:  # a clean native reading or batch: same result, no pydantic
+                return fast
+        result = decode(rec.value, exp)
+        if isinstance(result, Rejection):
+            return result, []
+        future = event_time_rejection(result, received_at, limits["max_future"])
+        if future is not None:
+            return future, []
+        if isinstance(result, Reading | GatewayBatch):
+            return result, canonical_items(result, received_at=received_at, **limits)
+        return result, []
 
     def effective_time(self, st: PartitionState) -> int | None:
         """Evaluation time of a partition (epoch s): its watermark, advanced by idle wall time."""
@@ -469,24 +618,28 @@ class Pipeline:
 
     def tick(self) -> TickResult:
         """The timer: flag transitions and alert timers (missed readings, re-notify) per partition."""
-        flags: list[FlagEvent] = []
-        alerts: list[AlertEvent] = []
+        out = TickResult([], [], [])
         for p in sorted(self.partitions):
             one = self.tick_partition(self.partitions[p])
-            flags.extend(one.flags)
-            alerts.extend(one.alerts)
-        return TickResult(flags, alerts)
+            out.flags.extend(one.flags)
+            out.alerts.extend(one.alerts)
+            out.dead_letters.extend(one.dead_letters)
+        return out
 
     def tick_partition(self, st: PartitionState) -> TickResult:
         """:meth:`tick` for one partition (the worker ticks partitions one at a time)."""
+        dead: list[DeadLetter] = []
+        if st.pending.count:
+            expired = st.pending.expire(to_us(self.clock() - self.unknown_grace))
+            self._dead_letter_held(st, expired, f"patient not registered within {self.unknown_grace}", dead)
         flags = self._partition_transitions(st)
         t = self.effective_time(st)
         if t is None:
-            return TickResult(flags, [])
+            return TickResult(flags, [], dead)
         events = st.alerts.tick(datetime.fromtimestamp(t, UTC), st.support_flags())
         for e in events:
             st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
-        return TickResult(flags, events)
+        return TickResult(flags, events, dead)
 
     # -- flags -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PARTITIONS = 8
@@ -101,12 +101,32 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)
     idle_after_s: float = Field(default=60.0, gt=0)
     oldest_reading_days: float = Field(default=30.0, gt=0)
+    # clock-skew tolerance: an event time (any topic) later than its receive time + this is
+    # dead-lettered future_timestamp; no event moves a watermark further (see the README)
+    max_clock_skew_s: float = Field(default=600.0, ge=0, le=86_400)
+    # late window: a reading received longer than this after it was measured is backfill, recorded
+    # by the alert engine but never paged; one received within it pages even when out of order
+    late_window_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    # events of a patient not (yet) registered are held this long for the registration, then
+    # dead-lettered unknown_patient; at most unknown_patient_cap events are held per partition
+    unknown_patient_grace_s: float = Field(default=86_400.0, ge=0, le=30 * 86_400)
+    unknown_patient_cap: int = Field(default=10_000, ge=0, le=10_000_000)
     alertmanager_url: str | None = None
     intake_host: str = "127.0.0.1"
     intake_port: int = Field(default=8088, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     topics: Topics = Field(default_factory=Topics)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        """An empty (or blank) MONITOR_API_TOKEN means "unset" everywhere: patient-level endpoints
+        and the intake answer 403, never accept an empty bearer token."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

@@ -19,6 +19,9 @@ with a ``recipient`` label, so a silence on ``recipient="dr-a"`` (one clinician'
 other recipients' copies paging. An escalation (``escalated_from`` set) changes the ``severity``
 label, i.e. the alert's identity; the client therefore also ends the copy with the old severity.
 
+Backfill: events with ``notification="recorded"`` (episodes of readings received long after they
+were measured) are never posted: they are on the alerts topic for the record, not for paging.
+
 Failure behaviour: a non-2xx answer raises :class:`AlertmanagerError` with ``status`` (and the
 response ``body`` as an attribute, never in the message); a connection error or timeout raises it
 with ``status=None``. Events are posted in batches of ``batch_size`` alerts; on a failure,
@@ -154,7 +157,9 @@ class AlertmanagerClient:
 
         Raises :class:`AlertmanagerError` on the first failing batch (see the module docstring).
         """
-        alerts = [a for e in events for a in self.alerts_for(e)]
+        # a "recorded" event is the record of a backfilled episode (opened and resolved in the
+        # past, monitor.alerts.engine): it stays on the alerts topic and is never paged
+        alerts = [a for e in events if e.notification != "recorded" for a in self.alerts_for(e)]
         posted = 0
         for start in range(0, len(alerts), self.batch_size):
             batch = alerts[start : start + self.batch_size]

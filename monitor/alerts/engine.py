@@ -59,7 +59,7 @@ import json
 import logging
 import math
 import operator
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -91,7 +91,7 @@ SNAPSHOT_VERSION = 2
 MISSED = "missed_readings"
 WEIGHT_GAIN = "weight_gain"
 
-Notification = Literal["firing", "renotify", "resolved"]
+Notification = Literal["firing", "renotify", "resolved", "recorded"]
 Status = Literal["firing", "resolved"]
 SupportFlags = Mapping[str, Collection[str]]
 """patient_id -> the patient's current support flags (e.g. ``{"support_lapsed"}``)."""
@@ -232,6 +232,7 @@ _NONE: frozenset[type] = frozenset({type(None)})
 _STR_OR_NONE: frozenset[type] = _STR | _NONE
 _FLOAT_OR_NONE: frozenset[type] = frozenset({float}) | _NONE
 
+_RULE_ID = operator.attrgetter("rule.rule_id")
 _RULE_IDS_BY_KIND: dict[str, tuple[str, ...]] = {
     kind: tuple(rule.rule_id for rule in rules) for kind, rules in RULES_BY_KIND.items()
 }
@@ -290,6 +291,7 @@ class AlertEvent:
     event_at: datetime
     region: str | None = None
     escalated_from: str | None = None
+    late: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; datetimes as ISO 8601 UTC with ``Z``."""
@@ -591,21 +593,7 @@ class AlertEngine:
         """
         if self._fast:
             return self._on_readings_fast(readings, support_flags)
-        readings = _materialised(readings)
-        flags = support_flags or {}
-        groups: dict[tuple[str, str], list[CanonicalReading]] = {}
-        for r in readings:
-            groups.setdefault((r.patient_id, r.kind), []).append(r)
-        events: list[AlertEvent] = []
-        skipped = 0
-        for (patient_id, kind), group in sorted(groups.items()):
-            usable = [r for r in group if _has_values(r)]
-            skipped += len(group) - len(usable)
-            if usable:
-                events.extend(self._apply_group(patient_id, kind, usable, flags))
-        if skipped:
-            log.warning("skipped %d reading(s) without the values of their kind", skipped)
-        return events
+        return self._apply_sequence(_materialised(readings), support_flags, reference=True)
 
     def tick(
         self, now: datetime | None = None, support_flags: SupportFlags | None = None
@@ -775,10 +763,9 @@ class AlertEngine:
         self, readings: Sequence[CanonicalReading], support_flags: SupportFlags | None
     ) -> list[AlertEvent]:
         # Same contract as the reference path (on_readings with fast=False), cheaper per reading.
-        groups: dict[tuple[str, str], list[CanonicalReading]] = {}
         if any(type(r) is not CanonicalReading for r in readings):
-            # columnar slices: quick groups applied now, the rest in place (the first of duplicates
-            # wins, so the order of readings within a stream is kept)
+            # columnar slices: quick groups applied now, the rest in place (every reading of a
+            # stream that is not applied now comes after any reading of it applied now)
             taken = {(r.patient_id, r.kind) for r in readings if type(r) is CanonicalReading}
             ordered: list[CanonicalReading] = []
             for r in readings:
@@ -787,6 +774,20 @@ class AlertEngine:
                 else:
                     ordered.extend(self._apply_columns(r, taken))
             readings = ordered
+        return self._apply_sequence(readings, support_flags, reference=False)
+
+    def _apply_sequence(
+        self, readings: Sequence[CanonicalReading], support_flags: SupportFlags | None, *, reference: bool
+    ) -> list[AlertEvent]:
+        """Apply readings one at a time, in the order given: each exactly as if it came in a call
+        of its own (so the result never depends on how a sequence is cut into calls).
+
+        ``reference``: hash every reading's duplicate keys and evaluate every rule (the proof of
+        the shortcuts of the default path: keys hashed only for a reading at its stream's latest
+        time, rules evaluated only when :func:`any_holds` says one holds or an episode is open).
+        """
+        events: list[AlertEvent] = []
+        streams = self._streams
         skipped = 0
         for r in readings:
             kind = r.kind
@@ -798,14 +799,35 @@ class AlertEngine:
                 skipped += 1
                 continue
             key = (r.patient_id, kind)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [r]
+            stream = streams.get(key)
+            if stream is None:
+                stream = streams[key] = _Stream(r.patient_id, kind)
+                self._order = None
+            t = r.measured_at
+            latest = stream.latest
+            keys = _key_strings(r) if reference else None
+            if latest is None or t > latest:
+                order = 1  # newer than every reading of its kind seen so far
+                stream.advance(t)
+                stream.add(r, keys)
+            elif t == latest:
+                if keys is None:
+                    keys = _key_strings(r)
+                if not stream.keys().isdisjoint(keys):
+                    continue  # an exact duplicate of a reading already applied at the latest time
+                order = 0
+                stream.add(r, keys)
             else:
-                group.append(r)
-        events: list[AlertEvent] = []
-        for key in sorted(groups):
-            events.extend(self._apply_group_fast(key[0], key[1], groups[key], support_flags))
+                order = -1  # out of order: older than the latest reading of its kind
+            baseline = None
+            if kind == "body_weight":
+                baseline = self._weight_baseline(stream, t)  # weights seen before this reading
+                self._add_weight(stream, t, r.value)
+            if order > 0 and not r.late and self._open:
+                ev = self._resolve_missed_on_data(r.patient_id, kind, t, self._patients.get(r.patient_id))
+                if ev is not None:
+                    events.append(ev)
+            self._judge(r, order, baseline, support_flags, reference, events)
         if skipped:
             log.warning("skipped %d reading(s) without the values of their kind", skipped)
         return events
@@ -813,11 +835,14 @@ class AlertEngine:
     def _apply_columns(self, sl: Any, taken: set[tuple[str, str]]) -> list[CanonicalReading]:
         """The readings of a columnar slice (see :class:`monitor.intake.columnar.ReadingSlice`):
         a (patient, kind) group that surely decides nothing is applied here, without a reading
-        object - its stream advances to the group's latest time and keeps that reading's duplicate
-        keys as a material row - and the other groups are returned as readings for the general
-        path. Surely nothing: no object reading of the batch in that stream (``taken``), not
-        body weight, no open episode of the patient and kind, times and ids distinct within the
-        group and not at the stream's latest time, and no rule holding for the latest reading.
+        object - its stream advances to the group's latest time if that is newer and keeps that
+        reading's duplicate keys as a material row - and the other groups are returned as readings
+        for the general path. Surely nothing (what :meth:`_apply_sequence` would do with these
+        rows one by one): no object reading of the call in that stream and no earlier row of it
+        left to the general path (``taken``), not body weight (baselines), no open episode of the
+        patient and kind, times distinct within the group and none at the stream's latest time (so
+        no row is a duplicate and the readings at the final latest time are the newest row alone),
+        and no rule holding for any row (so none fires, is recorded or resolves anything).
         """
         cols, start, stop = sl.columns, sl.start, sl.stop
         patients = sl.patient_ids()
@@ -845,6 +870,7 @@ class AlertEngine:
             stream = streams.get(key)
             latest = stream.latest if stream is not None else None
             latest_s = _seconds(latest) if latest is not None else None
+            bp = kind == "blood_pressure"
             if latest is not None and latest_s is None:
                 quick = False  # a latest time with a fraction of a second
             elif len(rows) == 1:
@@ -853,353 +879,183 @@ class AlertEngine:
             else:
                 times = [t_s[i] for i in rows]
                 top = rows[times.index(max(times))]
-                quick = (len(set(times)) == len(rows) and (latest_s is None or latest_s not in times)
-                         and len({rids[i] for i in rows}) == len(rows))
+                quick = len(set(times)) == len(rows) and (latest_s is None or latest_s not in times)
             if quick and (key in taken or kind == "body_weight"):
                 quick = False
             if quick and open_eps and ((patient_id, MISSED, kind) in open_eps or any(
                     (patient_id, rule_id, kind) in open_eps for rule_id in _RULE_IDS_BY_KIND.get(kind, ()))):
                 quick = False
-            if quick and latest_s is not None and t_s[top] < latest_s:
-                continue  # all backfill (older than the latest, never a duplicate): no change
             if quick:
-                bp = kind == "blood_pressure"
-                value = None if bp else float(values[top])
-                systolic = float(systolics[top]) if bp else None
-                diastolic = float(diastolics[top]) if bp else None
                 info = patients_info.get(patient_id)
-                if info is not None or not surely_quiet[top]:  # decide exactly
-                    checks = info.checks_for(kind) if info else checks_for(kind)
-                    quick = not any_holds(checks, value=value, systolic=systolic, diastolic=diastolic)
+                exact = info is not None and bool(info.overrides)  # else the default thresholds
+                checks = info.checks_for(kind) if info else checks_for(kind)
+                for i in rows:
+                    if exact or not surely_quiet[i]:  # decide exactly
+                        if any_holds(checks, value=None if bp else float(values[i]),
+                                     systolic=float(systolics[i]) if bp else None,
+                                     diastolic=float(diastolics[i]) if bp else None):
+                            quick = False
+                            break
             if not quick:
                 general.extend(cols.reading(start + i) for i in rows)
                 taken.add(key)  # later slices' readings of this stream come after these
                 continue
+            if latest_s is not None and t_s[top] < latest_s:
+                continue  # every row older than the latest (and none a duplicate): no change
             if stream is None:
                 stream = streams[key] = _Stream(patient_id, kind)
                 self._order = None
             stream.advance(datetime_from_s(t_s[top]))
-            stream.add((rids[top], value, systolic, diastolic))  # type: ignore[arg-type]
+            stream.add((rids[top], None if bp else float(values[top]),  # type: ignore[arg-type]
+                        float(systolics[top]) if bp else None, float(diastolics[top]) if bp else None))
         return general
-
-    def _fresh_fast(
-        self, stream: _Stream, group: list[CanonicalReading]
-    ) -> tuple[list[CanonicalReading], list[tuple[str, ...] | None] | None, datetime | None]:
-        """The readings of ``group`` that are not duplicates, their keys where already hashed
-        (``None``: none hashed) and, if already known, their latest ``measured_at``.
-
-        Same readings as the reference loop in :meth:`_apply_group`, but a reading's keys are hashed
-        only when another reading could share one: a reading at the stream's latest time, or two
-        readings of the group at the same time. Readings with string ids are duplicates by id
-        exactly when the ids are equal; content keys can only be equal when the times are (the key
-        includes the time); a content key never looks like an id key.
-        """
-        latest = stream.latest
-        if len(group) == 1:
-            r = group[0]
-            if latest is not None and r.measured_at == latest:
-                keys = _key_strings(r)
-                latest_keys = stream.keys()
-                if any(k in latest_keys for k in keys):
-                    return [], None, None
-                return group, [keys], r.measured_at
-            return group, None, r.measured_at
-        times = {r.measured_at for r in group}
-        if len(times) == len(group) and (latest is None or latest not in times):
-            rids = [r.reading_id for r in group]
-            id_types = set(map(type, rids))
-            if id_types == _STR:
-                distinct = len(set(rids)) == len(rids)
-            elif id_types == _NONE:
-                distinct = True
-            elif id_types == _STR_OR_NONE:
-                ids = [rid for rid in rids if rid is not None]
-                distinct = len(set(ids)) == len(ids)
-            else:
-                distinct = False
-            if distinct:  # distinct times and ids, none at the latest time: all fresh
-                return group, None, max(times)
-        fresh: list[CanonicalReading] = []
-        fresh_keys: list[tuple[str, ...] | None] = []
-        by_time: dict[datetime, list[int]] = {}
-        seen_ids: set[str] = set()
-        for r in group:
-            rid = r.reading_id
-            if rid is not None and type(rid) is not str:
-                return self._fresh_reference(stream, group)  # the shortcut holds for string ids only
-            if rid is not None and rid in seen_ids:
-                continue  # duplicate (by id) inside the batch
-            t = r.measured_at
-            keys: tuple[str, ...] | None = None
-            same_time = by_time.get(t)
-            if same_time:
-                keys = _key_strings(r)
-                duplicate = False
-                for i in same_time:
-                    other = fresh_keys[i]
-                    if other is None:
-                        other = fresh_keys[i] = _key_strings(fresh[i])
-                    if any(k in other for k in keys):
-                        duplicate = True
-                        break
-                if duplicate:
-                    continue  # duplicate (by content) inside the batch
-            if latest is not None and t == latest:
-                if keys is None:
-                    keys = _key_strings(r)
-                latest_keys = stream.keys()
-                if any(k in latest_keys for k in keys):
-                    continue  # duplicate of a reading already applied at the latest time
-            if same_time is None:
-                by_time[t] = [len(fresh)]
-            else:
-                same_time.append(len(fresh))
-            if rid is not None:
-                seen_ids.add(rid)
-            fresh.append(r)
-            fresh_keys.append(keys)
-        return fresh, fresh_keys, None
-
-    def _fresh_reference(
-        self, stream: _Stream, group: list[CanonicalReading]
-    ) -> tuple[list[CanonicalReading], list[tuple[str, ...] | None], None]:
-        fresh: list[CanonicalReading] = []
-        fresh_keys: list[tuple[str, ...] | None] = []
-        batch_keys: set[str] = set()
-        for r in group:
-            keys = _key_strings(r)
-            if any(k in batch_keys for k in keys):
-                continue
-            if stream.latest is not None and r.measured_at == stream.latest:
-                latest_keys = stream.keys()
-                if any(k in latest_keys for k in keys):
-                    continue
-            batch_keys.update(keys)
-            fresh.append(r)
-            fresh_keys.append(keys)
-        return fresh, fresh_keys, None
-
-    def _apply_group_fast(
-        self,
-        patient_id: str,
-        kind: str,
-        group: list[CanonicalReading],
-        support_flags: SupportFlags | None,
-    ) -> list[AlertEvent]:
-        key = (patient_id, kind)
-        stream = self._streams.get(key)
-        if stream is None:
-            stream = self._streams[key] = _Stream(patient_id, kind)
-            self._order = None
-        fresh, fresh_keys, known_max = self._fresh_fast(stream, group)
-        if not fresh:
-            return []
-        if kind == "body_weight":
-            self._add_weights(stream, fresh)
-        single = len(fresh) == 1
-        batch_max = known_max if known_max is not None else max([r.measured_at for r in fresh])
-        latest = stream.latest
-        if latest is not None and batch_max < latest:
-            return []  # all backfill: no firing, no resolving
-        newer = latest is None or batch_max > latest
-        if newer:
-            stream.advance(batch_max)
-        if single:
-            current = fresh
-        else:
-            current = [r for r in fresh if r.measured_at == batch_max]
-        if fresh_keys is None:
-            for r in current:
-                stream.add(r)
-        else:
-            for r, keys in zip(fresh, fresh_keys, strict=True):
-                if r.measured_at == batch_max:
-                    stream.add(r, keys)
-
-        events: list[AlertEvent] = []
-        info = self._patients.get(patient_id)
-        if newer and self._open:
-            ev = self._resolve_missed_on_data(patient_id, kind, batch_max, info)
-            if ev is not None:
-                events.append(ev)
-        if self._quiet(patient_id, kind, stream, current, info):
-            return events  # every rule would decide nothing (see _decide)
-        flags = support_flags or {}
-        unsupported = is_unsupported(flags.get(patient_id))
-        events.extend(self._judge(patient_id, kind, stream, current, batch_max, newer, unsupported, info))
-        return events
-
-    def _quiet(
-        self,
-        patient_id: str,
-        kind: str,
-        stream: _Stream,
-        current: list[CanonicalReading],
-        info: _PatientInfo | None,
-    ) -> bool:
-        """Whether :meth:`_decide` would return nothing and change nothing for every rule of
-        ``kind``: no episode of this patient, kind and rule is open, and no rule holds (hence none
-        opens) for any reading in ``current``."""
-        rule_ids = _RULE_IDS_BY_KIND.get(kind)
-        if not rule_ids:
-            return True
-        open_eps = self._open
-        if open_eps:
-            for rule_id in rule_ids:
-                if (patient_id, rule_id, kind) in open_eps:
-                    return False
-        checks = info.checks_for(kind) if info else checks_for(kind)
-        for r in current:
-            baseline = self._weight_baseline(stream, r.measured_at) if kind == "body_weight" else None
-            if any_holds(
-                checks,
-                value=r.value,
-                systolic=r.systolic,
-                diastolic=r.diastolic,
-                bounded=r.bounded,
-                weight_baseline=baseline,
-            ):
-                return False
-        return True
-
-    def _apply_group(
-        self, patient_id: str, kind: str, group: list[CanonicalReading], flags: SupportFlags
-    ) -> list[AlertEvent]:
-        # The reference path (fast=False): every reading's keys hashed, every rule evaluated.
-        stream = self._streams.get((patient_id, kind))
-        if stream is None:
-            stream = self._streams[(patient_id, kind)] = _Stream(patient_id, kind)
-            self._order = None
-        fresh: list[tuple[CanonicalReading, tuple[str, ...]]] = []
-        batch_keys: set[str] = set()
-        for r in group:
-            keys = _key_strings(r)
-            if any(k in batch_keys for k in keys):
-                continue  # duplicate inside the batch
-            if (
-                stream.latest is not None
-                and r.measured_at == stream.latest
-                and any(k in stream.keys() for k in keys)
-            ):
-                continue  # duplicate of a reading already applied at the latest time
-            batch_keys.update(keys)
-            fresh.append((r, keys))
-        if not fresh:
-            return []
-        if kind == "body_weight":
-            self._add_weights(stream, [r for r, _ in fresh])
-        batch_max = max(r.measured_at for r, _ in fresh)
-        if stream.latest is not None and batch_max < stream.latest:
-            return []  # all backfill: no firing, no resolving
-        newer = stream.latest is None or batch_max > stream.latest
-        if newer:
-            stream.advance(batch_max)
-        current = [r for r, _ in fresh if r.measured_at == batch_max]
-        for r, keys in fresh:
-            if r.measured_at == batch_max:
-                stream.add(r, keys)
-
-        events: list[AlertEvent] = []
-        info = self._patients.get(patient_id)
-        unsupported = is_unsupported(flags.get(patient_id))
-        if newer:
-            ev = self._resolve_missed_on_data(patient_id, kind, batch_max, info)
-            if ev is not None:
-                events.append(ev)
-        events.extend(self._judge(patient_id, kind, stream, current, batch_max, newer, unsupported, info))
-        return events
 
     def _judge(
         self,
-        patient_id: str,
-        kind: str,
-        stream: _Stream,
-        current: list[CanonicalReading],
-        batch_max: datetime,
-        newer: bool,
-        unsupported: bool,
-        info: _PatientInfo | None,
-    ) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
+        r: CanonicalReading,
+        order: int,
+        baseline: float | None,
+        support_flags: SupportFlags | None,
+        reference: bool,
+        events: list[AlertEvent],
+    ) -> None:
+        """Decide every rule of the reading's kind on one (non-duplicate) reading; append the
+        events. ``order``: 1 newer than the latest of its kind before it, 0 at that time, -1 older.
+        """
+        patient_id, kind = r.patient_id, r.kind
+        rule_ids = _RULE_IDS_BY_KIND.get(kind)
+        if not rule_ids:
+            return
+        info = self._patients.get(patient_id)
+        open_eps = self._open
+        live = not r.late  # a backfilled reading never touches a live episode
+        if not reference and not (live and open_eps and any(
+                (patient_id, rule_id, kind) in open_eps for rule_id in rule_ids)):
+            checks = info.checks_for(kind) if info else checks_for(kind)
+            if not any_holds(checks, value=r.value, systolic=r.systolic, diastolic=r.diastolic,
+                             bounded=r.bounded, weight_baseline=baseline):
+                return  # no rule holds and no episode to resolve: nothing to decide
+        verdicts = evaluate(
+            kind,
+            value=r.value,
+            systolic=r.systolic,
+            diastolic=r.diastolic,
+            bounded=r.bounded,
+            thresholds=info.thresholds if info else None,
+            weight_baseline=baseline,
+        )
+        verdicts.sort(key=_RULE_ID)
+        at = r.measured_at
+        flags: Collection[str] | None = None
+        if any(v.holds for v in verdicts):  # only then do the flags matter (lazy mappings)
+            flags = (support_flags or {}).get(patient_id)
+        unsupported = is_unsupported(flags)
+        if not live:
+            for v in verdicts:
+                if v.opens and v.value is not None:
+                    events.append(self._recorded(patient_id, kind, v, at, unsupported, info))
+            return
         stale = (
             self.config.stale_after is not None
             and self._watermark is not None
-            and batch_max < self._watermark - self.config.stale_after
+            and at < self._watermark - self.config.stale_after
         )
-        thresholds = info.thresholds if info else None
-        verdicts: dict[str, list[Evaluation]] = {}
-        for r in current:
-            baseline = self._weight_baseline(stream, r.measured_at) if kind == "body_weight" else None
-            for ev_ in evaluate(
-                kind,
-                value=r.value,
-                systolic=r.systolic,
-                diastolic=r.diastolic,
-                bounded=r.bounded,
-                thresholds=thresholds,
-                weight_baseline=baseline,
-            ):
-                verdicts.setdefault(ev_.rule.rule_id, []).append(ev_)
-        for rule_id in sorted(verdicts):
-            events.extend(
-                self._decide(
-                    patient_id, kind, rule_id, verdicts[rule_id], batch_max, newer, stale, unsupported
-                )
-            )
-        return events
+        for v in verdicts:
+            ev = self._decide(patient_id, kind, v, at, order, stale, unsupported)
+            if ev is not None:
+                events.append(ev)
 
     def _decide(
         self,
         patient_id: str,
         kind: str,
-        rule_id: str,
-        verdicts: list[Evaluation],
+        verdict: Evaluation,
         at: datetime,
-        newer: bool,
+        order: int,
         stale: bool,
         unsupported: bool,
-    ) -> list[AlertEvent]:
-        rule = RULES_BY_ID[rule_id]
-        key = (patient_id, rule_id, kind)
-        holding = [v for v in verdicts if v.holds and v.value is not None]
-        opening = [v for v in holding if v.opens]
-        pick_min = rule.direction == "low"
-
-        def extreme(vs: list[Evaluation]) -> Evaluation:
-            return sorted(vs, key=lambda v: v.value if pick_min else -v.value)[0]  # type: ignore[operator]
-
+    ) -> AlertEvent | None:
+        """One rule on one live (not backfilled) reading measured at ``at``: open, keep, escalate
+        or resolve its episode (``order`` as for :meth:`_judge`)."""
+        rule = verdict.rule
+        key = (patient_id, rule.rule_id, kind)
+        holds = verdict.holds and verdict.value is not None
         ep = self._open.get(key)
         if ep is not None:
-            if holding:
-                ep.value = extreme(holding).value
-                escalated = self._maybe_escalate(ep, unsupported, at)
-                return [escalated] if escalated is not None else []
-            if newer:
-                known = [v for v in verdicts if v.value is not None]
-                return [self._resolve(ep, at, extreme(known).value if known else None)]
-            return []
-        if not opening or stale:
-            return []
-        chosen = extreme(opening)
+            if holds:
+                if order >= 0:
+                    ep.value = verdict.value
+                return self._maybe_escalate(ep, unsupported, at)
+            if order > 0:
+                return self._resolve(ep, at, verdict.value)
+            return None  # only a newer reading resolves
+        if not (holds and verdict.opens) or stale:
+            return None
+        if order < 0 and self._covered(key, at):
+            return None
         severity = rule.severity
         if unsupported:
             severity = escalate(severity)
         ep = _Episode(
-            alert_id=alert_id_for(patient_id, rule_id, kind, at),
+            alert_id=alert_id_for(patient_id, rule.rule_id, kind, at),
             patient_id=patient_id,
-            rule=rule_id,
+            rule=rule.rule_id,
             kind=kind,
             severity=str(severity),
             unsupported=unsupported,
-            value=chosen.value,
-            threshold=chosen.threshold,
+            value=verdict.value,
+            threshold=verdict.threshold,
             unit=rule.unit,
             opened_at=at,
             resolved_at=None,
             last_notified_at=at,
         )
         self._open[key] = ep
-        return [self._event(ep, "firing", at)]
+        return self._event(ep, "firing", at, late=order < 0)
+
+    def _covered(self, key: tuple[str, str, str], at: datetime) -> bool:
+        """Whether a retained resolved episode of ``key`` ended at or after ``at``: an out-of-order
+        reading measured then belongs to an episode already notified (or to the time before it),
+        so a redelivered reading that an episode covered when it first came opens nothing."""
+        patient_id, rule_id, kind = key
+        return any(
+            ep.resolved_at is not None and ep.resolved_at >= at and ep.patient_id == patient_id
+            and ep.rule == rule_id and ep.kind == kind
+            for ep in self._resolved
+        )
+
+    def _recorded(
+        self,
+        patient_id: str,
+        kind: str,
+        verdict: Evaluation,
+        at: datetime,
+        unsupported: bool,
+        info: _PatientInfo | None,
+    ) -> AlertEvent:
+        """The record of an episode a backfilled reading would have opened: opened and resolved
+        at its ``measured_at``, never paged, no engine state."""
+        rule = verdict.rule
+        alert_id = alert_id_for(patient_id, rule.rule_id, kind, at)
+        return AlertEvent(
+            alert_id=alert_id,
+            event_id=_digest(alert_id, "recorded", _iso(at) or ""),
+            patient_id=patient_id,
+            rule=rule.rule_id,
+            kind=kind,
+            severity=str(escalate(rule.severity) if unsupported else rule.severity),
+            status="resolved",
+            notification="recorded",
+            unsupported=unsupported,
+            value=verdict.value,
+            threshold=verdict.threshold,
+            unit=rule.unit,
+            opened_at=at,
+            resolved_at=at,
+            event_at=at,
+            region=info.region if info else None,
+            late=True,
+        )
 
     def _maybe_escalate(self, ep: _Episode, unsupported: bool, at: datetime) -> AlertEvent | None:
         if ep.unsupported or not unsupported:
@@ -1284,13 +1140,12 @@ class AlertEngine:
                 events.append(self._event(ep, "firing", now))
         return events
 
-    def _add_weights(self, stream: _Stream, readings: Iterable[CanonicalReading]) -> None:
+    def _add_weight(self, stream: _Stream, at: datetime, kg: float | None) -> None:
+        if kg is None:
+            return
         merged = dict(stream.weights)
-        for r in readings:
-            if r.value is None:
-                continue
-            # two weights at the same instant: keep the lower (the conservative baseline)
-            merged[r.measured_at] = min(r.value, merged.get(r.measured_at, r.value))
+        # two weights at the same instant: keep the lower (the conservative baseline)
+        merged[at] = min(kg, merged.get(at, kg))
         newest = max(merged)
         horizon = newest - self.config.weight_window - timedelta(days=1)
         stream.set_weights(sorted((t, w) for t, w in merged.items() if t >= horizon))
@@ -1301,7 +1156,13 @@ class AlertEngine:
         return min(window) if window else None
 
     def _event(
-        self, ep: _Episode, notification: Notification, at: datetime, *, escalated_from: str | None = None
+        self,
+        ep: _Episode,
+        notification: Notification,
+        at: datetime,
+        *,
+        escalated_from: str | None = None,
+        late: bool = False,
     ) -> AlertEvent:
         info = self._patients.get(ep.patient_id)
         return AlertEvent(
@@ -1323,6 +1184,7 @@ class AlertEngine:
             event_at=at,
             region=info.region if info else None,
             escalated_from=escalated_from,
+            late=late,
         )
 
 
@@ -1518,8 +1380,3 @@ def _snapshot_v1(engine: AlertEngine) -> bytes:
 def _hours(delta: timedelta) -> float:
     return round(delta.total_seconds() / 3600.0, 6)
 
-
-def _has_values(r: CanonicalReading) -> bool:
-    if r.kind == "blood_pressure":
-        return r.systolic is not None and r.diastolic is not None
-    return r.value is not None

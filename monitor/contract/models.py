@@ -216,11 +216,19 @@ class FlagEvent(BaseModel):
     deprivation_quintile: int | None = None
 
 
+DEAD_LETTER_PREFIX_BYTES = 4096
+"""Most bytes of the original input a dead letter keeps (as JSON: at most ~24 KiB, 6 per byte)."""
+
+
 class DeadLetter(BaseModel):
     """A rejected input, kept with its original bytes so it can be inspected and replayed.
 
     ``original`` is the UTF-8 text of the input, or base64 when it was not valid UTF-8
-    (``encoding`` says which). ``source`` is ``kafka`` (with topic/partition/offset) or ``http``
+    (``encoding`` says which), cut to a prefix of at most :data:`DEAD_LETTER_PREFIX_BYTES` bytes of
+    the input; ``original_bytes`` is the input's full length in bytes and ``original_sha256`` the
+    SHA-256 (hex) of all of it, so a dead letter stays small whatever the input (a 1 MB message of
+    control characters would otherwise escape to 6 MB of JSON, above Kafka's message limit) and the
+    original can still be matched. ``source`` is ``kafka`` (with topic/partition/offset) or ``http``
     (with ``request_id``) or ``file`` (with ``line``).
     """
 
@@ -237,3 +245,5 @@ class DeadLetter(BaseModel):
     received_at: UtcDatetime
     encoding: Literal["utf-8", "base64"]
     original: str
+    original_bytes: int | None = None
+    original_sha256: str | None = None

@@ -29,7 +29,6 @@ from monitor.intake.native import Rejection
 
 REASONS: dict[str, str] = {
     "implausible_value": "the value is outside the physiologically plausible range of its kind",
-    "future_timestamp": "measured_at is further ahead of the time of receipt than the allowed clock skew",
     "too_old": "measured_at is older than the oldest horizon accepted at intake",
     "unsupported_code": "the observation code is not a supported vital sign (LOINC or IEEE 11073 MDC)",
     "ambiguous_code": "the observation carries codes that map to different kinds of reading",

@@ -39,8 +39,6 @@ _ALLOWED = np.array([[u in ALLOWED_UNITS[k] for u in _UNITS] for k in _KINDS], d
 _LOW = np.array([PLAUSIBLE_RANGES[k][0] if k != "blood_pressure" else -np.inf for k in _KINDS])
 _HIGH = np.array([PLAUSIBLE_RANGES[k][1] if k != "blood_pressure" else np.inf for k in _KINDS])
 _SYS, _DIA = PLAUSIBLE_RANGES["systolic"], PLAUSIBLE_RANGES["diastolic"]
-_FUTURE_US = 10 * 60 * 1_000_000  # as fastpath._MAX_FUTURE
-_LATE_US = 3600 * 1_000_000  # as fastpath._LATE_AFTER
 _US = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_READING_BYTES = 70  # no reading object is shorter: bounds the rows of a fetch
@@ -176,14 +174,18 @@ def _convert(value: np.ndarray, unit: np.ndarray) -> None:
 
 
 def scan_readings(
-    values: Sequence[bytes | None], *, received_at: datetime, oldest: timedelta = timedelta(days=30)
+    values: Sequence[bytes | None], *, received_at: datetime, oldest: timedelta = timedelta(days=30),
+    max_future: timedelta = timedelta(minutes=10), late_after: timedelta = timedelta(hours=1),
+    received_us: np.ndarray | None = None,
 ) -> tuple[list[tuple[str, int, int] | None], ReadingColumns]:
     """Messages of the readings topic -> per message ``(document type name, first row, end row)``
     in the returned columns, or ``None`` when the caller must decode that message itself.
 
-    The type name is ``"Reading"`` or ``"GatewayBatch"``. ``oldest`` is the event-time horizon and
-    ``received_at`` (aware UTC) the arrival time, as for
-    :func:`~monitor.intake.fastpath.fast_canonical`, whose results these are, row for row.
+    The type name is ``"Reading"`` or ``"GatewayBatch"``. ``oldest`` is the event-time horizon,
+    ``max_future`` the clock-skew tolerance, ``late_after`` the late window and ``received_at``
+    (aware UTC) the arrival time, as for :func:`~monitor.intake.fastpath.fast_canonical`, whose
+    results these are, row for row. ``received_us``, if given, is each message's own arrival time
+    (int64 microseconds since the epoch, UTC) and takes the place of ``received_at``.
     """
     m = len(values)
     lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=m)
@@ -210,10 +212,14 @@ def scan_readings(
         ok = np.where(bp, (_SYS[0] <= systolic) & (systolic <= _SYS[1]) & (_DIA[0] <= diastolic)
                       & (diastolic <= _DIA[1]) & (systolic > diastolic),
                       np.isfinite(value) & (_LOW[kind] <= value) & (value <= _HIGH[kind]))
-    age_us = (received_at - _EPOCH) // _US - t_s * 1_000_000
-    ok &= (-age_us <= _FUTURE_US) & (age_us <= oldest // _US)
-    late = age_us > _LATE_US
     counts = row_end - row_start
+    if received_us is None:
+        received = (received_at - _EPOCH) // _US
+    else:
+        received = np.repeat(np.asarray(received_us, dtype=np.int64), counts)
+    age_us = received - t_s * 1_000_000
+    ok &= (-age_us <= max_future // _US) & (age_us <= oldest // _US)
+    late = age_us > late_after // _US
     if not ok.all():
         owner = np.repeat(np.arange(m), counts)
         status[np.unique(owner[~ok])] = STATUS_DECLINED

@@ -84,8 +84,9 @@ def _plausible(name: str, x: float) -> bool:
     return low <= x <= high
 
 
-def _reading(obj: Any, received_at: datetime, oldest: timedelta, *,
-             in_batch: bool) -> CanonicalReading | None:
+def _reading(obj: Any, received_at: datetime, oldest: timedelta, *, in_batch: bool,
+             max_future: timedelta = _MAX_FUTURE,
+             late_after: timedelta = _LATE_AFTER) -> CanonicalReading | None:
     if type(obj) is not dict or not 6 <= len(obj) <= 11:
         return None
     try:
@@ -129,30 +130,32 @@ def _reading(obj: Any, received_at: datetime, oldest: timedelta, *,
     if measured_at is None:
         return None
     age = received_at - measured_at
-    if -age > _MAX_FUTURE or age > oldest:
+    if -age > max_future or age > oldest:
         return None
     return native_reading(reading_id, patient_id, device_id, gateway, kind, value,
-                          systolic, diastolic, CANONICAL_UNIT[kind], unit, measured_at, age > _LATE_AFTER)
+                          systolic, diastolic, CANONICAL_UNIT[kind], unit, measured_at, age > late_after)
 
 
 def fast_canonical(
-    raw: bytes, *, received_at: datetime, oldest: timedelta = timedelta(days=30)
+    raw: bytes, *, received_at: datetime, oldest: timedelta = timedelta(days=30),
+    max_future: timedelta = _MAX_FUTURE, late_after: timedelta = _LATE_AFTER,
 ) -> tuple[str, list[CanonicalReading]] | None:
     """A clean native reading or gateway batch from the readings topic -> ``(document type name,
     canonical readings)``; ``None`` when the full decoder must decide (see the module docstring).
 
     The type name is ``"Reading"`` or ``"GatewayBatch"`` (as counted by the pipeline). ``oldest``
-    is the event-time horizon (as in :func:`monitor.intake.canonical.validate`); the future limit
-    (10 min) and the late mark (1 h) are the intake defaults. ``received_at`` is aware UTC.
+    is the event-time horizon, ``max_future`` the clock-skew tolerance and ``late_after`` the late
+    window (as in :func:`monitor.intake.canonical.validate`). ``received_at`` is aware UTC.
     """
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, ValueError, RecursionError):  # the full decoder gives the reason
         return None
     if type(obj) is not dict:
         return None
     if "readings" not in obj:
-        one = _reading(obj, received_at, oldest, in_batch=False)
+        one = _reading(obj, received_at, oldest, in_batch=False, max_future=max_future,
+                       late_after=late_after)
         return None if one is None else ("Reading", [one])
     declared = obj.pop("type", None)
     if declared is not None and declared != "gateway_batch":
@@ -164,7 +167,8 @@ def fast_canonical(
         return None
     out = []
     for item in items:
-        c = _reading(item, received_at, oldest, in_batch=True)
+        c = _reading(item, received_at, oldest, in_batch=True, max_future=max_future,
+                     late_after=late_after)
         if c is None:
             return None
         out.append(c)

@@ -14,12 +14,22 @@ Two shapes are accepted:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from monitor.contract.models import DOCUMENT_TYPES, GatewayBatch, Reading, _Document
+from monitor.contract.models import (
+    DOCUMENT_TYPES,
+    CareLink,
+    CarerActivity,
+    GatewayBatch,
+    Patient,
+    Reading,
+    _Document,
+)
 
 REASONS: dict[str, str] = {
     "empty_message": "the Kafka message has no value (a tombstone on a non-compacted topic)",
@@ -35,6 +45,10 @@ REASONS: dict[str, str] = {
     "missing_field": "a required field is missing",
     "unexpected_field": "a field is not in the contract",
     "invalid_value": "a field has an invalid value",
+    "future_timestamp": "an event time is later than its receive time plus the clock-skew tolerance",
+    "implausible_threshold": "a per-patient alert threshold is outside the plausible range of its kind",
+    "unknown_patient": "the event's patient was not registered in time (grace period) or too many "
+                       "events of unregistered patients were held (cap per partition)",
 }
 """Every reason code a native decode can produce, with its meaning."""
 
@@ -80,7 +94,10 @@ def parse_json(raw: bytes) -> dict[str, Any] | Rejection:
         return Rejection("not_utf8", f"byte {exc.start}: {exc.reason}")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError also covers an integer of more than 4,300 digits (CPython's int/str limit),
+        # which json.loads raises outside JSONDecodeError; the message holds no payload, only
+        # positions and limits.
         return Rejection("malformed_json", str(exc)[:200])
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"got a JSON {type(obj).__name__}")
@@ -110,11 +127,16 @@ def validate_document(obj: dict[str, Any], expected: str | None = None) -> _Docu
         else:
             return Rejection("unknown_type", f"type {declared!r} is not expected here ({sorted(allowed)})")
     try:
-        return DOCUMENT_TYPES[doc_type].model_validate(obj)
+        doc = DOCUMENT_TYPES[doc_type].model_validate(obj)
     except ValidationError as err:
         return _reason_from_validation(err)
-    except (ValueError, TypeError, RecursionError) as exc:  # defensive: never escape on input
-        return Rejection("invalid_value", str(exc)[:200])
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # never escape on input
+        return Rejection("invalid_value", type(exc).__name__)
+    if isinstance(doc, Patient) and doc.thresholds:
+        bad = threshold_rejection(doc.thresholds)
+        if bad is not None:
+            return bad
+    return doc
 
 
 def decode(raw: bytes, expected: str | None = None) -> _Document | Rejection:
@@ -132,3 +154,88 @@ def readings_of(doc: _Document) -> list[Reading]:
     if isinstance(doc, GatewayBatch):
         return list(doc.readings)
     return []
+
+
+MAX_FUTURE = timedelta(minutes=10)
+"""Default clock-skew tolerance: how far an event time may lie after its receive time.
+
+Ten minutes covers the drift of consumer devices between NTP syncs and a gateway's batching delay;
+a larger offset is a wrong clock or a time zone applied twice, and such an event would move a
+partition's event-time watermark into the future (every patient would look lapsed)."""
+
+
+def event_times(doc: _Document) -> list[tuple[str, datetime]]:
+    """Every event time a document carries, by field name (readings' ``measured_at`` included)."""
+    if isinstance(doc, CarerActivity):
+        return [("started_at", doc.started_at)]
+    if isinstance(doc, CareLink):
+        return [("effective_at", doc.effective_at)]
+    if isinstance(doc, Patient):
+        return [] if doc.registered_at is None else [("registered_at", doc.registered_at)]
+    if isinstance(doc, Reading):
+        return [("measured_at", doc.measured_at)]
+    return []  # a gateway batch: its readings are judged one by one; ``sent_at`` drives nothing
+
+
+def event_time_rejection(doc: _Document, received_at: datetime,
+                         max_future: timedelta = MAX_FUTURE) -> Rejection | None:
+    """``future_timestamp`` when an event time of ``doc`` is more than ``max_future`` after
+    ``received_at`` (aware UTC: the Kafka record's timestamp or the intake's clock), else ``None``.
+
+    A gateway batch's readings are judged one by one by :func:`monitor.intake.canonical.validate`
+    (its ``sent_at`` drives no window). The detail names the field and the offset only.
+    """
+    for name, at in event_times(doc):
+        ahead = at - received_at
+        if ahead > max_future:
+            return Rejection("future_timestamp", f"{name} is {ahead} after receipt (max {max_future})")
+    return None
+
+
+# The plausible range of each rule's threshold, in the rule's unit: a value outside it is almost
+# surely a unit mix-up or a typo, and it silently disables an alert (a hypoglycaemia threshold of
+# 54 meant in mg/dL is 54 mmol/L, above every reading). Narrower than the readings' plausibility
+# limits (monitor.intake.canonical.PLAUSIBLE_RANGES), which must let extreme values through: the
+# glucose range is a meter's reporting range (1.1-33.3 mmol/L), so no mg/dL number above 33 passes;
+# the others bracket every published alerting band (NEWS2, glucose consensus) with room to spare.
+_THRESHOLD_RANGE_BY_PREFIX: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("glucose", (1.1, 33.3)),  # mmol/L
+    ("systolic", (60.0, 250.0)),  # mm[Hg]
+    ("diastolic", (30.0, 150.0)),  # mm[Hg]
+    ("heart_rate", (25.0, 250.0)),  # /min
+    ("spo2", (70.0, 100.0)),  # %
+    ("respiratory_rate", (4.0, 60.0)),  # /min
+    ("body_temperature", (30.0, 43.0)),  # Cel
+    ("weight_gain", (0.1, 20.0)),  # kg within the rule's window
+    ("missed_readings", (1.0, 30.0)),  # factor of the plan's interval
+)
+
+
+def threshold_range(rule_id: str) -> tuple[float, float] | None:
+    """The plausible range of a rule's threshold (``None``: no known range, e.g. an unknown rule)."""
+    try:
+        from monitor.alerts.rules import RULES_BY_ID  # lazy: the rule table imports the contract
+    except ImportError:  # pragma: no cover - the package is always installed whole
+        RULES_BY_ID = {}
+    rule = RULES_BY_ID.get(rule_id)
+    if rule is None:
+        return None  # an unknown rule id is ignored (and reported) by effective_thresholds
+    for name in (rule.component, rule.kind or "", rule_id):
+        for prefix, limits in _THRESHOLD_RANGE_BY_PREFIX:
+            if name.startswith(prefix):
+                return limits
+    return None
+
+
+def threshold_rejection(thresholds: dict[str, float]) -> Rejection | None:
+    """``implausible_threshold`` for the first per-patient threshold that is not finite or outside
+    the plausible range of its rule (see :func:`threshold_range`), else ``None``."""
+    for rule_id, value in thresholds.items():
+        limits = threshold_range(rule_id)
+        if not math.isfinite(value):
+            return Rejection("implausible_threshold", f"thresholds.{rule_id[:64]}: not a finite number")
+        if limits is not None and not limits[0] <= value <= limits[1]:
+            return Rejection("implausible_threshold",
+                             f"thresholds.{rule_id[:64]}: {value:g} is outside "
+                             f"[{limits[0]:g}, {limits[1]:g}]")
+    return None

@@ -49,6 +49,10 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
             if name in existing:
                 continue
             configs = {"cleanup.policy": "compact"} if name in settings.topics.compacted else {}
+            if name in settings.topics.inputs:
+                # the broker stamps input records with its own clock: the receive time that event
+                # times are checked against (clock skew, lateness) is then not the device's clock
+                configs["message.timestamp.type"] = "LogAppendTime"
             if name == settings.topics.name("checkpoints"):
                 # checkpoints are large and superseded often: roll segments early so compaction
                 # (which never touches the active segment) keeps the topic near one checkpoint

@@ -162,8 +162,13 @@ class SupportGroupCollector(Collector):
             value=float(t.active_carers))
         yield GaugeMetricFamily(
             "monitor_unregistered_patients",
-            "Patients seen in events but never registered (left out of group metrics)",
+            "Patients not registered whose events are held for a registration (grace period)",
             value=float(t.unregistered))
+        yield GaugeMetricFamily(
+            "monitor_held_events",
+            "Events of unregistered patients held for a registration (capped per partition; "
+            "dead-lettered unknown_patient after the grace period)",
+            value=float(t.held_events))
         yield GaugeMetricFamily(
             "monitor_support_evaluation_seconds",
             "Wall time of the latest per-group support evaluation behind these metrics",

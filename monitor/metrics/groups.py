@@ -7,8 +7,9 @@ category lists merged into one global index, so partitions that met groups in di
 add up correctly. Cost is linear in patients and independent of the number of groups: about
 0.13 s per million patients (8 partitions, evaluation included) on a shared 2-core machine.
 
-Only *registered* patients are counted in groups; patients seen in events but never registered are
-counted in ``unregistered``. Nothing here carries a patient or carer identifier.
+Only *registered* patients are counted in groups; patients whose events are held for a registration
+(:mod:`monitor.pending`) are counted in ``unregistered``, their events in ``held_events``.
+Nothing here carries a patient or carer identifier.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class GroupTable:
     active_carer_links: np.ndarray
     active_carers: int
     unregistered: int
+    held_events: int
     evaluation_seconds: float
     evaluated_at: float = field(default=0.0)
 
@@ -83,9 +85,12 @@ def group_table(pipeline: Pipeline) -> GroupTable:
     links = np.zeros(n_keys, np.int64)
     active_carers = 0
     unregistered = 0
+    held_events = 0
     for p, st in pipeline.partitions.items():
         sup = st.support
         n = sup.n_patients
+        unregistered += st.pending.patients  # their events are held (monitor.pending)
+        held_events += st.pending.count
         if n == 0:
             continue
         reg = st.registered_mask()
@@ -124,7 +129,7 @@ def group_table(pipeline: Pipeline) -> GroupTable:
         keys=keys, patients=patients[present],
         status={s: v[present] for s, v in status.items()},
         care_minutes_7d=care_ms[present] / 60_000.0, active_carer_links=links[present],
-        active_carers=active_carers, unregistered=unregistered,
+        active_carers=active_carers, unregistered=unregistered, held_events=held_events,
         evaluation_seconds=time.perf_counter() - t0, evaluated_at=time.monotonic(),
     )
 

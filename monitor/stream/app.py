@@ -77,7 +77,11 @@ def _broker_url(settings: Settings) -> str:
 def pipeline_for(settings: Settings) -> Pipeline:
     """The pipeline configured by ``settings`` (horizons, idle time)."""
     return Pipeline(oldest_reading=timedelta(days=settings.oldest_reading_days),
-                    idle_after=timedelta(seconds=settings.idle_after_s))
+                    idle_after=timedelta(seconds=settings.idle_after_s),
+                    max_future=timedelta(seconds=settings.max_clock_skew_s),
+                    late_after=timedelta(seconds=settings.late_window_s),
+                    unknown_grace=timedelta(seconds=settings.unknown_patient_grace_s),
+                    unknown_cap=settings.unknown_patient_cap)
 
 
 def dead_letter_key(d: dict[str, Any]) -> str:
@@ -221,8 +225,10 @@ class PartitionManager:
         try:
             state = PartitionState.restore(data)
         except (ValueError, KeyError, TypeError, IndexError, OverflowError) as exc:
-            raise CheckpointUnreadable(f"checkpoint {seq} does not decode ({type(exc).__name__}: "
-                                       f"{exc})", seq) from exc
+            # the exception's type only: its text may quote the state it failed on (pydantic's
+            # errors quote their input, a patient id), and this goes to the log
+            raise CheckpointUnreadable(f"checkpoint {seq} does not decode ({type(exc).__name__})",
+                                       seq) from exc
         self.restored += 1
         return state
 
@@ -452,10 +458,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                 if st is None or p not in mgr.owned:
                     continue
                 tick = pipe.tick_partition(st)
+                for d in tick.dead_letters:  # held events of unregistered patients, expired
+                    await publish("dead_letters", p, None, d.model_dump(mode="json"))
                 for ev in tick.flags:
                     await publish("flags", p, ev.patient_id.encode(), ev.model_dump(mode="json"))
                 await publish_alerts(tick.alerts, {a.patient_id: p for a in tick.alerts})
-                if tick.flags or tick.alerts:
+                if tick.flags or tick.alerts or tick.dead_letters:
                     mgr.dirty.add(p)
                 if st.support.watermark_s is None:
                     continue
@@ -657,12 +665,20 @@ def population_snapshot(latest: dict[int, PartialSummary], partitions: int) -> d
 
 
 def _check_token(view: View, request: Request, settings: Settings) -> Response | None:
-    if settings.api_token is None:
+    """403 when no token is configured (unset or empty), 401 unless the request carries it.
+
+    A header that is not ASCII (aiohttp hands undecodable bytes over as surrogates) is simply a
+    wrong token: 401, never a server error."""
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else ""
+    if not token:
         return view.json({"error": "patient-level endpoints are disabled: set MONITOR_API_TOKEN"},
                          status=403)
     header = request.headers.get("Authorization", "")
-    expected = f"Bearer {settings.api_token.get_secret_value()}"
-    if not hmac.compare_digest(header.encode(), expected.encode()):
+    try:
+        given = header.encode("ascii")
+    except UnicodeEncodeError:
+        given = b""
+    if not given or not hmac.compare_digest(given, f"Bearer {token}".encode()):
         return view.json({"error": "a valid bearer token is required"}, status=401)
     return None
 

@@ -40,6 +40,7 @@ def reading(
     patient: str = "p1",
     systolic: float | None = None,
     diastolic: float | None = None,
+    late: bool = False,
 ) -> CanonicalReading:
     return CanonicalReading(
         reading_id=rid,
@@ -55,6 +56,7 @@ def reading(
         original_code=None,
         measured_at=at,
         source="native",
+        late=late,
     )
 
 
@@ -149,15 +151,37 @@ def test_blood_pressure_components_are_separate_episodes() -> None:
 # --- late, backfilled and replayed readings ---------------------------------------------------
 
 
-def test_never_fires_on_a_reading_older_than_the_latest_of_its_kind() -> None:
+def test_a_backfilled_reading_is_recorded_never_paged() -> None:
+    # late=True: received more than the late window (1 h) after it was measured (set at intake)
     eng = engine()
     assert eng.on_readings([reading(6.0, T0 + minutes(60), rid="new")]) == []
-    assert eng.on_readings([reading(2.5, T0, rid="late")]) == []  # late hypo, already superseded
-    assert eng.episodes() == []
+    (ev,) = eng.on_readings([reading(2.5, T0, rid="backfill", late=True)])
+    assert (ev.rule, ev.notification, ev.status, ev.severity, ev.late) == (
+        "glucose_very_low", "recorded", "resolved", "critical", True)
+    assert ev.opened_at == ev.resolved_at == ev.event_at == T0
+    assert ev.alert_id == alert_id_for("p1", "glucose_very_low", "glucose", T0)
+    assert eng.episodes() == []  # no live episode, nothing to re-notify
+    assert eng.tick(T0 + timedelta(hours=5)) == []
     # another kind is independent
     assert summary(eng.on_readings([reading(135, T0, kind="heart_rate")])) == [
         ("heart_rate_very_high", "firing", "critical")
     ]
+
+
+def test_an_out_of_order_live_reading_fires_marked_late() -> None:
+    # received within the late window but older than the latest glucose already seen
+    eng = engine()
+    assert eng.on_readings([reading(6.0, T0 + minutes(60), rid="new")]) == []
+    (ev,) = eng.on_readings([reading(2.5, T0, rid="older")])
+    assert (ev.rule, ev.notification, ev.status, ev.late, ev.opened_at) == (
+        "glucose_very_low", "firing", "firing", True, T0)
+    assert ev.to_json()["late"] is True
+    # an older normal reading does not resolve it; a newer one does (an in-order event: late=False)
+    assert eng.on_readings([reading(6.0, T0 + minutes(30), rid="older-normal")]) == []
+    (res,) = eng.on_readings([reading(6.0, T0 + minutes(90), rid="newer")])
+    assert (res.notification, res.alert_id, res.late) == ("resolved", ev.alert_id, False)
+    # redelivered after the episode resolved: covered by it, nothing new
+    assert eng.on_readings([reading(2.5, T0, rid="older")]) == []
 
 
 def test_an_older_normal_reading_does_not_resolve() -> None:
@@ -167,18 +191,54 @@ def test_an_older_normal_reading_does_not_resolve() -> None:
     assert [r["status"] for r in eng.episodes()] == ["firing"]
 
 
-def test_backfill_batch_only_evaluates_its_newest_reading() -> None:
-    # a gateway reconnects and uploads 6 hours at once: a hypo 3 hours ago, normal since
+def test_backfill_batch_records_its_old_readings_and_pages_only_on_live_ones() -> None:
+    # a gateway reconnects at t0+6h and uploads 6 hours at once: a hypo 3 hours ago, normal since;
+    # everything measured more than 1 h before the upload is late (backfill)
+    upload = T0 + timedelta(hours=6)
+
+    def at(i: int, value: float) -> CanonicalReading:
+        t = T0 + minutes(5 * i)
+        return reading(value, t, rid=f"r{i}", late=upload - t > timedelta(hours=1))
+
+    batch = [at(i, 6.0 if i != 36 else 2.4) for i in range(72)]
     eng = engine()
-    batch = [reading(6.0 if i != 30 else 2.4, T0 + minutes(5 * i), rid=f"r{i}") for i in range(72)]
-    assert eng.on_readings(list(reversed(batch))) == []
+    evs = eng.on_readings(list(reversed(batch)))
+    assert [(e.notification, e.opened_at) for e in evs] == [("recorded", T0 + timedelta(hours=3))]
     assert eng.episodes() == []
-    # ... and when the newest of the backfill is the low one, exactly one episode opens
+    # ... and when the newest of the upload is low (live), exactly one episode opens
     eng2 = engine()
     batch[-1] = reading(2.4, batch[-1].measured_at, rid="last")
     evs = eng2.on_readings(batch)
-    assert summary(evs) == [("glucose_very_low", "firing", "critical")]
-    assert evs[0].opened_at == batch[-1].measured_at
+    assert summary(evs) == [("glucose_very_low", "recorded", "critical"),
+                            ("glucose_very_low", "firing", "critical")]
+    assert evs[1].opened_at == batch[-1].measured_at and evs[1].late is False
+
+
+def test_a_fast_device_clock_does_not_silence_a_real_low() -> None:
+    # issue 13: a normal glucose stamped 9 min 59 s in the future (within the accepted 10 min skew),
+    # then a real 1.9 mmol/L measured a minute ago, both received now (neither late)
+    now = T0
+    eng = engine()
+    assert eng.on_readings([reading(6.0, now + timedelta(minutes=9, seconds=59), rid="fast")]) == []
+    (ev,) = eng.on_readings([reading(1.9, now - minutes(1), rid="real")])
+    got = (ev.rule, ev.notification, ev.severity, ev.late)
+    assert got == ("glucose_very_low", "firing", "critical", True)
+    assert ev.opened_at == now - minutes(1)
+    # both in one call: the low fires too (in the other order the newer normal then resolves it)
+    rs = {"fast": reading(6.0, now + timedelta(minutes=9, seconds=59), rid="fast"),
+          "real": reading(1.9, now - minutes(1), rid="real")}
+    got = summary(engine().on_readings([rs["fast"], rs["real"]]))
+    assert got == [("glucose_very_low", "firing", "critical")]
+    assert summary(engine().on_readings([rs["real"], rs["fast"]])) == [
+        ("glucose_very_low", "firing", "critical"), ("glucose_very_low", "resolved", "critical")]
+    # repeating it does not silence the patient: each real low after a resolution pages again
+    eng = engine()
+    for k in range(3):
+        t = now + timedelta(hours=k)
+        eng.on_readings([reading(6.0, t + timedelta(minutes=9, seconds=59), rid=f"fast{k}")])
+        evs = eng.on_readings([reading(1.9, t - minutes(1), rid=f"real{k}")])
+        assert summary(evs) == [("glucose_very_low", "firing", "critical")]
+        eng.on_readings([reading(6.0, t + minutes(20), rid=f"normal{k}")])  # a newer normal resolves
 
 
 def test_equal_time_readings_open_but_never_resolve_whatever_the_order() -> None:
@@ -361,7 +421,7 @@ def test_weight_gain_within_three_days(previous: float, gap: timedelta, now: flo
 def test_weight_gain_uses_a_backfilled_baseline_but_never_fires_on_it() -> None:
     eng = engine()
     eng.on_readings([reading(82.0, T0 + timedelta(days=2), kind="body_weight")])
-    assert eng.on_readings([reading(80.0, T0, kind="body_weight")]) == []  # old: baseline only
+    assert eng.on_readings([reading(80.0, T0, kind="body_weight", late=True)]) == []  # baseline only
     (ev,) = eng.on_readings([reading(82.1, T0 + timedelta(days=2, hours=6), kind="body_weight")])
     assert ev.rule == "weight_gain" and ev.value == pytest.approx(2.1)
 
@@ -477,40 +537,40 @@ reading_specs = st.tuples(
     specs=st.lists(reading_specs, min_size=1, max_size=25),
     data=st.data(),
 )
-def test_permutations_and_duplicates_never_double_open_nor_fire_on_old_readings(specs, data) -> None:  # type: ignore[no-untyped-def]
+def test_permutations_and_duplicates_never_double_open_and_mark_out_of_order_firings(specs, data) -> None:  # type: ignore[no-untyped-def]
     base = [
         reading(VALUES[kind][i % len(VALUES[kind])], T0 + minutes(m), kind=kind, patient=pid, rid=f"r{n}")
         for n, (pid, kind, m, i) in enumerate(specs)
     ]
     stream = data.draw(st.lists(st.sampled_from(base), min_size=len(base), max_size=3 * len(base)))
     stream = data.draw(st.permutations(stream + base))  # every reading at least once
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     flags = data.draw(st.sampled_from([{}, {"p1": {"support_lapsed"}}]))
 
     eng = engine(repeat_interval=minutes(5))
     open_keys: set[tuple[str, str, str]] = set()
     latest: dict[tuple[str, str], datetime] = {}
-    for i, batch in enumerate(batches):
-        before = dict(latest)
-        for r in batch:
-            key = (r.patient_id, r.kind)
-            latest[key] = max(latest.get(key, r.measured_at), r.measured_at)
-        events = eng.on_readings(batch, flags)
+    for i, r in enumerate(stream):  # one reading per call: how batches are cut does not matter
+        key = (r.patient_id, r.kind)
+        before = latest.get(key)
+        latest[key] = max(before or r.measured_at, r.measured_at)
+        events = eng.on_readings([r], flags)
         events += eng.tick(T0 + minutes(i), flags)
         for ev in events:
-            key = (ev.patient_id, ev.rule, ev.kind)
+            key3 = (ev.patient_id, ev.rule, ev.kind)
             if ev.notification == "firing":
-                assert key not in open_keys, "a second open episode for the same patient and rule"
-                open_keys.add(key)
-                # fired on the newest reading of its kind, never on an older one
-                assert ev.opened_at == latest[(ev.patient_id, ev.kind)]
-                assert ev.opened_at >= before.get((ev.patient_id, ev.kind), ev.opened_at)
+                assert key3 not in open_keys, "a second open episode for the same patient and rule"
+                open_keys.add(key3)
+                if ev.event_at != ev.opened_at:
+                    continue  # missed_readings (from a tick)
+                # fired on this reading: marked late exactly when it is older than the latest seen
+                assert ev.opened_at == r.measured_at
+                assert ev.late == (before is not None and r.measured_at < before)
             elif ev.notification == "resolved":
-                assert key in open_keys
-                open_keys.discard(key)
+                assert key3 in open_keys
+                assert ev.resolved_at is not None and ev.resolved_at >= (before or ev.resolved_at)
+                open_keys.discard(key3)
             else:
-                assert key in open_keys
+                assert key3 in open_keys and ev.notification == "renotify"
     assert {
         (r["patient_id"], r["rule"], r["kind"]) for r in eng.episodes() if r["status"] == "firing"
     } == open_keys
