@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     # dead-lettered unknown_patient; at most unknown_patient_cap events are held per partition
     unknown_patient_grace_s: float = Field(default=86_400.0, ge=0, le=30 * 86_400)
     unknown_patient_cap: int = Field(default=10_000, ge=0, le=10_000_000)
+    # most items (readings, Bundle entries, documents) one intake request may hold (413 above)
+    intake_max_items: int = Field(default=10_000, ge=1, le=1_000_000)
     alertmanager_url: str | None = None
     intake_host: str = "127.0.0.1"
     intake_port: int = Field(default=8088, ge=1, le=65535)

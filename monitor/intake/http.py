@@ -14,21 +14,33 @@ Endpoints (every one but ``/healthz`` needs ``Authorization: Bearer $MONITOR_API
 ``POST /v1/carer-activities``, ``POST /v1/care-links``
     One native document or a JSON array of them (an optional ``"type"`` must match). Published to
     the carer-activity topic (key: patient id) and the care-network topic (key ``patient|carer``,
-    partition of the patient id, so the compacted topic keeps the latest state of each link).
+    partition of the patient id, so the compacted topic keeps the latest state of each link). A
+    ``started_at``/``effective_at`` more than ``max_future`` (10 minutes) after the receive time is
+    rejected (``future_timestamp``), as readings' ``measured_at`` are.
 ``GET /healthz``
     200 ``{"status": "ok"}`` (no token; says nothing about Kafka).
 
+A request holds at most ``max_items`` items (10,000), counted after the JSON is parsed and before
+any item is decoded (:func:`count_items`: a top-level array's length, a Bundle's entries, a gateway
+batch's readings). Parsing, decoding and building the records run in a worker thread, so a large
+request never stalls the event loop (``/healthz`` and other requests are answered meanwhile).
+
 Every response carries ``X-Request-Id`` (a fresh UUID per request). Statuses:
 
-* 202 ``{"request_id", "accepted", "rejected", "items": [{"index", "ok": true} |
-  {"index", "ok": false, "reason", "detail"}]}`` when at least one item was accepted; ``index`` is
-  the position of the item among the decoded items (a Bundle counts its Observation entries, a
-  gateway batch its readings);
+* 202 ``{"request_id", "accepted", "rejected", "reasons", "items", "items_omitted"}`` when at least
+  one item was accepted. ``reasons`` counts the rejected items per reason code; ``items`` lists the
+  first :data:`ANSWER_MAX_ITEMS` (100) items, each ``{"index", "ok": true}`` or ``{"index", "ok":
+  false, "reason", "detail"}``, and ``items_omitted`` how many more there were. ``index`` is the
+  position of the item among the decoded items (a Bundle counts its Observation entries, a gateway
+  batch its readings); a client that needs every item's outcome sends at most 100 per request;
 * 400 with the same body when nothing was acceptable (malformed JSON is one item with reason
   ``malformed_json``; an empty array has no items), or ``{"request_id", "error", "detail"}`` for a
   bad query parameter;
-* 401 without a valid bearer token; 403 when no token is configured (the intake is then closed);
-* 413 when the body exceeds ``max_body_bytes`` (by ``Content-Length`` or by what was actually read);
+* 401 without a valid bearer token (missing, another scheme, a wrong, malformed or undecodable
+  header); 403 when no token is configured, or an empty one (the intake is then closed);
+* 413 ``{"request_id", "error", "detail"}`` when the body exceeds ``max_body_bytes`` (by
+  ``Content-Length`` or by what was actually read; error ``body_too_large``) or holds more than
+  ``max_items`` items (error ``too_many_items``); nothing is published;
 * 415 when the content type is not JSON (``application/json`` or ``application/*+json``, UTF-8);
 * 503 ``{"request_id", "accepted": 0, "error": "publish_failed", "detail"}`` when Kafka did not
   acknowledge every record in time: nothing is reported as accepted and the client should retry.
@@ -36,10 +48,19 @@ Every response carries ``X-Request-Id`` (a fresh UUID per request). Statuses:
   source id get a deterministic ``reading_id`` (a hash of their content) and the worker drops
   duplicates.
 
-Every rejected item is also published to the dead-letters topic (``source="http"``, the
-``request_id``, the reason, the receive time and the item's JSON as ``original``; the whole body for
-``malformed_json``/``not_utf8``), before the answer is sent: a 2xx/400 answer means every record of
-the request was acknowledged by Kafka.
+Dead letters (``source="http"``, the ``request_id``, the reason, the receive time, the original) go
+to the dead-letters topic before the answer is sent, so a 2xx/400 answer means every record of the
+request was acknowledged by Kafka:
+
+* when nothing in a request was accepted (malformed as a whole, or every item rejected) the request
+  is **one** dead letter: the most common reason (the first to occur on a tie), a detail counting
+  the items per reason, and the request body as ``original``;
+* when some items were accepted, each rejected item is its own dead letter with the item's JSON as
+  ``original`` (at most ``max_items`` of them).
+
+An ``original`` longer than :data:`DEAD_LETTER_ORIGINAL_MAX_BYTES` (4,096 bytes) is cut to that
+prefix; its full length and SHA-256 are kept (``original_bytes``/``original_sha256``), so a 1 MiB
+body is never copied to Kafka.
 
 Nothing here logs payloads, identifiers or query strings (they carry patient ids): log lines hold the
 request id, the endpoint, the status and counts only.
@@ -54,9 +75,11 @@ import hmac
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -64,7 +87,7 @@ from aiohttp import web
 from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading, to_json_dict
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
-from monitor.intake.native import Rejection, validate_document
+from monitor.intake.native import Rejection, event_time_rejection, validate_document
 from monitor.kafka.partitioning import partition_for
 from monitor.kafka.publisher import OutgoingRecord, Publisher
 from monitor.settings import Settings
@@ -74,11 +97,16 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_MAX_ITEMS = 10_000
+"""Most items one request may hold (see :func:`count_items`); more is answered 413."""
+DEFAULT_MAX_FUTURE = timedelta(minutes=10)
+"""How far after the receive time a carer activity or care link may be dated (clock skew)."""
+ANSWER_MAX_ITEMS = 100
+"""Most per-item entries an answer lists; ``reasons`` and ``items_omitted`` account for the rest."""
 UNKNOWN_DEVICE = "unknown-device"
 """``device_id`` of readings whose source names no device (the native contract requires one)."""
-DEAD_LETTER_MAX_BYTES = 900_000
-"""Largest dead-letter value published; a longer ``original`` is cut (and the detail says so) so
-that a large malformed body stays under the broker's default 1 MB message limit."""
+DEAD_LETTER_ORIGINAL_MAX_BYTES = 4096
+"""Longest ``original`` kept in a dead letter; a longer one is cut to this prefix."""
 PUBLISH_TIMEOUT_S = 30.0
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -148,12 +176,41 @@ class Outcome:
     original: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class TooManyItems:
+    """A body holding more than ``limit`` items: refused before any item is decoded."""
+
+    count: int
+    limit: int
+
+
 def _accepted(record: OutgoingRecord) -> Outcome:
     return Outcome(record, None, b"")
 
 
 def _rejected(rejection: Rejection, original: bytes) -> Outcome:
     return Outcome(None, rejection, original)
+
+
+def _items_in(item: Any) -> int:
+    """How many results one top-level readings item can give: a Bundle's entries, a gateway batch's
+    readings (at least one: an empty one is one rejection), else 1."""
+    if isinstance(item, dict):
+        parts = item.get("entry") if item.get("resourceType") == "Bundle" else item.get("readings")
+        if isinstance(parts, list):
+            return max(1, len(parts))
+    return 1
+
+
+def count_items(parsed: Any, limit: int) -> int:
+    """The items of a parsed readings body, counted without decoding any: the body or each element of
+    a top-level array is one, except that a FHIR Bundle counts its entries and a gateway batch its
+    readings. An array of more than ``limit`` elements gives its length at once (it is refused
+    anyway), so counting costs at most ``limit`` steps."""
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if len(items) > limit:
+        return len(items)
+    return sum(map(_items_in, items))
 
 
 def _sub_items(item: Any, n_results: int) -> list[Any]:
@@ -188,12 +245,17 @@ def decode_readings(
     received_at: datetime,
     fmt: str = "auto",
     patient_id: str | None = None,
-) -> list[Outcome]:
-    """A readings request body -> one :class:`Outcome` per decoded item, in order. Never raises on
-    bad input (an unknown ``fmt`` or a naive ``received_at`` raise ``ValueError``)."""
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> list[Outcome] | TooManyItems:
+    """A readings request body -> one :class:`Outcome` per decoded item, in order, or
+    :class:`TooManyItems` (see :func:`count_items`). Never raises on bad input (an unknown ``fmt``
+    or a naive ``received_at`` raise ``ValueError``)."""
     parsed = load_json(raw)
     if isinstance(parsed, Rejection):
         return [_rejected(parsed, raw)]
+    count = count_items(parsed, max_items)
+    if count > max_items:
+        return TooManyItems(count, max_items)
     items = parsed if isinstance(parsed, list) else [parsed]
     outcomes: list[Outcome] = []
     for item in items:
@@ -216,16 +278,29 @@ def decode_readings(
     return outcomes
 
 
-def decode_documents(raw: bytes, *, expected: str, topic: str, partitions: int) -> list[Outcome]:
-    """A carer-activity or care-link request body (one document or an array) -> outcomes.
+def decode_documents(
+    raw: bytes,
+    *,
+    expected: str,
+    topic: str,
+    partitions: int,
+    received_at: datetime,
+    max_future: timedelta = DEFAULT_MAX_FUTURE,
+    max_items: int = DEFAULT_MAX_ITEMS,
+) -> list[Outcome] | TooManyItems:
+    """A carer-activity or care-link request body (one document or an array) -> outcomes, or
+    :class:`TooManyItems` for an array of more than ``max_items`` documents.
 
     ``expected`` is ``"carer_activity"`` (key: patient id) or ``"care_link"`` (key
-    ``patient|carer``); both are partitioned by the patient id.
+    ``patient|carer``); both are partitioned by the patient id. A document dated more than
+    ``max_future`` after ``received_at`` is rejected (``future_timestamp``).
     """
     parsed = load_json(raw)
     if isinstance(parsed, Rejection):
         return [_rejected(parsed, raw)]
     items = parsed if isinstance(parsed, list) else [parsed]
+    if len(items) > max_items:
+        return TooManyItems(len(items), max_items)
     outcomes: list[Outcome] = []
     for item in items:
         if not isinstance(item, dict):
@@ -233,6 +308,8 @@ def decode_documents(raw: bytes, *, expected: str, topic: str, partitions: int) 
                 Rejection("not_an_object", f"got a JSON {type(item).__name__}"), _dumps(item)))
             continue
         doc = validate_document(item, expected=expected)
+        if not isinstance(doc, Rejection):
+            doc = event_time_rejection(doc, received_at, max_future) or doc
         if isinstance(doc, Rejection):
             outcomes.append(_rejected(doc, _dumps(item)))
             continue
@@ -245,38 +322,111 @@ def decode_documents(raw: bytes, *, expected: str, topic: str, partitions: int) 
     return outcomes
 
 
+# --- dead letters and the answer of a decoded request ---------------------------------------------
+
+
 def dead_letter_value(
     rejection: Rejection, original: bytes, *, topic: str, request_id: str, received_at: datetime,
-    max_bytes: int = DEAD_LETTER_MAX_BYTES,
+    max_original_bytes: int = DEAD_LETTER_ORIGINAL_MAX_BYTES,
 ) -> bytes:
-    """The JSON of a :class:`~monitor.contract.models.DeadLetter` for a rejected HTTP item.
+    """The JSON of a :class:`~monitor.contract.models.DeadLetter` for a rejected HTTP item or request.
 
-    ``topic`` is the topic the item was meant for. ``original`` is kept as UTF-8 text (base64 when it
-    is not UTF-8); if the record would exceed ``max_bytes`` the original is cut to fit and the detail
-    says how many bytes were kept.
+    ``topic`` is the topic the input was meant for. ``original`` is kept as UTF-8 text (base64 when it
+    is not UTF-8), cut to its first ``max_original_bytes`` bytes (a character split by the cut is
+    dropped). Its full length and SHA-256 hex go to ``original_bytes``/``original_sha256``; the
+    detail says when the original was cut.
     """
     try:
         original.decode("utf-8")
         utf8 = True
     except UnicodeDecodeError:
         utf8 = False
-    keep = len(original)
-    while True:
-        part = original[:keep]
-        detail = rejection.detail
-        if keep < len(original):
-            detail += f" (original cut to its first {keep} of {len(original)} bytes)"
-        dl = DeadLetter(
-            reason=rejection.reason, detail=detail, source="http", topic=topic,
-            request_id=request_id, received_at=received_at,
-            encoding="utf-8" if utf8 else "base64",
-            # errors="ignore" only drops a character split by the cut
-            original=part.decode("utf-8", errors="ignore") if utf8 else base64.b64encode(part).decode(),
-        )
-        value = dl.model_dump_json(exclude_none=True).encode("utf-8")
-        if len(value) <= max_bytes or keep == 0:
-            return value
-        keep = max(0, keep - (len(value) - max_bytes) - 1024)
+    part = original[:max_original_bytes]
+    digest = hashlib.sha256(original).hexdigest()
+    detail = rejection.detail
+    if len(part) < len(original):
+        detail += f" (original cut to its first {len(part)} of {len(original)} bytes)"
+    fields: dict[str, Any] = {
+        "reason": rejection.reason, "detail": detail, "source": "http", "topic": topic,
+        "request_id": request_id, "received_at": received_at,
+        "encoding": "utf-8" if utf8 else "base64",
+        # errors="ignore" only drops a character split by the cut
+        "original": part.decode("utf-8", errors="ignore") if utf8 else base64.b64encode(part).decode(),
+    }
+    fields |= {"original_bytes": len(original), "original_sha256": digest}
+    return DeadLetter.model_validate(fields).model_dump_json(exclude_none=True).encode("utf-8")
+
+
+def request_rejection(rejections: Sequence[Rejection]) -> Rejection:
+    """The one rejection standing for a request of which nothing was accepted (``rejections`` not
+    empty): a lone rejection itself, else the most common reason (the first to occur on a tie) with a
+    detail counting the items per reason and quoting the first rejection of that reason."""
+    if len(rejections) == 1:
+        return rejections[0]
+    counts = Counter(r.reason for r in rejections).most_common()  # stable: ties keep first-seen order
+    reason = counts[0][0]
+    first = next(r for r in rejections if r.reason == reason)
+    per_reason = ", ".join(f"{name} {n}" for name, n in counts)
+    return Rejection(reason, f"all {len(rejections)} items rejected ({per_reason}); "
+                             f"first {reason}: {first.detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A decoded request, ready to publish and answer."""
+
+    records: list[OutgoingRecord]
+    """The accepted items' records and the dead letters, in item order."""
+    accepted: int
+    reasons: dict[str, int]
+    """Rejected items per reason code."""
+    items: list[dict[str, Any]]
+    """The answer's entries of the first :data:`ANSWER_MAX_ITEMS` items."""
+    omitted: int
+    """Items without an entry in ``items``."""
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reasons.values())
+
+
+def _answer_item(index: int, outcome: Outcome) -> dict[str, Any]:
+    rej = outcome.rejection
+    if rej is None:
+        return {"index": index, "ok": True}
+    return {"index": index, "ok": False, "reason": rej.reason, "detail": rej.detail}
+
+
+def settle(
+    outcomes: Sequence[Outcome], raw: bytes, *, topic: str, dead_topic: str, request_id: str,
+    received_at: datetime,
+) -> Settled:
+    """The records and answer of a decoded request whose body was ``raw``.
+
+    When anything was accepted, each rejected item is a dead letter of its own (the item as
+    ``original``); when nothing was, the request is one dead letter (:func:`request_rejection`,
+    ``raw`` as ``original``); an empty array gives none.
+    """
+    def dead_letter(rejection: Rejection, original: bytes) -> OutgoingRecord:
+        return OutgoingRecord(dead_topic, None, dead_letter_value(
+            rejection, original, topic=topic, request_id=request_id, received_at=received_at), None)
+
+    rejections = [o.rejection for o in outcomes if o.rejection is not None]
+    accepted = len(outcomes) - len(rejections)
+    records: list[OutgoingRecord] = []
+    if accepted:
+        for outcome in outcomes:
+            if outcome.rejection is not None:
+                records.append(dead_letter(outcome.rejection, outcome.original))
+            elif outcome.record is not None:
+                records.append(outcome.record)
+    elif rejections:
+        records.append(dead_letter(request_rejection(rejections), raw))
+    return Settled(
+        records=records, accepted=accepted, reasons=dict(Counter(r.reason for r in rejections)),
+        items=[_answer_item(i, o) for i, o in enumerate(outcomes[:ANSWER_MAX_ITEMS])],
+        omitted=max(0, len(outcomes) - ANSWER_MAX_ITEMS),
+    )
 
 
 # --- the aiohttp application ------------------------------------------------------------------
@@ -312,30 +462,42 @@ def _is_json_type(request: web.Request) -> bool:
     return json_type and (charset is None or charset.lower() in ("utf-8", "utf8"))
 
 
-class _Intake:
-    """The request handlers, bound to settings, a publisher and a clock."""
+def _bearer_credentials(header: str) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme is case-insensitive), as
+    UTF-8; ``b""`` for a missing or malformed header, another scheme, or bytes that were not UTF-8
+    (aiohttp hands those over as lone surrogates)."""
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return b""
+    try:
+        return credentials.strip().encode("utf-8")
+    except UnicodeEncodeError:
+        return b""
 
-    def __init__(self, settings: Settings, publisher: Publisher, clock: Clock, max_body_bytes: int,
-                 publish_timeout_s: float) -> None:
+
+class _Intake:
+    """The request handlers, bound to settings, a publisher, a clock and the limits."""
+
+    def __init__(self, settings: Settings, publisher: Publisher, clock: Clock, *, max_body_bytes: int,
+                 max_items: int, max_future: timedelta, publish_timeout_s: float) -> None:
         self.settings = settings
         self.publisher = publisher
         self.clock = clock
         self.max_body_bytes = max_body_bytes
+        self.max_items = max_items
+        self.max_future = max_future
         self.publish_timeout_s = publish_timeout_s
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        token = settings.api_token.get_secret_value().strip() if settings.api_token else ""
+        self._token = token.encode("utf-8") if token else None  # empty = not configured
 
     # -- checks before any decoding --
 
     def _denied(self, request: web.Request) -> web.Response | None:
-        if self._expected_auth is None:
+        if self._token is None:
             return _error(403, request, "intake_disabled",
                           "the HTTP intake is closed: no MONITOR_API_TOKEN is configured")
-        try:
-            given = request.headers.get("Authorization", "").encode("utf-8")
-        except UnicodeEncodeError:
-            given = b""
-        if not hmac.compare_digest(given, self._expected_auth):
+        given = _bearer_credentials(request.headers.get("Authorization", ""))
+        if not hmac.compare_digest(given, self._token):
             response = _error(401, request, "unauthorized",
                               "send Authorization: Bearer <MONITOR_API_TOKEN>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="coproduction-monitor intake"'
@@ -361,30 +523,35 @@ class _Intake:
                 return too_large
         return bytes(body)
 
-    # -- publishing and answering --
+    # -- decoding, publishing and answering --
 
-    async def _answer(self, request: web.Request, outcomes: Sequence[Outcome], topic: str,
-                      received_at: datetime) -> web.Response:
+    async def _process(self, request: web.Request, decode: Callable[[], list[Outcome] | TooManyItems],
+                       raw: bytes, topic: str, received_at: datetime) -> web.Response:
+        """Run ``decode`` and :func:`settle` in a worker thread (CPU-bound: the event loop keeps
+        serving meanwhile), then publish and answer."""
         request_id = request[_REQUEST_ID]
-        dead_topic = self.settings.topics.name("dead_letters")
-        records: list[OutgoingRecord] = []
-        items: list[dict[str, Any]] = []
-        for index, outcome in enumerate(outcomes):
-            if outcome.record is not None:
-                records.append(outcome.record)
-                items.append({"index": index, "ok": True})
-            else:
-                assert outcome.rejection is not None
-                rej = outcome.rejection
-                records.append(OutgoingRecord(dead_topic, None, dead_letter_value(
-                    rej, outcome.original, topic=topic, request_id=request_id,
-                    received_at=received_at), None))
-                items.append({"index": index, "ok": False, "reason": rej.reason, "detail": rej.detail})
-        accepted = sum(1 for o in outcomes if o.record is not None)
-        rejected = len(outcomes) - accepted
-        if records:
+
+        def work() -> Settled | TooManyItems:
+            outcomes = decode()
+            if isinstance(outcomes, TooManyItems):
+                return outcomes
+            return settle(outcomes, raw, topic=topic, dead_topic=self.settings.topics.name("dead_letters"),
+                          request_id=request_id, received_at=received_at)
+
+        settled = await asyncio.get_running_loop().run_in_executor(None, work)
+        if isinstance(settled, TooManyItems):
+            log.info("intake request %s %s: %d items, limit %d -> 413", request_id, request.path,
+                     settled.count, settled.limit)
+            return _error(413, request, "too_many_items",
+                          f"the body holds {settled.count} items, more than {settled.limit}; split it")
+        return await self._answer(request, settled)
+
+    async def _answer(self, request: web.Request, settled: Settled) -> web.Response:
+        request_id = request[_REQUEST_ID]
+        if settled.records:
             try:
-                await asyncio.wait_for(self.publisher.publish_many(records), self.publish_timeout_s)
+                await asyncio.wait_for(self.publisher.publish_many(settled.records),
+                                       self.publish_timeout_s)
             except Exception as exc:  # any delivery failure: the client must retry
                 log.warning("intake request %s %s: publishing failed (%s)", request_id, request.path,
                             type(exc).__name__)
@@ -393,11 +560,13 @@ class _Intake:
                     "detail": f"Kafka did not acknowledge the records ({type(exc).__name__}); "
                               "nothing was accepted: retry the request",
                 }, status=503, headers={"Retry-After": "5"})
-        status = 202 if accepted else 400
+        status = 202 if settled.accepted else 400
         log.info("intake request %s %s: %d accepted, %d rejected -> %d", request_id, request.path,
-                 accepted, rejected, status)
-        return web.json_response({"request_id": request_id, "accepted": accepted,
-                                  "rejected": rejected, "items": items}, status=status)
+                 settled.accepted, settled.rejected, status)
+        return web.json_response({
+            "request_id": request_id, "accepted": settled.accepted, "rejected": settled.rejected,
+            "reasons": settled.reasons, "items": settled.items, "items_omitted": settled.omitted,
+        }, status=status)
 
     # -- handlers --
 
@@ -408,12 +577,12 @@ class _Intake:
         fmt = request.query.get("format", "auto")
         if fmt not in FORMATS:
             return _error(400, request, "unknown_format", f"format must be one of {list(FORMATS)}")
-        patient_id = request.query.get("patient_id") or None
         received_at = self.clock()
         topic = self.settings.topics.name("readings")
-        outcomes = decode_readings(body, topic=topic, partitions=self.settings.partitions,
-                                   received_at=received_at, fmt=fmt, patient_id=patient_id)
-        return await self._answer(request, outcomes, topic, received_at)
+        decode = partial(decode_readings, body, topic=topic, partitions=self.settings.partitions,
+                         received_at=received_at, fmt=fmt,
+                         patient_id=request.query.get("patient_id") or None, max_items=self.max_items)
+        return await self._process(request, decode, body, topic, received_at)
 
     def documents(self, expected: str, topic_key: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
@@ -422,9 +591,10 @@ class _Intake:
                 return body
             received_at = self.clock()
             topic = self.settings.topics.name(topic_key)
-            outcomes = decode_documents(body, expected=expected, topic=topic,
-                                        partitions=self.settings.partitions)
-            return await self._answer(request, outcomes, topic, received_at)
+            decode = partial(decode_documents, body, expected=expected, topic=topic,
+                             partitions=self.settings.partitions, received_at=received_at,
+                             max_future=self.max_future, max_items=self.max_items)
+            return await self._process(request, decode, body, topic, received_at)
 
         return handler
 
@@ -439,17 +609,27 @@ def create_intake_app(
     *,
     clock: Clock = _utc_now,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    max_future: timedelta = DEFAULT_MAX_FUTURE,
     publish_timeout_s: float = PUBLISH_TIMEOUT_S,
 ) -> web.Application:
     """The intake :class:`aiohttp.web.Application` (routes in the module docstring).
 
     ``publisher`` must be started before the first request (see :func:`monitor.intake.serve.run_intake`);
     ``clock`` returns the timezone-aware receive time that anchors the future/too-old checks and the
-    dead letters' ``received_at``. ``publish_timeout_s`` bounds the wait for Kafka (then 503).
+    dead letters' ``received_at``. ``max_items`` caps the items of one request (413 above it);
+    ``max_future`` is the clock skew allowed to carer activities and care links (readings get
+    :func:`monitor.intake.canonical.validate`'s). ``publish_timeout_s`` bounds the wait for Kafka
+    (then 503).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
-    intake = _Intake(settings, publisher, clock, max_body_bytes, publish_timeout_s)
+    if max_items < 1:
+        raise ValueError("max_items must be positive")
+    if max_future < timedelta(0):
+        raise ValueError("max_future must not be negative")
+    intake = _Intake(settings, publisher, clock, max_body_bytes=max_body_bytes, max_items=max_items,
+                     max_future=max_future, publish_timeout_s=publish_timeout_s)
     # aiohttp's own limit applies to request.read()/post(), which the handlers do not use; keep it
     # above ours so that our 413 (with a request id) is the one a client sees.
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body_bytes + 1)

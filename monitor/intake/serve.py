@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -58,7 +59,9 @@ def run_intake(
         log.warning("MONITOR_API_TOKEN is not set: every intake endpoint but /healthz answers 403")
     ensure_topics(settings)  # never let a broker auto-create them with the wrong partition count
     publisher = AsyncPublisher(settings)
-    app = create_intake_app(settings, publisher, max_body_bytes=max_body_bytes)
+    app = create_intake_app(settings, publisher, max_body_bytes=max_body_bytes,
+                            max_items=settings.intake_max_items,
+                            max_future=timedelta(seconds=settings.max_clock_skew_s))
     attach_publisher(app, publisher)
     web.run_app(app, host=host, port=port, access_log_class=PathOnlyAccessLogger,
                 print=lambda msg: log.info("%s", msg))

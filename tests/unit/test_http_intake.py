@@ -7,6 +7,7 @@ answer and on what the app handed to the publisher (topic, key, partition, value
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -69,10 +70,11 @@ def post(
     headers: dict[str, str] | None = None,
     publisher: MemoryPublisher | None = None,
     settings: Settings = SETTINGS,
-    max_body_bytes: int = 1_048_576,
     chunked: bool = False,
+    **options: Any,
 ) -> Answer:
-    """POST to a fresh intake app; ``body`` is JSON-encoded unless ``raw`` bytes are given."""
+    """POST to a fresh intake app; ``body`` is JSON-encoded unless ``raw`` bytes are given.
+    ``options`` go to :func:`create_intake_app` (``max_body_bytes``, ``max_items``, ...)."""
     pub = publisher if publisher is not None else MemoryPublisher()
     data = raw if raw is not None else json.dumps(body).encode()
 
@@ -81,7 +83,7 @@ def post(
             yield data[i:i + 1000]
 
     async def go() -> Answer:
-        app = create_intake_app(settings, pub, clock=lambda: RECEIVED, max_body_bytes=max_body_bytes)
+        app = create_intake_app(settings, pub, clock=lambda: RECEIVED, **options)
         async with TestClient(TestServer(app)) as client:
             resp = await client.post(path, data=stream() if chunked else data,
                                      headers=AUTH if headers is None else headers)
@@ -157,15 +159,19 @@ def test_every_reading_goes_to_the_partition_of_its_patient() -> None:
     assert len({r.partition for r in records}) > 2  # the ids really spread over partitions
 
 
-def test_nothing_acceptable_is_400_with_the_same_body_and_dead_letters() -> None:
+def test_nothing_acceptable_is_400_with_the_same_body_and_one_dead_letter() -> None:
     pub = MemoryPublisher()
-    answer = post("/v1/readings", [reading("r1", kind="mood"), 7], publisher=pub)
+    body = [reading("r1", kind="mood"), 7]
+    answer = post("/v1/readings", body, publisher=pub)
     assert answer.status == 400
     assert (answer.body["accepted"], answer.body["rejected"]) == (0, 2)
     assert [i["reason"] for i in answer.body["items"]] == ["unknown_kind", "not_an_object"]
+    assert answer.body["reasons"] == {"unknown_kind": 1, "not_an_object": 1}
     assert pub.on(READINGS) == []
-    assert [DeadLetter.model_validate_json(r.value).reason for r in pub.on(DEAD)] == [
-        "unknown_kind", "not_an_object"]
+    (dl,) = [DeadLetter.model_validate_json(r.value) for r in pub.on(DEAD)]
+    assert dl.reason == "unknown_kind"  # a tie: the first to occur
+    assert "all 2 items rejected (unknown_kind 1, not_an_object 1)" in dl.detail
+    assert json.loads(dl.original) == body  # the request, not an item
 
 
 def test_malformed_json_is_400_and_the_raw_body_is_dead_lettered() -> None:
@@ -360,11 +366,17 @@ def test_healthz_needs_no_token() -> None:
     assert asyncio.run(go()) == (200, {"status": "ok"})
 
 
-def test_oversized_dead_letter_keeps_a_cut_original_under_the_limit() -> None:
+def test_long_dead_letter_original_is_cut_to_a_prefix_with_its_length_and_hash() -> None:
     original = ('{"x": "' + "é" * 4000).encode()  # malformed, 8007 bytes, multi-byte characters
     value = dead_letter_value(Rejection("malformed_json", "cut"), original, topic=READINGS,
-                              request_id="rid", received_at=RECEIVED, max_bytes=3000)
+                              request_id="rid", received_at=RECEIVED)
     dl = DeadLetter.model_validate_json(value)
-    assert len(value) <= 3000
-    assert dl.encoding == "utf-8" and original.startswith(dl.original.encode())
-    assert "of 8007 bytes" in dl.detail
+    kept = dl.original.encode()
+    assert dl.encoding == "utf-8" and original.startswith(kept)
+    assert 4094 <= len(kept) <= 4096  # a 2-byte character split by the cut is dropped
+    assert "cut to its first 4096 of 8007 bytes" in dl.detail
+    digest = hashlib.sha256(original).hexdigest()
+    if "original_sha256" in DeadLetter.model_fields:
+        assert (dl.original_bytes, dl.original_sha256) == (8007, digest)
+    else:
+        assert digest in dl.detail
