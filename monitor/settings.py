@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     max_clock_skew_s: float = Field(default=600.0, ge=0, le=86_400)
     # late window: a reading received longer than this after it was measured is backfill, recorded
     # by the alert engine but never paged; one received within it pages even when out of order
-    late_window_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    late_window_s: float = Field(default=3600.0, gt=0, le=3650 * 86_400)
     # events of a patient not (yet) registered are held this long for the registration, then
     # dead-lettered unknown_patient; at most unknown_patient_cap events are held per partition
     unknown_patient_grace_s: float = Field(default=86_400.0, ge=0, le=30 * 86_400)

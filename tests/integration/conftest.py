@@ -109,6 +109,9 @@ def deployment_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
         "MONITOR_API_TOKEN": "test-token-" + tag,
         "MONITOR_LOG_LEVEL": "WARNING",
         "MONITOR_OLDEST_READING_DAYS": "3650",  # fixtures are dated; the horizon is tested in units
+        # ... and would all be backfill (recorded, never paged); lateness is tested in units and in
+        # test_worker_e2e's poison test, which sets its own
+        "MONITOR_LATE_WINDOW_S": str(3650 * 86_400),
     })
     if os.environ.get("MONITOR_BROKER_IS_LOCAL") or not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         e["MONITOR_LOCAL_BROKER"] = "1"

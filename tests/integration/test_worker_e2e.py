@@ -120,6 +120,8 @@ BAD_INPUTS = [
 
 def test_bad_input_is_dead_lettered_counted_and_the_worker_keeps_running(settings, worker):
     prod = KafkaProducer(**settings.kafka_python_config())
+    prod.send(settings.topics.name("patients"), key=b"P1", value=json.dumps(
+        {"patient_id": "P1", "region": "north", "deprivation_quintile": 2, "age_band": "65-74"}).encode())
     for topic_key, raw, _ in BAD_INPUTS:
         prod.send(settings.topics.name(topic_key), key=b"P1", value=raw)
     good = (b'{"reading_id":"ok-1","patient_id":"P1","device_id":"d","kind":"glucose","value":5.0,'
@@ -128,7 +130,7 @@ def test_bad_input_is_dead_lettered_counted_and_the_worker_keeps_running(setting
     prod.flush()
     prod.close()
 
-    summary = worker.wait_inputs(len(BAD_INPUTS) + 1)
+    summary = worker.wait_inputs(len(BAD_INPUTS) + 2)
     assert worker.alive()
     assert summary["readings"] == 1
     assert summary["dead_letters"] == {reason: 1 for _, _, reason in BAD_INPUTS}
@@ -227,3 +229,40 @@ def test_report_from_the_live_equity_topic(settings, worker, tmp_path):
     assert len(pngs) >= 3 and all(p.stat().st_size > 1000 for p in pngs)
     text = html.read_text()
     assert all(p.name in text for p in pngs)
+
+
+def test_poison_messages_do_not_stop_the_worker(settings, worker):
+    """A 5,000-digit number and 1 MB of ``\\x01`` on ``readings``, then valid messages: the worker
+    dead-letters the two (capped: a 4,096-byte prefix, the length and SHA-256) and goes on. On the
+    old code the first raised ValueError out of the pipeline and the second made a 6 MB dead letter
+    the producer refused; either stopped every worker that took the partition."""
+    import hashlib
+    from datetime import timedelta
+
+    now = datetime.now(UTC)
+    big_number = (b'{"reading_id":"big","patient_id":"PZ","device_id":"d","kind":"glucose","value":'
+                  + b"9" * 5000 + b',"unit":"mmol/L","measured_at":"' + now.isoformat().encode() + b'"}')
+    ones = b"\x01" * 1_000_000
+    low = json.dumps({"reading_id": "low-1", "patient_id": "PZ", "device_id": "d", "kind": "glucose",
+                      "value": 2.0, "unit": "mmol/L",
+                      "measured_at": (now - timedelta(minutes=1)).isoformat()}).encode()
+    patient = json.dumps({"patient_id": "PZ", "region": "north", "deprivation_quintile": 3,
+                          "age_band": "65-74"}).encode()
+    prod = KafkaProducer(**settings.kafka_python_config(), max_request_size=2_000_000)
+    prod.send(settings.topics.name("patients"), key=b"PZ", value=patient).get(timeout=30)
+    for raw in (big_number, ones, low):
+        prod.send(settings.topics.name("readings"), key=b"PZ", value=raw).get(timeout=30)
+    prod.close()
+
+    summary = worker.wait_inputs(4)
+    assert worker.alive()
+    assert summary["readings"] == 1 and sum(summary["dead_letters"].values()) == 2
+    dead = consume(settings, settings.topics.name("dead_letters"), lambda got: len(got) >= 2)
+    by_size = {d["original_bytes"]: d for d in dead}
+    assert set(by_size) == {len(big_number), len(ones)}
+    cut = by_size[len(ones)]
+    assert cut["original_sha256"] == hashlib.sha256(ones).hexdigest()
+    assert len(cut["original"]) == 4096 and cut["original"] == "\x01" * 4096
+    assert by_size[len(big_number)]["original_sha256"] == hashlib.sha256(big_number).hexdigest()
+    alerts = consume(settings, settings.topics.name("alerts"), lambda got: len(got) >= 1)
+    assert [(a["rule"], a["notification"]) for a in alerts] == [("glucose_very_low", "firing")]
