@@ -68,6 +68,17 @@ def _flags_of(state: SupportState) -> LazyFlags:
 
 
 DEFAULT_BATCH_LINES = 10_000
+TICK_EVERY = timedelta(hours=1)
+"""Event-time interval of the replay's timer evaluations (the live worker's timer runs every few
+seconds of wall time; hourly event time keeps a replay of a fortnight at ~340 evaluations)."""
+
+
+def _event_time_s(doc: Any, canon: list[CanonicalReading]) -> int | None:
+    """The latest event time of a document (epoch seconds, UTC; ``None`` for a registry entry)."""
+    if canon:
+        return max(epoch_seconds(c.measured_at) for c in canon)
+    t = getattr(doc, "started_at", None) or getattr(doc, "effective_at", None)
+    return None if t is None else epoch_seconds(t)
 
 
 def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[bytes | str]]:
@@ -90,18 +101,43 @@ def replay_state(
     (they still count as processed). Lines are applied in batches of ``batch_lines``.
 
     Readings are canonicalised and validated as live (an implausible one is counted under its
-    reason and not applied). With ``alerts``, each batch's readings then go through the alert
-    engine with the support flags as of the state's watermark, and its timers tick at the
-    watermark - the same calls, in the same order, as the live worker makes per batch.
+    reason and not applied). With ``alerts``, readings go through the alert engine with the support
+    flags of the latest timer evaluation, and the timers (missed readings, re-notification,
+    escalation) tick whenever the event time of a line crosses a multiple of :data:`TICK_EVERY`
+    (UTC, epoch-aligned), at the watermark, and once at the end. Ticks never fall at batch ends, so
+    the result does not depend on ``batch_lines`` (1 or 10,000 lines per batch give the same
+    alerts; a tick's timing decides which short gaps of missed readings are seen, as the wall-clock
+    timer does live).
     """
     if as_of is not None:
         epoch_seconds(as_of)  # fail early on a naive datetime
     state = SupportState(config)
     processed = 0
     rejected: Counter[str] = Counter()
+    docs: list[Any] = []
     readings: list[CanonicalReading] = []
+    flags: dict[str, list[str]] = {}  # as of the latest tick (compound risk between ticks)
+    grid = int(TICK_EVERY.total_seconds())
+    next_tick: int | None = None
+
+    def flush() -> None:
+        if docs:
+            state.apply(batch_from_documents(state, docs, until=as_of))
+            if carers is not None:
+                carers.apply(d for d in docs if not isinstance(d, CanonicalReading) and _before(d, as_of))
+        if alerts is not None and readings:
+            alerts.on_readings(readings, flags)
+        docs.clear()
+        readings.clear()
+
+    def tick() -> None:
+        nonlocal flags
+        flush()
+        if alerts is not None and state.watermark is not None:
+            flags = dict(_flags_of(state))
+            alerts.tick(state.watermark, flags)
+
     for chunk in _chunks(lines, batch_lines):
-        docs = []
         for line in chunk:
             raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
             if not raw.strip():
@@ -111,25 +147,29 @@ def replay_state(
                 rejected[result.reason] += 1
                 continue
             processed += 1
+            canon: list[CanonicalReading] = []
             if hasattr(result, "reading_id") or hasattr(result, "readings"):
                 canon = _canonical_readings(result, rejected)
                 if as_of is not None:
                     canon = [c for c in canon if c.measured_at.date() <= as_of.astimezone(UTC).date()]
+            t = _event_time_s(result, canon)
+            if alerts is not None and t is not None:
+                # the timers tick on a fixed grid of event time, never at batch ends, so the alerts
+                # do not depend on batch_lines
+                if next_tick is None:
+                    next_tick = (t // grid + 1) * grid
+                elif t >= next_tick:
+                    tick()
+                    next_tick = (t // grid + 1) * grid
+            if canon:
                 docs.extend(canon)
                 readings.extend(canon)
-            else:
+            elif not (hasattr(result, "reading_id") or hasattr(result, "readings")):
                 if alerts is not None and hasattr(result, "deprivation_quintile"):
                     alerts.on_patient(result)
                 docs.append(result)
-        if docs:
-            state.apply(batch_from_documents(state, docs, until=as_of))
-            if carers is not None:
-                carers.apply(d for d in docs if not isinstance(d, CanonicalReading) and _before(d, as_of))
-        if alerts is not None and state.watermark is not None:
-            if readings:
-                alerts.on_readings(readings, _flags_of(state))
-            alerts.tick(state.watermark, _flags_of(state))
-        readings = []
+        flush()
+    tick()
     return state, {"processed": processed, "rejected": dict(sorted(rejected.items()))}
 
 

@@ -97,6 +97,10 @@ def alertmanager(tmp_path):
         hook.close()
 
 
+def emergency_pages(hook: Webhook) -> list[dict]:
+    return [a for a in hook.alerts() if a["status"] == "firing" and a["labels"]["severity"] == "emergency"]
+
+
 def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -129,8 +133,11 @@ def test_unsupported_hypoglycaemia_pages_once_and_resolves(env, settings, alertm
         send("patients", {"patient_id": pid, "region": "north", "deprivation_quintile": 1,
                           "age_band": "75-84", "conditions": ["diabetes"]})
         send("readings", low)
-        wait_for(lambda: any(a["status"] == "firing" for a in hook.alerts()), what="the page")
-        firing = [a for a in hook.alerts() if a["status"] == "firing"]
+        # compound risk is the patient's flags at the latest timer evaluation: a patient registered
+        # just before the reading may be paged at the rule's level first and escalated at the next
+        # timer (1 s here; production's 10 s group_wait for critical never sends that first copy)
+        wait_for(lambda: emergency_pages(hook), what="the emergency page")
+        firing = emergency_pages(hook)
         assert len(firing) == 1
         labels, annotations = firing[0]["labels"], firing[0]["annotations"]
         assert labels["severity"] == "emergency" and labels["rule"] == "glucose_very_low"
@@ -144,11 +151,12 @@ def test_unsupported_hypoglycaemia_pages_once_and_resolves(env, settings, alertm
         worker.start()
         send("readings", low)
         time.sleep(4)
-        assert len([a for a in hook.alerts() if a["status"] == "firing"]) == 1
+        assert len(emergency_pages(hook)) == 1
 
         send("readings", {**low, "reading_id": "ok-1", "value": 6.2, "measured_at": later})
-        wait_for(lambda: any(a["status"] == "resolved" for a in hook.alerts()), what="the resolution")
-        assert len([a for a in hook.alerts() if a["status"] == "firing"]) == 1
+        wait_for(lambda: any(a["status"] == "resolved" and a["labels"]["severity"] == "emergency"
+                             for a in hook.alerts()), what="the resolution")
+        assert len(emergency_pages(hook)) == 1
     finally:
         prod.close()
         worker.stop()
@@ -159,6 +167,8 @@ def test_unsupported_hypoglycaemia_pages_once_and_resolves(env, settings, alertm
     events = [json.loads(r.value) for r in consumer]
     consumer.close()
     mine = [e for e in events if e["rule"] == "glucose_very_low"]
-    assert [e["notification"] for e in mine] == ["firing", "resolved"]
+    notes = [e["notification"] for e in mine]
+    assert notes in (["firing", "resolved"], ["firing", "renotify", "resolved"])  # escalated or not
+    assert all(e["escalated_from"] == "critical" for e in mine if e["notification"] == "renotify")
     assert len({e["alert_id"] for e in mine}) == 1
-    assert mine[0]["unsupported"] is True and mine[0]["severity"] == "emergency"
+    assert mine[-1]["unsupported"] is True and mine[-1]["severity"] == "emergency"

@@ -92,9 +92,28 @@ def test_duplicate_and_older_readings_give_one_episode():
 
 
 def test_missed_readings_from_the_clock_at_the_as_of_time():
-    plan = {"monitoring_plan": {"glucose": 4}}  # every 6 h: missed after 12 h without one
+    # every 6 h: missed after 12 h without one; registered just before the first reading (before
+    # the registration, the timers - ticking hourly on event time - see no plan to miss)
+    plan = {"monitoring_plan": {"glucose": 4}, "registered_at": (T0 - timedelta(hours=1)).isoformat()}
     lines = [patient(**plan), *carer(), reading("r1", "glucose", T0, value=6.0, unit="mmol/L")]
     assert replay(lines, as_of=T0 + timedelta(hours=11))["alerts"] == []
     (missed,) = replay(lines, as_of=T0 + timedelta(hours=13))["alerts"]
     assert (missed["rule"], missed["kind"], missed["status"]) == ("missed_readings", "glucose", "firing")
     assert missed["opened_at"] == "2026-10-01T20:00:00Z"
+
+
+def test_replay_does_not_depend_on_batch_lines() -> None:
+    """Issue 13: one simulated fortnight replayed in batches of 50 / 3,000 / 10,000 lines opened
+    736 / 479 / 201 alerts (the engine skipped readings older than the newest of their batch, and
+    the timers ticked at batch ends). Now every output is identical for any batch size."""
+    import io
+
+    from monitor.simulate import SimConfig, write_ndjson
+
+    buf = io.StringIO()
+    write_ndjson(SimConfig(patients=60, days=10, seed=3, end=datetime(2026, 11, 1, tzinfo=UTC)), buf)
+    lines = buf.getvalue().splitlines(keepends=True)
+    want = replay(iter(lines), batch_lines=10_000)
+    assert len(want["alerts"]) > 50 and {a["rule"] for a in want["alerts"]} > {"missed_readings"}
+    for n in (1, 7, 50):
+        assert replay(iter(lines), batch_lines=n) == want, n
