@@ -114,6 +114,13 @@ def _reading(pid: str, i: int, value: float = 6.0) -> dict[str, Any]:
             "measured_at": f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z"}
 
 
+def _registrations(pids: Any) -> list[tuple[str, str, bytes]]:
+    """Registry messages for ``pids``: events of unregistered patients are held, not applied."""
+    return [("patients", pid, json.dumps({"patient_id": pid, "region": "bench", "age_band": "65-74",
+                                          "deprivation_quintile": 1 + i % 5}).encode())
+            for i, pid in enumerate(pids)]
+
+
 def _produce(settings: Settings, messages: list[tuple[str, str, bytes]]) -> None:
     """Write the input before a measurement (aiokafka record batches per partition: fast enough
     for millions of messages; its speed is not part of any result)."""
@@ -187,7 +194,7 @@ def throughput(name: str, readings: int, batch: int) -> dict[str, Any]:
                 doc = {"gateway_id": "g", "sent_at": "2026-10-30T00:00:00Z", "readings": rs[k:k + batch]}
                 msgs.append(("readings", pid, json.dumps(doc).encode()))
     messages = len(msgs)
-    _produce(settings, msgs)
+    _produce(settings, _registrations(f"B{p}" for p in range(patients)) + msgs)
     raw_s = asyncio.run(_raw_drain(settings, "readings", messages))
     w = Worker(env)
     w.start()
@@ -211,11 +218,12 @@ def alert_latency(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
     from aiokafka import AIOKafkaProducer
 
     env, settings = _deployment("latency")
+    n = int(rate * seconds)
+    _produce(settings, _registrations([f"N{i}" for i in range(5000)] + [f"L{i}" for i in range(0, n, 100)]))
     w = Worker(env)
     w.start()
     arrived: dict[str, float] = {}
     sent_at: dict[str, float] = {}
-    n = int(rate * seconds)
 
     async def consume(done: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(settings.topics.name("alerts"), bootstrap_servers=settings.bootstrap,
@@ -279,7 +287,8 @@ def alert_latency(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
 
 def recovery(patients: int) -> dict[str, Any]:
     env, settings = _deployment("recovery")
-    _produce(settings, [("readings", f"R{i}", json.dumps(_reading(f"R{i}", 0)).encode())
+    _produce(settings, _registrations(f"R{i}" for i in range(patients)) + [
+        ("readings", f"R{i}", json.dumps(_reading(f"R{i}", 0)).encode())
                         for i in range(patients)])
     # a restarted worker keeps its identity (static membership, as a StatefulSet pod would): it
     # takes its partitions back at once instead of after the dead member's session timeout

@@ -3,9 +3,10 @@
 Every field can be set with an environment variable: the upper-case field name with the prefix
 ``MONITOR_`` (for example ``MONITOR_WEB_PORT``), except the Kafka connection settings, which use the
 standard ``KAFKA_`` names (``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``,
-``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``). Secrets are
-``SecretStr`` and never appear in ``repr`` or logs. Invalid values raise a ``ValidationError`` at
-start-up that names the variable.
+``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``, and the TLS trust settings
+``KAFKA_SSL_CAFILE``, ``KAFKA_SSL_CERTFILE``, ``KAFKA_SSL_KEYFILE``, ``KAFKA_SSL_KEY_PASSWORD``,
+``KAFKA_SSL_CHECK_HOSTNAME``). Secrets are ``SecretStr`` and never appear in ``repr`` or logs.
+Invalid values raise a ``ValidationError`` at start-up that names the variable.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PARTITIONS = 8
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
 class Topics(BaseSettings):
@@ -82,6 +84,20 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD")
     )
+    # TLS (KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL): the broker's certificate is verified against
+    # ssl_cafile (a PEM bundle; unset: the system's CAs) and, by default, its host name; a client
+    # certificate and key (PEM) are presented for mutual TLS when both are set
+    ssl_cafile: FilePath | None = Field(default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE"))
+    ssl_certfile: FilePath | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE")
+    )
+    ssl_keyfile: FilePath | None = Field(default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE"))
+    ssl_key_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEY_PASSWORD")
+    )
+    ssl_check_hostname: bool = Field(
+        default=True, validation_alias=AliasChoices("KAFKA_SSL_CHECK_HOSTNAME")
+    )
     partitions: int = Field(default=DEFAULT_PARTITIONS, ge=1, le=1024)
     replication_factor: int | None = Field(default=None, ge=1, le=7)
 
@@ -140,6 +156,29 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE are set together (mutual TLS)")
+        if self.ssl_key_password is not None and self.ssl_keyfile is None:
+            raise ValueError("KAFKA_SSL_KEY_PASSWORD is set but KAFKA_SSL_KEYFILE is not")
+        files = {"KAFKA_SSL_CAFILE": self.ssl_cafile, "KAFKA_SSL_CERTFILE": self.ssl_certfile,
+                 "KAFKA_SSL_KEYFILE": self.ssl_keyfile}
+        given = [name for name, value in files.items() if value is not None]
+        if given and not self.uses_tls:
+            # TLS material without a TLS protocol is a half-done TLS set-up: refuse it rather than
+            # connect in plain text
+            raise ValueError(
+                f"{', '.join(given)} set but KAFKA_SECURITY_PROTOCOL={self.security_protocol} does "
+                "not use TLS; set KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
+            )
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """True for the ``SSL`` and ``SASL_SSL`` protocols."""
+        return self.security_protocol in TLS_PROTOCOLS
+
     @property
     def uses_local_broker(self) -> bool:
         """True when no cluster is configured and the project's own broker is used."""
@@ -150,11 +189,17 @@ class Settings(BaseSettings):
         return self.bootstrap_servers or f"127.0.0.1:{self.local_kafka_port}"
 
     def kafka_python_config(self) -> dict[str, object]:
-        """Connection keyword arguments for kafka-python clients."""
+        """Connection keyword arguments for kafka-python clients (TLS context for SSL protocols)."""
         cfg: dict[str, object] = {
             "bootstrap_servers": self.bootstrap.split(","),
             "security_protocol": self.security_protocol,
         }
+        if self.uses_tls:
+            # the same trust as every other client (KAFKA_SSL_*), capped at TLS 1.2 (see
+            # kafka_python_ssl_context); kafka-python ignores its ssl_cafile etc. when given a context
+            from monitor.kafka.security import kafka_python_ssl_context
+
+            cfg["ssl_context"] = kafka_python_ssl_context(self)
         if self.sasl_mechanism:
             cfg["sasl_mechanism"] = self.sasl_mechanism
             cfg["sasl_plain_username"] = self.sasl_username
@@ -163,17 +208,16 @@ class Settings(BaseSettings):
             )
         return cfg
 
-
     def aiokafka_config(self) -> dict[str, object]:
         """Connection keyword arguments for aiokafka clients (TLS context for SSL protocols)."""
         cfg: dict[str, object] = {
             "bootstrap_servers": self.bootstrap.split(","),
             "security_protocol": self.security_protocol,
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
+        if self.uses_tls:
+            from monitor.kafka.security import ssl_context
 
-            cfg["ssl_context"] = create_ssl_context()
+            cfg["ssl_context"] = ssl_context(self)
         if self.sasl_mechanism:
             cfg["sasl_mechanism"] = self.sasl_mechanism
             cfg["sasl_plain_username"] = self.sasl_username

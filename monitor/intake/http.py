@@ -1,6 +1,7 @@
 """HTTP intake for apps and gateways that cannot speak Kafka: decode, validate, publish, answer.
 
-Endpoints (every one but ``/healthz`` needs ``Authorization: Bearer $MONITOR_API_TOKEN``):
+Endpoints (every one but ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer
+$MONITOR_API_TOKEN``):
 
 ``POST /v1/readings``
     A native reading, a JSON array of readings, a native gateway batch, a FHIR R4 Observation or
@@ -18,12 +19,24 @@ Endpoints (every one but ``/healthz`` needs ``Authorization: Bearer $MONITOR_API
     ``started_at``/``effective_at`` more than ``max_future`` (10 minutes) after the receive time is
     rejected (``future_timestamp``), as readings' ``measured_at`` are.
 ``GET /healthz``
-    200 ``{"status": "ok"}`` (no token; says nothing about Kafka).
+    Liveness: 200 ``{"status": "ok"}`` while the process serves HTTP (no token; never touches Kafka,
+    so a broker outage does not get a healthy intake restarted).
+``GET /readyz``
+    Readiness: 200 ``{"status": "ready", "checked_s_ago"}`` when the publisher reached the broker at
+    its latest check, else 503 ``{"status": "not_ready", "reason", "checked_s_ago"}`` with a fixed
+    reason code (:data:`READY_REASONS`; never configuration, hosts or exception text) and
+    ``Retry-After``. No token. The check is the publisher's ``check_broker()`` (:class:`BrokerCheck`;
+    the real one asks the cluster for the intake's topics, see
+    :class:`monitor.intake.serve.ProbingPublisher`), bounded by ``ready_timeout_s`` (2 s) and run at
+    most once per ``ready_interval_s`` (2 s) however often ``/readyz`` is polled: concurrent requests
+    share one check, later ones get its cached result. A publisher without ``check_broker`` is never
+    ready (``no_broker_check``).
 
 A request holds at most ``max_items`` items (10,000), counted after the JSON is parsed and before
 any item is decoded (:func:`count_items`: a top-level array's length, a Bundle's entries, a gateway
 batch's readings). Parsing, decoding and building the records run in a worker thread, so a large
-request never stalls the event loop (``/healthz`` and other requests are answered meanwhile).
+request never stalls the event loop (``/healthz``, ``/readyz`` and other requests are answered
+meanwhile).
 
 Every response carries ``X-Request-Id`` (a fresh UUID per request). Statuses:
 
@@ -74,13 +87,14 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -109,6 +123,21 @@ DEAD_LETTER_ORIGINAL_MAX_BYTES = 4096
 """Longest ``original`` kept in a dead letter; a longer one is cut to this prefix."""
 PUBLISH_TIMEOUT_S = 30.0
 REQUEST_ID_HEADER = "X-Request-Id"
+READY_INTERVAL_S = 2.0
+"""Shortest time between two broker checks of ``/readyz`` (polling faster gets the cached result)."""
+READY_TIMEOUT_S = 2.0
+"""Longest a broker check of ``/readyz`` may take; slower is ``broker_timeout`` (not ready)."""
+READY_REASONS = frozenset({
+    "broker_unreachable",  # no broker answered (connection refused or failed, request failed)
+    "broker_timeout",  # no answer within ready_timeout_s
+    "topic_missing",  # the cluster answered, but an intake topic does not exist (or is not authorized)
+    "no_leader",  # an intake topic has a partition without a leader: writes to it would fail
+    "publisher_not_started",  # before start-up finished or after shutdown began
+    "no_broker_check",  # the publisher cannot check the broker (test doubles)
+    "check_failed",  # the check itself raised an unexpected error (logged by type)
+})
+"""The ``reason`` codes ``/readyz`` answers with (a :class:`BrokerCheck` returning anything else
+is reported as ``check_failed``)."""
 
 _REQUEST_ID = web.RequestKey("request_id", str)
 
@@ -600,7 +629,93 @@ class _Intake:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP. Never touches Kafka."""
     return web.json_response({"status": "ok"})
+
+
+@runtime_checkable
+class BrokerCheck(Protocol):
+    """A publisher that can tell whether it reaches the broker now (what ``/readyz`` asks)."""
+
+    async def check_broker(self) -> str | None:
+        """``None`` when the broker answered now; else a reason code of :data:`READY_REASONS`.
+        May raise (reported as ``check_failed``); must never return configuration or secrets."""
+        ...
+
+
+class ReadinessCache:
+    """The broker check behind ``/readyz``, run at most once per ``interval_s``.
+
+    :meth:`get` returns the latest result while it is younger than ``interval_s`` (measured from the
+    end of the check that produced it); otherwise it starts a check, bounded by ``timeout_s``, that
+    every concurrent caller awaits (one check in flight at a time). So polling ``/readyz`` as fast as
+    possible costs the broker at most one check per ``interval_s`` plus the check's own duration.
+    """
+
+    def __init__(self, check: Callable[[], Awaitable[str | None]] | None, *,
+                 interval_s: float = READY_INTERVAL_S, timeout_s: float = READY_TIMEOUT_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if interval_s < 0 or timeout_s <= 0:
+            raise ValueError("interval_s must not be negative and timeout_s must be positive")
+        self._check = check
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._monotonic = monotonic
+        self._latest: tuple[float, str | None] | None = None  # (when it ended, reason)
+        self._running: asyncio.Task[tuple[float, str | None]] | None = None
+        self.checks = 0
+        """How many checks were started (tests, and a debugging aid)."""
+
+    async def get(self) -> tuple[str | None, float]:
+        """``(reason, seconds since the check ended)``; reason ``None`` means ready."""
+        latest = self._latest
+        if latest is None or self._monotonic() - latest[0] >= self.interval_s:
+            if self._running is None:
+                self._running = asyncio.ensure_future(self._run())
+            latest = await asyncio.shield(self._running)  # a caller that goes away leaves it running
+        return latest[1], max(0.0, self._monotonic() - latest[0])
+
+    async def _run(self) -> tuple[float, str | None]:
+        self.checks += 1
+        try:
+            reason = await asyncio.wait_for(self._call(), self.timeout_s)
+        except TimeoutError:
+            reason = "broker_timeout"
+        except Exception as exc:  # noqa: BLE001 - any failure of the check means "not ready"
+            log.warning("readiness check failed (%s)", type(exc).__name__)
+            reason = "check_failed"
+        if reason is not None and reason not in READY_REASONS:
+            log.warning("readiness check returned an unknown reason code; answering check_failed")
+            reason = "check_failed"
+        self._latest = (self._monotonic(), reason)
+        self._running = None
+        return self._latest
+
+    async def _call(self) -> str | None:
+        if self._check is None:
+            return "no_broker_check"
+        return await self._check()
+
+    async def close(self) -> None:
+        """Cancel a check in flight (application shutdown)."""
+        task, self._running = self._running, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+_READINESS = web.AppKey("readiness", ReadinessCache)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when the publisher reached the broker at the latest check, else 503."""
+    reason, age = await request.app[_READINESS].get()
+    headers = {"Cache-Control": "no-store"}
+    if reason is None:
+        return web.json_response({"status": "ready", "checked_s_ago": round(age, 3)}, headers=headers)
+    headers["Retry-After"] = str(max(1, round(request.app[_READINESS].interval_s)))
+    return web.json_response({"status": "not_ready", "reason": reason, "checked_s_ago": round(age, 3)},
+                             status=503, headers=headers)
 
 
 def create_intake_app(
@@ -612,6 +727,8 @@ def create_intake_app(
     max_items: int = DEFAULT_MAX_ITEMS,
     max_future: timedelta = DEFAULT_MAX_FUTURE,
     publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+    ready_interval_s: float = READY_INTERVAL_S,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> web.Application:
     """The intake :class:`aiohttp.web.Application` (routes in the module docstring).
 
@@ -620,7 +737,9 @@ def create_intake_app(
     dead letters' ``received_at``. ``max_items`` caps the items of one request (413 above it);
     ``max_future`` is the clock skew allowed to carer activities and care links (readings get
     :func:`monitor.intake.canonical.validate`'s). ``publish_timeout_s`` bounds the wait for Kafka
-    (then 503).
+    (then 503). ``/readyz`` runs ``publisher.check_broker()`` (when the publisher is a
+    :class:`BrokerCheck`) at most once per ``ready_interval_s``, each run bounded by
+    ``ready_timeout_s`` (see :class:`ReadinessCache`).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
@@ -633,7 +752,16 @@ def create_intake_app(
     # aiohttp's own limit applies to request.read()/post(), which the handlers do not use; keep it
     # above ours so that our 413 (with a request id) is the one a client sees.
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body_bytes + 1)
+    readiness = ReadinessCache(publisher.check_broker if isinstance(publisher, BrokerCheck) else None,
+                               interval_s=ready_interval_s, timeout_s=ready_timeout_s)
+    app[_READINESS] = readiness
+
+    async def close_readiness(_: web.Application) -> None:
+        await readiness.close()  # before the publisher stops (cleanup runs after shutdown)
+
+    app.on_shutdown.append(close_readiness)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_post("/v1/readings", intake.readings)
     app.router.add_post("/v1/carer-activities", intake.documents("carer_activity", "carer_activity"))
     app.router.add_post("/v1/care-links", intake.documents("care_link", "care_network"))

@@ -2,6 +2,7 @@
 
 ``run_intake`` blocks until SIGINT/SIGTERM. The publisher connects on application start-up (the
 server does not start listening when Kafka is unreachable) and flushes and disconnects on clean-up.
+It is a :class:`ProbingPublisher`, whose broker check answers ``/readyz``.
 The access log holds method, path (never the query string: ``?patient_id=`` is an identifier),
 status, size, duration and the request id.
 """
@@ -9,16 +10,23 @@ status, size, duration and the request id.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from monitor.intake.http import DEFAULT_MAX_BODY_BYTES, REQUEST_ID_HEADER, create_intake_app
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
+
+INTAKE_TOPICS = ("readings", "carer_activity", "care_network", "dead_letters")
+"""The topics (keys of :class:`monitor.settings.Topics`) the intake writes: all must be writable."""
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,47 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
             response.status, response.body_length, time * 1000.0,
             response.headers.get(REQUEST_ID_HEADER, "-"),
         )
+
+
+class ProbingPublisher(AsyncPublisher):
+    """An :class:`AsyncPublisher` that can tell whether its producer reaches the cluster now
+    (:class:`monitor.intake.http.BrokerCheck`, behind ``/readyz``).
+
+    :meth:`check_broker` sends one metadata request for the intake's topics over the producer's own
+    client (its connections, TLS and SASL): to a known broker, trying the next one on a connection
+    failure. Ready means a broker answered, every intake topic exists and each of its partitions has
+    a leader (a write would be accepted). The request never auto-creates a topic. It has no timeout
+    of its own: the caller bounds it (:class:`monitor.intake.http.ReadinessCache`, 2 s).
+    """
+
+    def __init__(self, settings: Settings, **overrides: object) -> None:
+        super().__init__(settings, **overrides)
+        self._topics = [settings.topics.name(kind) for kind in INTAKE_TOPICS]
+
+    async def check_broker(self) -> str | None:
+        if not self.started:
+            return "publisher_not_started"
+        client = self._require().client
+        nodes = [b.nodeId for b in client.cluster.brokers()]
+        random.shuffle(nodes)  # spread the checks of many intakes over the brokers
+        request = MetadataRequest(self._topics, allow_auto_topic_creation=False)
+        for node in nodes:
+            try:
+                response = await client.send(node, request)
+            except KafkaError:  # connection refused or broken, node not ready, request timed out
+                continue
+            if not response.brokers:  # a broker without a cluster view yet (starting up)
+                continue
+            metadata = ClusterMetadata()
+            metadata.update_metadata(response)
+            for topic in self._topics:
+                partitions = metadata.partitions_for_topic(topic)
+                if not partitions:
+                    return "topic_missing"
+                if metadata.available_partitions_for_topic(topic) != partitions:
+                    return "no_leader"
+            return None
+        return "broker_unreachable"
 
 
 def attach_publisher(
@@ -56,9 +105,10 @@ def run_intake(
     """Create the topics if missing, then serve the intake on ``host:port`` until interrupted (blocks)."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.api_token is None:
-        log.warning("MONITOR_API_TOKEN is not set: every intake endpoint but /healthz answers 403")
+        log.warning("MONITOR_API_TOKEN is not set: every intake endpoint but /healthz and /readyz "
+                    "answers 403")
     ensure_topics(settings)  # never let a broker auto-create them with the wrong partition count
-    publisher = AsyncPublisher(settings)
+    publisher = ProbingPublisher(settings)
     app = create_intake_app(settings, publisher, max_body_bytes=max_body_bytes,
                             max_items=settings.intake_max_items,
                             max_future=timedelta(seconds=settings.max_clock_skew_s))

@@ -49,6 +49,9 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
             if name in existing:
                 continue
             configs = {"cleanup.policy": "compact"} if name in settings.topics.compacted else {}
+            # with acks=all, a write is acknowledged once on min(2, RF) replicas: an acknowledged
+            # output or input survives the loss of one broker; with fewer in sync, writes pause
+            configs["min.insync.replicas"] = str(min(2, replication))
             if name in settings.topics.inputs:
                 # the broker stamps input records with its own clock: the receive time that event
                 # times are checked against (clock skew, lateness) is then not the device's clock

@@ -12,6 +12,10 @@ Layout of the project-local, git-ignored state folder (``.kafka/`` by default)::
     .kafka/logs/server.log   broker log; readiness is the line "Kafka Server started"
     .kafka/broker.pid        pid of the running broker
 
+An optional TLS listener (:class:`BrokerTLS`: PEM certificate and key, so no keytool is needed) serves
+clients over ``SSL``, next to the plain-text one or instead of it; the controller listener stays plain
+text on 127.0.0.1. Without it the broker is configured exactly as before.
+
 Every function is idempotent: ``up`` on a running broker returns at once, ``down`` on a stopped one
 does nothing. Failures raise :class:`BrokerError` with an actionable message (missing Java or Maven,
 port in use, broker exited; the log path is always included).
@@ -42,13 +46,38 @@ class BrokerError(MonitorError):
 
 
 @dataclass(frozen=True)
+class BrokerTLS:
+    """A TLS (``SSL``) client listener of the local broker.
+
+    ``certfile`` is the broker's certificate chain and ``keyfile`` its private key, both PEM; the key
+    must be an unencrypted PKCS#8 key (``-----BEGIN PRIVATE KEY-----``; convert others with
+    ``openssl pkcs8 -topk8 -nocrypt``). The certificate should name 127.0.0.1 (clients verify the
+    host name by default). ``cafile`` (PEM) is the broker's truststore: the CA of the peers it
+    connects to itself and, with ``client_auth``, the CA every client certificate must be signed by
+    (mutual TLS). ``plaintext=False`` drops the plain-text client listener: TLS is then the only way in.
+    """
+
+    port: int
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    client_auth: bool = False
+    plaintext: bool = True
+
+    def __post_init__(self) -> None:
+        if self.client_auth and self.cafile is None:
+            raise BrokerError("client_auth (mutual TLS) needs cafile, the CA of the client certificates")
+
+
+@dataclass(frozen=True)
 class LocalBroker:
     """Where a local broker lives and listens. Ports bind 127.0.0.1 only."""
 
     home: Path
-    port: int = 9092
+    port: int = 9092  # the PLAINTEXT listener (none when tls.plaintext is False)
     controller_port: int = 0  # 0: port + 10000 (9093 is Alertmanager's default port)
     version: str = KAFKA_VERSION
+    tls: BrokerTLS | None = None  # an SSL client listener too (or only)
 
     def __post_init__(self) -> None:
         if not self.controller_port:
@@ -56,7 +85,16 @@ class LocalBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The address clients bootstrap from: the plain-text listener's, or the TLS one's when
+        that is the only client listener."""
+        return f"127.0.0.1:{self.client_ports[0]}"
+
+    @property
+    def client_ports(self) -> list[int]:
+        """Ports of the client listeners (plain text first)."""
+        if self.tls is None:
+            return [self.port]
+        return ([self.port] if self.tls.plaintext else []) + [self.tls.port]
 
     @property
     def jar_dir(self) -> Path:
@@ -110,7 +148,60 @@ logger.apache.level = WARN
 """
 
 
+def _properties_value(text: str) -> str:
+    """``text`` as one line of a Java properties file (newlines escaped)."""
+    return text.strip().replace("\\", "\\\\").replace("\r", "").replace("\n", "\\n")
+
+
+def _tls_properties(broker: LocalBroker) -> dict[str, str]:
+    """Listener and ``ssl.*`` settings of a broker with a TLS listener (PEM key store, inline)."""
+    tls = broker.tls
+    assert tls is not None
+    try:
+        chain = tls.certfile.read_text()
+        key = tls.keyfile.read_text()
+    except OSError as exc:
+        raise BrokerError(f"cannot read the broker's TLS certificate or key: {exc}") from exc
+    if "-----BEGIN CERTIFICATE-----" not in chain:
+        raise BrokerError(f"{tls.certfile} holds no PEM certificate")
+    if "-----BEGIN PRIVATE KEY-----" not in key:
+        raise BrokerError(
+            f"{tls.keyfile} is not an unencrypted PKCS#8 PEM key (-----BEGIN PRIVATE KEY-----), the "
+            f"only kind Kafka reads inline; convert it: openssl pkcs8 -topk8 -nocrypt -in {tls.keyfile}"
+        )
+    listeners = ([f"PLAINTEXT://127.0.0.1:{broker.port}"] if tls.plaintext else []) + [
+        f"SSL://127.0.0.1:{tls.port}"
+    ]
+    props = {
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{broker.controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
+        "inter.broker.listener.name": "PLAINTEXT" if tls.plaintext else "SSL",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL",
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.certificate.chain": _properties_value(chain),
+        "ssl.keystore.key": _properties_value(key),
+        "ssl.client.auth": "required" if tls.client_auth else "none",
+    }
+    if tls.cafile is not None:
+        props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": str(tls.cafile.resolve())})
+    return props
+
+
 def _server_properties(broker: LocalBroker) -> str:
+    text = _plain_server_properties(broker)
+    if broker.tls is None:
+        return text
+    tls = _tls_properties(broker)
+    lines = []
+    for line in text.split("\n"):
+        name = line.split("=", 1)[0]
+        if name in tls:
+            line = f"{name}={tls.pop(name)}"
+        lines.append(line)
+    return "\n".join(lines[:-1] + [f"{k}={v}" for k, v in tls.items()] + [""])
+
+
+def _plain_server_properties(broker: LocalBroker) -> str:
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -207,13 +298,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 def status(broker: LocalBroker) -> dict[str, object]:
     """Running state, pid, bootstrap address and log path of the local broker."""
     pid = _pid(broker)
-    return {
-        "running": pid is not None and port_open("127.0.0.1", broker.port),
+    st: dict[str, object] = {
+        "running": pid is not None and port_open("127.0.0.1", broker.client_ports[0]),
         "pid": pid,
         "bootstrap_servers": broker.bootstrap,
         "log": str(broker.log_file),
         "version": broker.version,
     }
+    if broker.tls is not None:
+        st["ssl_bootstrap_servers"] = f"127.0.0.1:{broker.tls.port}"
+    return st
 
 
 def _java_cmd(broker: LocalBroker, *args: str, heap: str) -> list[str]:
@@ -232,18 +326,23 @@ def up(broker: LocalBroker, *, timeout_s: float = 90.0) -> dict[str, object]:
     Raises :class:`BrokerError` when Java/Maven are missing, the port is taken by something else,
     or the broker does not become ready within ``timeout_s`` seconds.
     """
-    if _pid(broker) is not None and port_open("127.0.0.1", broker.port):
+    ports = broker.client_ports
+    if _pid(broker) is not None and port_open("127.0.0.1", ports[0]):
         return status(broker)
-    if port_open("127.0.0.1", broker.port):
-        raise BrokerError(
-            f"127.0.0.1:{broker.port} is in use by another process; stop it or set "
-            "KAFKA_BOOTSTRAP_SERVERS to that cluster"
-        )
+    for port in ports:
+        if port_open("127.0.0.1", port):
+            raise BrokerError(
+                f"127.0.0.1:{port} is in use by another process; stop it or set "
+                "KAFKA_BOOTSTRAP_SERVERS to that cluster"
+            )
     _require("java")
     fetch_jars(broker)
     broker.log_dir.mkdir(parents=True, exist_ok=True)
     broker.data_dir.mkdir(parents=True, exist_ok=True)
     props = broker.home / "server.properties"
+    if broker.tls is not None:  # the file holds the TLS private key: readable by the owner only
+        props.touch(mode=0o600)
+        props.chmod(0o600)
     props.write_text(_server_properties(broker))
     (broker.home / "log4j2.properties").write_text(_LOG4J2)
     cluster_file = broker.home / "cluster.id"
@@ -278,7 +377,7 @@ def up(broker: LocalBroker, *, timeout_s: float = 90.0) -> dict[str, object]:
         if broker.log_file.exists():
             with open(broker.log_file, "rb") as fh:
                 fh.seek(offset)
-                if READY_LINE.encode() in fh.read() and port_open("127.0.0.1", broker.port):
+                if READY_LINE.encode() in fh.read() and all(port_open("127.0.0.1", p) for p in ports):
                     return status(broker)
         time.sleep(0.25)
     raise BrokerError(f"the broker was not ready after {timeout_s:.0f} s; see {broker.log_file}")

@@ -48,7 +48,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-from faust.auth import SASLCredentials
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
@@ -60,10 +59,13 @@ from monitor.carers.participation import ParticipationSummary, participation_mea
 from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
 from monitor.kafka.admin import committed_offsets
 from monitor.kafka.checkpoints import CheckpointStore, CheckpointUnreadable, read_partition
+from monitor.kafka.security import faust_credentials
 from monitor.metrics.collectors import registry_for
 from monitor.pipeline import PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.stream.consumer import MonitorApp
+from monitor.stream.health import add_readiness
+from monitor.stream.outputs import OutputLedger
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def output_key(topic_kind: str, doc: dict[str, Any]) -> str:
 
 
 OUTPUTS = ("dead_letters", "flags", "alerts")
+MAX_CHECKPOINT_INTERVAL_S = 30.0
+"""Longest pause between checkpoint rounds whatever the last round took (seconds)."""
 
 
 _REBUILD_ORDER = {"patient": 0, "care_link": 1, "carer_activity": 2, "reading": 3}
@@ -127,6 +131,7 @@ class PartitionManager:
         self.rebuilt = 0  # partitions whose checkpoint was unreadable: rebuilt from their input
         self.expected: dict[str, str] = {}  # input topic -> document type (set by create_app)
         self.flush_outputs: Callable[[], Awaitable[None]] | None = None  # set by create_app
+        self.outputs: OutputLedger | None = None  # set by create_app: outputs not yet acknowledged
 
     def is_new(self, partition: int, key: str) -> bool:
         """False when this output id was already written (re-processing after a restore)."""
@@ -187,6 +192,8 @@ class PartitionManager:
             self.assigned -= parts
 
     def _drop(self, p: int) -> None:
+        if self.outputs is not None:
+            self.outputs.forget(p)
         self.pipe.release(p)
         self.held.pop(p, None)
         self.dirty.discard(p)
@@ -258,18 +265,24 @@ class PartitionManager:
     def checkpoint_due(self) -> bool:
         """Time for a checkpoint round: ``MONITOR_CHECKPOINT_INTERVAL_S`` after the last one, and
         at least 4x the last round's duration (checkpointing takes at most ~20 % of the time, however
-        large the state grows)."""
-        interval = max(self.settings.checkpoint_interval_s, 4 * self.checkpoint_seconds)
+        large the state grows), but never more than :data:`MAX_CHECKPOINT_INTERVAL_S`: a round slowed
+        by a broker outage (31 s once) must not space the next ones out (it made 124 s, and no
+        checkpoint followed for the rest of the run)."""
+        interval = max(self.settings.checkpoint_interval_s,
+                       min(4 * self.checkpoint_seconds, MAX_CHECKPOINT_INTERVAL_S))
         return time.monotonic() - self.last_checkpoint >= interval
 
-    async def checkpoint(self, app: faust.App, budget_s: float = 2.0) -> None:
+    async def checkpoint(self, app: faust.App, budget_s: float = 2.0, confirm_s: float = 5.0) -> None:
         """One checkpoint round: dirty owned partitions, least recently saved first, until
         ``budget_s`` seconds of work are spent (the rest go first next round).
 
-        Per partition, under :attr:`lock` (input waits): flush the outputs, record their end
-        offsets and the applied input offsets in a snapshot, take the held input messages. Then,
-        without the lock (input flows on): write the checkpoint, and acknowledge those messages
-        once it is durable. A rebalance waits for the round (:attr:`round_lock`).
+        Per partition, under :attr:`lock` (input waits): confirm its outputs (every one acknowledged
+        by the broker, failed ones re-sent: :class:`~monitor.stream.outputs.OutputLedger`; if that
+        takes more than ``confirm_s`` the partition stays dirty, its input unacknowledged, and the
+        round ends: the broker is failing), record their end offsets and the applied input offsets
+        in a snapshot, take the held input messages. Then, without the lock (input flows on): write
+        the checkpoint, and acknowledge those messages once it is durable. A rebalance waits for the
+        round (:attr:`round_lock`).
         """
         async with self.round_lock:
             t0 = time.monotonic()
@@ -283,7 +296,8 @@ class PartitionManager:
                     st = self.pipe.partitions.get(p)
                     if st is None or p not in self.dirty or p not in self.owned:
                         continue
-                    await app.producer.flush()  # outputs so far are durable before their offsets
+                    if self.outputs is not None and not await self.outputs.confirm(p, confirm_s):
+                        break  # outputs are refused: nothing of this partition is acknowledged
                     ends = await self.store.end_offsets_of([(topic, p) for topic in outputs.values()])
                     st.output_offsets = {kind: ends[(topic, p)] for kind, topic in outputs.items()}
                     st.checkpoint_seq += 1
@@ -307,13 +321,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     pipe = pipeline or pipeline_for(settings)
     alertmanager = (AlertmanagerClient(settings.alertmanager_url)
                     if settings.alertmanager_url else None)
-    credentials: Any = None
-    if settings.sasl_mechanism:
-        credentials = SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
-            mechanism=settings.sasl_mechanism,
-        )
+    credentials = faust_credentials(settings)  # TLS and SASL as configured, never downgraded
     app = MonitorApp(
         settings.app_id,
         broker=_broker_url(settings),
@@ -340,8 +348,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     app.pipeline = pipe  # type: ignore[attr-defined]
     mgr = PartitionManager(settings, pipe)
     app.partition_manager = mgr  # type: ignore[attr-defined]
+    add_readiness(app, mgr, settings)  # /readyz: connected, assigned, restored, caught up
     expected = settings.topics.inputs
     inputs = app.topic(*expected, value_serializer="raw", key_serializer="raw")
+    out_names = {kind: settings.topics.name(kind) for kind in OUTPUTS}
     out_topics = {kind: app.topic(settings.topics.name(kind), value_serializer="raw", key_serializer="raw")
                   for kind in OUTPUTS}
     partials_topic = app.topic(settings.topics.name("equity_partials"), value_serializer="raw",
@@ -358,7 +368,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def publish(kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
         if not mgr.is_new(partition, output_key(kind, doc)):
             return False
-        await out_topics[kind].send(key=key, value=dumps(doc), partition=partition)
+        # recorded until the broker acknowledges it: the checkpoint (and the input's ack) waits for it
+        await outputs.send(partition, out_names[kind], key, dumps(doc), partition)
         return True
 
     to_alertmanager: asyncio.Queue[list[AlertEvent]] = asyncio.Queue()
@@ -444,6 +455,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     mgr.expected = expected
 
     mgr.flush_outputs = lambda: app.producer.flush()
+    outputs = mgr.outputs = OutputLedger(
+        lambda topic, key, value, partition: app.producer.send(topic, key, value, partition, None, None),
+        mgr.flush_outputs)
     app.topics.add(inputs)  # subscribed by the consumer group; consumed in batches by ``ingest``
     app.batch_topics = frozenset(inputs.topics)
     app.batch_handler = ingest

@@ -34,7 +34,7 @@ records 2 s old in one fetch, whose 0.6 s apply started the next stall (alert p9
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 import faust
@@ -175,10 +175,23 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class DurableProducer(faust_aiokafka.Producer):
+    """faust's aiokafka producer, always with ``acks=all`` and the idempotent producer.
+
+    faust asks for idempotence only inside transactions; without it, a retry after a lost
+    acknowledgement writes an output twice. ``acks=all`` with the topics' ``min.insync.replicas``
+    (min(2, replication factor), :mod:`monitor.kafka.admin`) makes an acknowledged output survive
+    the loss of a broker."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class BatchTransport(faust_aiokafka.Transport):
-    """The aiokafka transport with :class:`BatchConsumer`."""
+    """The aiokafka transport with :class:`BatchConsumer` and :class:`DurableProducer`."""
 
     Consumer = BatchConsumer
+    Producer = DurableProducer
 
 
 class MonitorApp(faust.App):
@@ -196,4 +209,4 @@ class MonitorApp(faust.App):
 
 
 __all__ = ["FETCH_MAX_WAIT_MS", "BatchConsumer", "BatchConsumerThread", "BatchHandler", "BatchTransport",
-           "MonitorApp"]
+           "DurableProducer", "MonitorApp"]
