@@ -176,7 +176,7 @@ def grouped_measures(
             if all(0 <= v <= scale for v in y):
                 lo, hi = 0.0, float(scale)
                 out["ERREYGERS"] = 4 * mu * rci / (hi - lo)
-                if mu < hi:
+                if hi - mu > 1e-9 * hi:  # at the bound (to rounding) the index is undefined
                     out["WAGSTAFF"] = mu * (hi - lo) * rci / ((hi - mu) * (mu - lo))
         out["SII"], out["RII"] = _sii(ys, [n_pop[j] for j in idx], scale, sii_method)
         return out

@@ -410,3 +410,13 @@ def test_batch_kernel_equals_single() -> None:
             est[lo:hi], pop[lo:hi], order[lo:hi], ordered[s], ref[s], fav[s], 100.0, 0
         )
         np.testing.assert_array_equal(batch[s], single)
+
+
+def test_wagstaff_is_undefined_when_every_estimate_is_at_the_bound() -> None:
+    """Found by hypothesis in CI: four estimates of 100 (scale 100) gave a mean a rounding error
+    either side of 100, and the kernel and the reference disagreed (0.25 vs -0.5) on an index that
+    is undefined there."""
+    args = ([100.0, 100.0, 100.0, 100.0], [1.0, 1.0, 1.0, 1.5])
+    got = grouped_measures(*args, order=[1, 2, 3, 4], favourable=False, sii_method="logit")
+    want = reference.grouped_measures(*args, order=[1, 2, 3, 4], favourable=False, sii_method="logit")
+    assert got["WAGSTAFF"] is None and math.isnan(want["WAGSTAFF"])
