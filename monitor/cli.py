@@ -45,6 +45,8 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     from monitor.kafka import local
 
     s = _settings()
+    if args.brokers > 1:
+        return _kafka_cluster(args, s)
     broker = local.LocalBroker(s.local_kafka_home, port=s.local_kafka_port)
     if not s.uses_local_broker and args.action in {"up", "down"}:
         print(f"KAFKA_BOOTSTRAP_SERVERS={s.bootstrap_servers} is set: using that cluster, "
@@ -67,6 +69,37 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_cluster(args: argparse.Namespace, s: Any) -> int:
+    """``kafka up|down|status --brokers N``: a local KRaft cluster of N nodes (RF min(3, N),
+    min.insync.replicas min(2, RF)), node i on port + 100 (i - 1), in ``<home>/cluster-N``."""
+    from monitor.kafka import local
+
+    cluster = local.LocalCluster(s.local_kafka_home / f"cluster-{args.brokers}", brokers=args.brokers,
+                                 base_port=s.local_kafka_port, jars=s.local_kafka_home)
+    if s.bootstrap_servers not in (None, cluster.bootstrap) and args.action in {"up", "down"}:
+        print(f"KAFKA_BOOTSTRAP_SERVERS={s.bootstrap_servers} is set: using that cluster, "
+              "starting/stopping nothing")
+        return 0
+    if args.action == "up":
+        local.up_cluster(cluster)
+        print(f"{args.brokers} Kafka nodes running (replication factor {cluster.replication_factor}, "
+              f"min.insync.replicas {cluster.min_insync_replicas})")
+        print(f"export KAFKA_BOOTSTRAP_SERVERS={cluster.bootstrap}")
+        if args.topics:
+            from monitor.kafka.admin import ensure_topics
+            from monitor.settings import load_settings
+
+            ensure_topics(load_settings(bootstrap_servers=cluster.bootstrap))
+    elif args.action == "down":
+        n = local.down_cluster(cluster)
+        print(f"stopped {n} node(s)" if n else "not running")
+    else:
+        st = local.cluster_status(cluster)
+        _print_json(st)
+        return 0 if st["running"] else 1
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from monitor.kafka.admin import ensure_topics
 
@@ -83,6 +116,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``simulate``: some messages were not delivered (the broker did not acknowledge them)
+EXIT_UNDELIVERED = 3
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from exc
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0: {text!r}")
+    return value
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from monitor.simulate import SimConfig, publish, write_ndjson
 
@@ -93,9 +140,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             n = write_ndjson(cfg, fh)
         print(f"wrote {n} lines to {args.out}", file=sys.stderr)
         return 0
-    counts = publish(cfg, _settings(), speed=args.speed, progress=None)
-    _print_json(counts)
-    return 0
+    result = publish(cfg, _settings(), speed=args.speed, progress=None,
+                     delivery_timeout_s=args.delivery_timeout)
+    _print_json(dict(result))  # messages the broker acknowledged, per document type
+    if result.complete:
+        return 0
+    print(f"simulate: {result.loss_report()}", file=sys.stderr)
+    return EXIT_UNDELIVERED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -228,6 +279,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from monitor.simulate import DELIVERY_TIMEOUT_S  # the standard library only: cheap
+
     p = argparse.ArgumentParser(
         prog="coproduction-monitor",
         description="Streaming monitor of care coproduced with patients and informal carers.",
@@ -237,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kafka", help="run a local single-node KRaft Kafka broker from Maven jars")
     k.add_argument("action", choices=["up", "down", "status"])
     k.add_argument("--topics", action="store_true", help="with up: also create the monitor's topics")
+    k.add_argument("--brokers", type=int, default=1, metavar="N",
+                   help="a local cluster of N KRaft nodes (replication factor min(3, N), "
+                        "min.insync.replicas min(2, RF)); node i on port + 100 (i - 1); give the same "
+                        "N to up, down and status")
     k.set_defaults(func=cmd_kafka)
 
     t = sub.add_parser("topics", help="create the monitor's topics (idempotent)")
@@ -245,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the faust stream worker (Ctrl-C to stop)")
     w.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("simulate", help="publish a synthetic population with a social gradient")
+    s = sub.add_parser(
+        "simulate", help="publish a synthetic population with a social gradient",
+        description="Publish a synthetic population with a social gradient and wait until the broker "
+                    "acknowledged every message; prints the messages delivered per document type (JSON). "
+                    f"Exit codes: 0 every message was delivered; {EXIT_UNDELIVERED} some were not "
+                    "(stderr says how many, per type and reason); 1 another failure; 2 bad usage.",
+    )
     s.add_argument("--patients", type=int, default=1000)
     s.add_argument("--days", type=int, default=14)
     s.add_argument("--speed", type=float, default=None,
@@ -256,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--invalid-rate", type=float, default=0.0,
                    help="share of patient-days that also emit one invalid message")
     s.add_argument("--out", help="write NDJSON to this file instead of publishing to Kafka")
+    s.add_argument("--delivery-timeout", type=_positive_seconds, default=DELIVERY_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="give a message this long from its first send, retries included, to be "
+                        "acknowledged; when one is not, publication stops and the run exits "
+                        f"{EXIT_UNDELIVERED} (default: %(default)g)")
     s.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser("demo", help="broker (if needed), worker, simulator, summary; stops what it started")

@@ -86,6 +86,9 @@ def run_demo(settings: Settings, *, patients: int, days: int, duration_s: float,
         time.sleep(settings.flag_interval_s + 1)  # one more flag evaluation after the last event
         summary = _get_json(f"{base}/summary")
         print_summary(summary, counts, base, time.monotonic() - t0)
+        if not counts.complete:  # the broker did not acknowledge everything: say so, fail
+            print(counts.loss_report(), file=sys.stderr)
+            return 1
         return 0 if summary["inputs"] >= total else 1
     finally:
         if worker is not None and worker.poll() is None:

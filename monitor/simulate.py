@@ -13,16 +13,19 @@ The gradient, by deprivation quintile q (1 = most deprived ... 5 = least deprive
 * about 1 % of readings are out of the clinical range (hypoglycaemia, hypertension, low SpO2, ...).
 
 Documents are produced in event-time order within each simulated day. Sinks: Kafka
-(:func:`publish`) or an NDJSON file (:func:`write_ndjson`, each line with its ``"type"``).
+(:func:`publish`, which counts a message only once the broker acknowledged it, retries, and reports
+what it could not deliver) or an NDJSON file (:func:`write_ndjson`, each line with its ``"type"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -282,50 +285,336 @@ class _Progress:
 TOPIC_OF = {"reading": "readings", "gateway_batch": "readings", "carer_activity": "carer_activity",
             "care_link": "care_network", "patient": "patients"}
 
+#: Default of ``publish(delivery_timeout_s=...)`` and ``simulate --delivery-timeout``, in seconds.
+DELIVERY_TIMEOUT_S = 300.0
+#: Default of ``publish(max_pending=...)``: messages sent and not yet acknowledged, at most. This bounds
+#: the simulator's memory while the broker is away (kafka-python's own buffer is unbounded).
+MAX_PENDING = 20_000
+_SEND_BACKOFF_S = 0.5  # wait between attempts when the client cannot even queue a message
+_CONNECT_BACKOFF_S = 1.0  # wait between attempts to reach a broker at start-up
+
+#: Why a message was not delivered (keys of :attr:`PublishResult.reasons`). Rejections are
+#: ``"rejected:<error class>"`` (a non-retriable error of the client or the broker, e.g.
+#: ``rejected:MessageSizeTooLargeError``).
+UNACKNOWLEDGED = "unacknowledged"  # no acknowledgement within the deadline (or before publication stopped)
+NOT_SENT = "not_sent"  # generated after publication stopped, or no broker was reachable at start-up
+
+
+@dataclass(eq=False)
+class PublishResult(Mapping[str, int]):
+    """What :func:`publish` delivered, as a read-only mapping document type -> messages the broker
+    acknowledged (``"invalid"`` for invalid samples); this is what ``publish`` returned before it
+    checked deliveries, so ``sum(result.values())`` is the number of messages on the topics.
+
+    ``undelivered`` counts per document type the messages generated but not acknowledged, ``reasons``
+    the same messages per reason (:data:`UNACKNOWLEDGED`, :data:`NOT_SENT`, ``rejected:<error>``).
+    ``resent`` is the number of re-sends after a retriable failure, ``stopped`` whether publication
+    stopped early because a message reached its deadline (``delivery_timeout_s`` seconds) or no broker
+    answered at start-up. Counts only: no payload, no patient id.
+    """
+
+    delivered: dict[str, int]
+    undelivered: dict[str, int]
+    reasons: dict[str, int]
+    resent: int = 0
+    stopped: bool = False
+    delivery_timeout_s: float = DELIVERY_TIMEOUT_S
+
+    def __getitem__(self, typ: str) -> int:
+        return self.delivered[typ]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.delivered)
+
+    def __len__(self) -> int:
+        return len(self.delivered)
+
+    @property
+    def total_delivered(self) -> int:
+        return sum(self.delivered.values())
+
+    @property
+    def total_undelivered(self) -> int:
+        return sum(self.undelivered.values())
+
+    @property
+    def generated(self) -> int:
+        return self.total_delivered + self.total_undelivered
+
+    @property
+    def complete(self) -> bool:
+        """True when the broker acknowledged every generated message."""
+        return self.total_undelivered == 0
+
+    def loss_report(self) -> str:
+        """One line for humans on what was not delivered, and why (counts only)."""
+        if self.complete:
+            return f"all {self.generated:,} messages were delivered"
+        why = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(self.reasons.items()))
+        per_type = ", ".join(f"{typ}: {n:,}" for typ, n in sorted(self.undelivered.items()))
+        text = (f"{self.total_undelivered:,} of {self.generated:,} messages were NOT delivered "
+                f"({per_type}; {why})")
+        if self.stopped:
+            text += (f"; publication stopped: a message (or the connection to a broker) went "
+                     f"unacknowledged for {self.delivery_timeout_s:g} s")
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    typ: str  # key of the counts: document type, or "invalid"
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int
+    deadline: float  # clock() after which the message is given up: first send + delivery timeout
+
+
+class _Delivery:
+    """Sends messages through a kafka-python producer and accounts for every one of them.
+
+    Each sent message's future is kept (in send order) until it resolves: acknowledged -> delivered;
+    failed with a retriable error before its deadline -> re-sent (same topic, partition, key and value;
+    a re-sent message lands after messages sent meanwhile, the only way order within a partition can
+    change); failed otherwise -> undelivered. At most ``max_pending`` messages await acknowledgement:
+    ``submit`` blocks on the oldest beyond that. A message still unacknowledged at its deadline is given
+    up and publication stops (``stopped``): later messages are counted :data:`NOT_SENT`, and of those
+    already sent, the ones not acknowledged by then are given up too (:data:`UNACKNOWLEDGED`) without
+    further waiting or re-sending.
+    """
+
+    def __init__(self, prod: Any, *, timeout_s: float, max_pending: int,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        from kafka.errors import KafkaError
+
+        self._kafka_error = KafkaError
+        self.prod, self.timeout_s, self.max_pending = prod, timeout_s, max(1, max_pending)
+        self.clock, self.sleep = clock or time.monotonic, sleep or time.sleep
+        self.pending: deque[tuple[Any, _Message]] = deque()
+        self.delivered: Counter[str] = Counter()
+        self.undelivered: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.resent = 0
+        self.stopped = False
+        self.abandoned = False  # some future was left unresolved: the producer must be force-closed
+
+    def submit(self, typ: str, topic: str, key: bytes, value: bytes, partition: int) -> None:
+        """Send one new message; blocks while ``max_pending`` messages await acknowledgement."""
+        if self.stopped:
+            self._lose(typ, NOT_SENT)
+            return
+        self._send(_Message(typ, topic, key, value, partition, self.clock() + self.timeout_s))
+        self._reap()
+        while len(self.pending) >= self.max_pending:
+            self._wait_oldest()
+
+    def finish(self) -> None:
+        """Wait for every message sent (and re-sent), each until its deadline at the latest; once
+        publication stopped, only the acknowledgements already received count."""
+        while self.pending:
+            self._wait_oldest()
+
+    def _send(self, msg: _Message) -> None:
+        while True:
+            try:
+                fut = self.prod.send(msg.topic, key=msg.key, value=msg.value, partition=msg.partition)
+            except self._kafka_error as exc:  # not even queued: no metadata in max_block_ms, too large...
+                if exc.retriable and not self.stopped and self.clock() < msg.deadline:
+                    self.sleep(min(_SEND_BACKOFF_S, max(0.0, msg.deadline - self.clock())))
+                    continue
+                self._fail(msg, exc)
+                return
+            self.pending.append((fut, msg))
+            return
+
+    def _reap(self) -> None:
+        """Account for the oldest messages while they are resolved (or past their deadline)."""
+        while self.pending:
+            fut, msg = self.pending[0]
+            if not fut.is_done and self.clock() < msg.deadline:
+                return
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        fut, msg = self.pending.popleft()
+        if not fut.is_done and not self.stopped:
+            try:
+                fut.get(timeout=max(0.0, msg.deadline - self.clock()))
+            except self._kafka_error:
+                pass  # a failure or the wait's own timeout: told apart by fut.is_done below
+        if not fut.is_done:
+            self.abandoned = True
+            self._give_up(msg.typ)
+        elif not fut.failed():
+            self.delivered[msg.typ] += 1
+        elif (getattr(fut.exception, "retriable", False) and not self.stopped
+              and self.clock() < msg.deadline):
+            self.resent += 1
+            self._send(msg)
+        else:
+            self._fail(msg, fut.exception)
+
+    def _fail(self, msg: _Message, exc: BaseException) -> None:
+        if getattr(exc, "retriable", False):  # retriable but out of time (or publication stopped)
+            self._give_up(msg.typ)
+        else:
+            self._lose(msg.typ, f"rejected:{type(exc).__name__}")
+
+    def _give_up(self, typ: str) -> None:
+        self.stopped = True
+        self._lose(typ, UNACKNOWLEDGED)
+
+    def _lose(self, typ: str, reason: str) -> None:
+        self.undelivered[typ] += 1
+        self.reasons[reason] += 1
+
+
+def _producer_overrides(timeout_s: float) -> dict[str, Any]:
+    """Producer settings of :func:`publish` for a delivery timeout of ``timeout_s`` seconds."""
+    ms = int(min(max(timeout_s, 1.0), 86_400.0 * 24) * 1000)  # kafka-python wants whole ms < 2**31
+    return {
+        # sequence numbers: a batch the client retries (say the broker wrote it, then went away before
+        # it answered) is written once and in order; needs acks=all, max in flight 1 (set by the client)
+        "enable_idempotence": True,
+        "retries": 2**31 - 1,  # the client retries until delivery_timeout_ms, not a number of times
+        "delivery_timeout_ms": ms,
+        "request_timeout_ms": min(30_000, ms // 2),
+        "max_block_ms": min(60_000, ms),  # longest send() may wait for a topic's metadata
+        # reconnect to a broker that was away within a second of its return (kafka-python backs off
+        # up to 30 s by default, Java clients up to 1 s)
+        "reconnect_backoff_max_ms": 1000,
+    }
+
+
+def _connect(settings: Any, timeout_s: float) -> Any:
+    """A producer for :func:`publish`, retried for ``timeout_s`` seconds while no broker answers;
+    None when none did."""
+    from kafka.errors import KafkaConnectionError, KafkaError, NoBrokersAvailable
+
+    from monitor.kafka.clients import producer
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            prod = producer(settings, **_producer_overrides(timeout_s))
+            break
+        except (NoBrokersAvailable, KafkaConnectionError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(_CONNECT_BACKOFF_S, max(0.0, deadline - time.monotonic())))
+    # the topics' metadata now, while a broker answers: a send() to a topic whose metadata the client
+    # lacks blocks (up to max_block_ms, in practice more) when the broker goes away later
+    for key in sorted(set(TOPIC_OF.values())):
+        with contextlib.suppress(KafkaError):
+            prod.partitions_for(settings.topics.name(key))
+    return prod
+
+
+def _close(prod: Any, abandon: bool) -> None:
+    """Close the producer; with ``abandon``, discard the batches still unacknowledged at once.
+
+    kafka-python (2.3) has no public way to drop unacknowledged batches: ``close()`` flushes first and
+    raises while batches are incomplete. The sender thread is then force-closed (it fails the batches)
+    and ``close()`` retried. An idempotent producer's sender that lost its producer id waits for a
+    broker to issue a new one without checking for close: it is left to end on its own (a daemon
+    thread: at the latest with the process), and the producer is marked closed so that its finaliser
+    does not try (and noisily fail) to flush it again.
+    """
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    try:
+        prod.close(timeout=0 if abandon else 30)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(prod, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(1.0)
+    with contextlib.suppress(KafkaError):
+        prod.close(timeout=0)
+    if not getattr(prod, "_closed", True):
+        prod._closed = True
+
 
 def publish(cfg: SimConfig, settings: Any, *, speed: float | None = None,
-            progress: bool | None = None) -> dict[str, int]:
-    """Publish the population to Kafka; returns messages sent per document type.
+            progress: bool | None = None, delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+            max_pending: int = MAX_PENDING) -> PublishResult:
+    """Publish the population to Kafka and wait until the broker acknowledged each message.
 
     ``speed`` (simulated seconds per wall-clock second) paces the daily events; ``None`` sends as
     fast as the producer can. Messages are keyed by patient id and partitioned by it, so every input
     topic is co-partitioned; care links are keyed ``patient|carer`` (so compaction keeps the latest
     link per pair) but still partitioned by the patient id.
+
+    Delivery: a message counts as delivered only once the broker acknowledged it (acks=all). The
+    producer is idempotent and retries on its own; a message whose send still fails with a retriable
+    error is re-sent by this function (so it may land after messages sent meanwhile: the only reordering
+    within a partition). Each message is given ``delivery_timeout_s`` seconds from its first send,
+    retries included; when one goes unacknowledged that long (or no broker answers at start-up for that
+    long), the broker is taken to be gone: publication stops at once, later messages are not sent, and
+    every message not acknowledged by then is counted undelivered: no message is waited for longer
+    than ``delivery_timeout_s``. A non-retriable error (say a message too large) loses that message
+    only. At most ``max_pending`` messages await acknowledgement at once (memory stays bounded).
+
+    Never raises for undelivered messages: returns a :class:`PublishResult`, a mapping document type ->
+    messages delivered (what this function returned before) with the undelivered counts
+    (``result.complete`` is False when any message was not delivered). A message given up while a
+    request carrying it was in flight may nevertheless have been written: the undelivered count is
+    then an upper bound; every message is either acknowledged or counted undelivered.
     """
-    from monitor.kafka.clients import producer
+    if not 0 < delivery_timeout_s < float("inf"):
+        raise ValueError(f"delivery_timeout_s must be finite seconds > 0, not {delivery_timeout_s!r}")
+    bar = _Progress(cfg.days, sys.stderr, sys.stderr.isatty() if progress is None else progress)
+    prod = _connect(settings, delivery_timeout_s)
+    delivery = _Delivery(prod, timeout_s=delivery_timeout_s, max_pending=max_pending)
+    if prod is None:  # no broker within the deadline: nothing is sent, everything is counted
+        delivery.stopped = True
+    try:
+        _publish_all(cfg, settings, delivery, bar, speed)
+    except BaseException:  # an interrupt or a bug: drop what is still pending, then re-raise
+        if prod is not None:
+            _close(prod, True)
+        raise
+    if prod is not None:
+        _close(prod, delivery.abandoned)
+    bar.update(delivery.delivered.total(), cfg.days)
+    bar.done()
+    return PublishResult(delivered=dict(delivery.delivered), undelivered=dict(delivery.undelivered),
+                         reasons=dict(delivery.reasons), resent=delivery.resent, stopped=delivery.stopped,
+                         delivery_timeout_s=delivery_timeout_s)
+
+
+def _publish_all(cfg: SimConfig, settings: Any, delivery: _Delivery, bar: _Progress,
+                 speed: float | None) -> None:
+    """:func:`publish`'s loop: generate, send (paced by ``speed``), then wait for the acknowledgements."""
     from monitor.kafka.partitioning import partition_for
 
-    prod = producer(settings)
     topics = settings.topics
     parts = settings.partitions
-    counts: dict[str, int] = {}
-    bar = _Progress(cfg.days, sys.stderr, sys.stderr.isatty() if progress is None else progress)
     start = cfg.end_time() - timedelta(days=cfg.days)
     wall0 = time.monotonic()
-    sent = 0
+    generated = 0
     for typ, doc in generate(cfg):
+        generated += 1
         if typ.startswith("invalid:"):
-            topic = topics.name(typ.split(":", 1)[1])
-            prod.send(topic, key=b"invalid", value=doc["raw"].encode(), partition=0)
-            counts["invalid"] = counts.get("invalid", 0) + 1
+            delivery.delivered.setdefault("invalid", 0)
+            delivery.submit("invalid", topics.name(typ.split(":", 1)[1]), b"invalid", doc["raw"].encode(), 0)
         else:
+            delivery.delivered.setdefault(typ, 0)
             pid = doc["patient_id"] if "patient_id" in doc else doc["readings"][0]["patient_id"]
             key = f"{pid}|{doc['carer_id']}" if typ == "care_link" else pid
-            prod.send(topics.name(TOPIC_OF[typ]), key=key.encode(),
-                      value=json.dumps(doc, separators=(",", ":")).encode(),
-                      partition=partition_for(pid, parts))
-            counts[typ] = counts.get(typ, 0) + 1
-        sent += 1
+            delivery.submit(typ, topics.name(TOPIC_OF[typ]), key.encode(),
+                            json.dumps(doc, separators=(",", ":")).encode(), partition_for(pid, parts))
+        if delivery.stopped:  # the rest is only counted: no pacing, no progress
+            continue
         t = event_time(typ, doc)
         if t is not None and speed:
             due = (t - start).total_seconds() / speed
             lag = due - (time.monotonic() - wall0)
             if lag > 0.05:
                 time.sleep(lag)
-        if sent % 5000 == 0:
-            bar.update(sent, ((t - start).total_seconds() / 86400) if t else 0.0)
-    prod.flush()
-    prod.close()
-    bar.update(sent, cfg.days)
-    bar.done()
-    return counts
+        if generated % 5000 == 0:
+            bar.update(delivery.delivered.total(), ((t - start).total_seconds() / 86400) if t else 0.0)
+    delivery.finish()

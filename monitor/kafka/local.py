@@ -16,6 +16,12 @@ An optional TLS listener (:class:`BrokerTLS`: PEM certificate and key, so no key
 clients over ``SSL``, next to the plain-text one or instead of it; the controller listener stays plain
 text on 127.0.0.1. Without it the broker is configured exactly as before.
 
+:class:`LocalCluster` runs N such nodes instead (each a combined broker and controller, one static
+3-voter quorum for three nodes, replication factor min(3, N) and ``min.insync.replicas`` min(2, RF)),
+for fail-over tests and users who want replicated topics: :func:`up_cluster`, :func:`down_cluster`,
+:func:`start` and :func:`kill` of single nodes, :func:`cluster_status`. Its nodes share the jar cache
+above (a symlink per node) and keep their own data, logs and pid file under the cluster's home.
+
 Every function is idempotent: ``up`` on a running broker returns at once, ``down`` on a stopped one
 does nothing. Failures raise :class:`BrokerError` with an actionable message (missing Java or Maven,
 port in use, broker exited; the log path is always included).
@@ -406,3 +412,307 @@ def down(broker: LocalBroker, *, timeout_s: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
     broker.pid_file.unlink(missing_ok=True)
     return True
+
+
+# --- a local multi-node cluster -----------------------------------------------------------------
+
+#: Seconds a broker of a :class:`LocalCluster` may go without heartbeating the controller quorum
+#: before it is fenced (its replicas leave every ISR). Kafka's default is 9 s; shorter makes
+#: fail-over visible sooner on a development machine.
+CLUSTER_SESSION_TIMEOUT_MS = 6000
+#: Milliseconds a follower may lag before its leader drops it from the ISR (Kafka's default: 30 s).
+CLUSTER_REPLICA_LAG_MS = 10_000
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A cluster of ``brokers`` KRaft nodes on 127.0.0.1, each a combined broker and controller.
+
+    Every node is a voter of one static controller quorum (``controller.quorum.voters``): the
+    metadata quorum survives the loss of a minority of nodes (one of three). Node ids are 1..N;
+    node ``i`` keeps its state in ``home/node-<i>`` and listens for clients on ``base_port +
+    port_step * (i - 1)`` (9092, 9192, 9292 by default: 9093 is Alertmanager's port) and for the
+    quorum on that port + ``controller_offset``. The runtime jars are not copied: each node's
+    ``jars-<version>`` is a symlink to the cache in ``jars`` (the single broker's home, ``.kafka``,
+    by default the cluster home), which :func:`fetch_jars` fills once.
+
+    Durability settings: topics default to replication factor ``min(3, brokers)`` and
+    ``min.insync.replicas`` ``min(2, RF)``, internal topics (consumer offsets, transaction state,
+    share-group state) too; unclean leader election is off. With acks=all an acknowledged write is
+    then on at least two nodes, and while fewer than two replicas of a partition are in sync its
+    writes are refused with a retriable error (NOT_ENOUGH_REPLICAS, or a timeout while the quorum
+    is lost), so a retrying producer pauses instead of losing data. ``heap_mb`` is each JVM's
+    maximum heap in MiB.
+    """
+
+    home: Path
+    brokers: int = 3
+    base_port: int = 9092
+    port_step: int = 100
+    controller_offset: int = 10000
+    version: str = KAFKA_VERSION
+    jars: Path | None = None  # folder holding jars-<version>/ (the cache); None: home
+    heap_mb: int = 384
+
+    def __post_init__(self) -> None:
+        if self.brokers < 1:
+            raise BrokerError(f"a cluster needs at least one broker, not {self.brokers}")
+        ports = [p for i in self.node_ids for p in (self.client_port(i), self.controller_port(i))]
+        if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
+            raise BrokerError(f"the cluster's ports overlap or are out of range: {sorted(ports)}")
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(range(1, self.brokers + 1))
+
+    def client_port(self, node_id: int) -> int:
+        return self.base_port + self.port_step * (node_id - 1)
+
+    def controller_port(self, node_id: int) -> int:
+        return self.client_port(node_id) + self.controller_offset
+
+    def node(self, node_id: int) -> LocalBroker:
+        """Node ``node_id`` (1-based) as a :class:`LocalBroker`: its home, ports, log and pid file."""
+        if node_id not in self.node_ids:
+            raise BrokerError(f"no node {node_id} in a cluster of {self.brokers}")
+        return LocalBroker(self.home / f"node-{node_id}", port=self.client_port(node_id),
+                           controller_port=self.controller_port(node_id), version=self.version)
+
+    @property
+    def nodes(self) -> list[LocalBroker]:
+        return [self.node(i) for i in self.node_ids]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated (``KAFKA_BOOTSTRAP_SERVERS``)."""
+        return ",".join(f"127.0.0.1:{self.client_port(i)}" for i in self.node_ids)
+
+    @property
+    def replication_factor(self) -> int:
+        return min(3, self.brokers)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        return min(2, self.replication_factor)
+
+    @property
+    def jar_cache(self) -> LocalBroker:
+        """The broker whose ``jar_dir`` is the cluster's jar cache (for :func:`fetch_jars`)."""
+        return LocalBroker(self.jars or self.home, version=self.version)
+
+    @property
+    def cluster_id_file(self) -> Path:
+        return self.home / "cluster.id"
+
+
+def _cluster_server_properties(cluster: LocalCluster, node_id: int) -> str:
+    """``server.properties`` of node ``node_id`` of ``cluster`` (plain text listeners only)."""
+    node = cluster.node(node_id)
+    voters = ",".join(f"{i}@127.0.0.1:{cluster.controller_port(i)}" for i in cluster.node_ids)
+    rf, isr = cluster.replication_factor, cluster.min_insync_replicas
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            f"node.id={node_id}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={node.data_dir.resolve()}",
+            "num.partitions=8",
+            f"default.replication.factor={rf}",
+            f"min.insync.replicas={isr}",
+            "unclean.leader.election.enable=false",
+            f"offsets.topic.replication.factor={rf}",
+            "offsets.topic.num.partitions=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={isr}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
+            f"share.coordinator.state.topic.min.isr={isr}",
+            f"broker.session.timeout.ms={CLUSTER_SESSION_TIMEOUT_MS}",
+            "broker.heartbeat.interval.ms=1000",
+            f"replica.lag.time.max.ms={CLUSTER_REPLICA_LAG_MS}",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "log.retention.hours=168",
+            "message.max.bytes=16777216",
+            "",
+        ]
+    )
+
+
+def _cluster_id(cluster: LocalCluster) -> str:
+    """The cluster's id (created once, shared by every node's storage format)."""
+    if not cluster.cluster_id_file.exists():
+        cluster.home.mkdir(parents=True, exist_ok=True)
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster.cluster_id_file.write_text("A" + raw[1:] if raw.startswith("-") else raw)
+    return cluster.cluster_id_file.read_text().strip()
+
+
+def _prepare_node(cluster: LocalCluster, node_id: int) -> subprocess.Popen[str] | None:
+    """Write node ``node_id``'s configuration and link its jars; start formatting its storage
+    when it was never formatted (the returned process; None when there is nothing to format)."""
+    node = cluster.node(node_id)
+    node.log_dir.mkdir(parents=True, exist_ok=True)
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    cache = cluster.jar_cache.jar_dir.resolve()
+    if node.jar_dir.is_symlink() and node.jar_dir.resolve() != cache:
+        node.jar_dir.unlink()
+    if not node.jar_dir.exists():
+        node.jar_dir.symlink_to(cache, target_is_directory=True)
+    props = node.home / "server.properties"
+    props.write_text(_cluster_server_properties(cluster, node_id))
+    (node.home / "log4j2.properties").write_text(_LOG4J2)
+    if (node.data_dir / "meta.properties").exists():
+        return None
+    return subprocess.Popen(
+        _java_cmd(node, "kafka.tools.StorageTool", "format", "-t", _cluster_id(cluster),
+                  "-c", str(props), "-g", heap="-Xmx256m"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+
+
+def _launch_node(cluster: LocalCluster, node_id: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Start node ``node_id``'s JVM (configured and formatted): (process, log offset at start)."""
+    node = cluster.node(node_id)
+    offset = node.log_file.stat().st_size if node.log_file.exists() else 0
+    with open(node.log_dir / "stdout.log", "ab") as stdout:
+        proc = subprocess.Popen(
+            _java_cmd(node, "kafka.Kafka", str(node.home / "server.properties"),
+                      heap=f"-Xmx{cluster.heap_mb}m"),
+            stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    node.pid_file.write_text(str(proc.pid))
+    return proc, offset
+
+
+def _wait_ready(cluster: LocalCluster, started: dict[int, tuple[subprocess.Popen[bytes], int]],
+                timeout_s: float) -> None:
+    """Until every started node logged that it started and listens; raises :class:`BrokerError`
+    when one exits or is not ready within ``timeout_s`` seconds."""
+    waiting = dict(started)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        for node_id, (proc, offset) in list(waiting.items()):
+            node = cluster.node(node_id)
+            if proc.poll() is not None:
+                raise BrokerError(f"node {node_id} exited with code {proc.returncode}; see "
+                                  f"{node.log_file} and {node.log_dir / 'stdout.log'}")
+            if node.log_file.exists():
+                with open(node.log_file, "rb") as fh:
+                    fh.seek(offset)
+                    if READY_LINE.encode() in fh.read() and port_open("127.0.0.1", node.port):
+                        del waiting[node_id]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            logs = ", ".join(str(cluster.node(i).log_file) for i in waiting)
+            raise BrokerError(f"node(s) {sorted(waiting)} not ready after {timeout_s:.0f} s; see {logs}")
+        time.sleep(0.25)
+
+
+def start(cluster: LocalCluster, *node_ids: int, timeout_s: float = 120.0) -> dict[str, object]:
+    """Start the given nodes of ``cluster`` (all when none are given) that are not running, and
+    wait until each has joined (logged that it started, listens on its client port).
+
+    Nodes are launched together: a node of a multi-node quorum only finishes starting once a
+    majority of the voters is up. Restarting a killed node reuses its data (no re-format).
+    Idempotent. Raises :class:`BrokerError` when Java or Maven is missing, a port is taken by
+    another process, a node exits, or the nodes are not ready within ``timeout_s`` seconds.
+    Returns :func:`cluster_status`.
+    """
+    ids = list(node_ids) or cluster.node_ids
+    todo = [i for i in ids if _pid(cluster.node(i)) is None]
+    for i in todo:
+        node = cluster.node(i)
+        for port in (node.port, node.controller_port):
+            if port_open("127.0.0.1", port):
+                raise BrokerError(f"127.0.0.1:{port} (node {i}) is in use by another process; stop it "
+                                  "or choose other ports")
+    if todo:
+        _require("java")
+        fetch_jars(cluster.jar_cache)
+        formats = {i: _prepare_node(cluster, i) for i in todo}
+        for i, fmt in formats.items():
+            if fmt is None:
+                continue
+            out, _ = fmt.communicate()
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting the storage of node {i} failed:\n{out[-3000:]}")
+        _wait_ready(cluster, {i: _launch_node(cluster, i) for i in todo}, timeout_s)
+    return cluster_status(cluster)
+
+
+def up_cluster(cluster: LocalCluster, *, timeout_s: float = 120.0) -> dict[str, object]:
+    """Start every node of ``cluster`` (see :func:`start`)."""
+    return start(cluster, timeout_s=timeout_s)
+
+
+def kill(cluster: LocalCluster, node_id: int, sig: int = signal.SIGKILL, *, timeout_s: float = 30.0) -> bool:
+    """Send ``sig`` to node ``node_id`` (SIGKILL by default: a crash, nothing flushed or handed
+    over) and wait up to ``timeout_s`` seconds until it is gone. Returns False when it was not
+    running; raises :class:`BrokerError` when it outlives the wait."""
+    node = cluster.node(node_id)
+    pid = _pid(node)
+    if pid is None:
+        return False
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while _pid(node) is not None:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (else a zombie until we exit)
+        except ChildProcessError:
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerError(f"node {node_id} (pid {pid}) still runs {timeout_s:.0f} s after signal {sig}")
+        time.sleep(0.05)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
+
+
+def down_cluster(cluster: LocalCluster, *, timeout_s: float = 30.0) -> int:
+    """Stop every running node: SIGTERM to all at once (each shuts down in a controlled way while
+    the quorum still stands), SIGKILL to those still running after ``timeout_s`` seconds.
+    Returns the number of nodes that were running."""
+    running = {n.home: (n, pid) for n in cluster.nodes if (pid := _pid(n)) is not None}
+    for _, pid in running.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(_pid(n) is not None for n, _ in running.values()) and time.monotonic() < deadline:
+        for _, pid in running.values():
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.2)
+    for node, pid in running.values():
+        if _pid(node) is not None:
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        node.pid_file.unlink(missing_ok=True)
+    return len(running)
+
+
+def cluster_status(cluster: LocalCluster) -> dict[str, object]:
+    """Per-node :func:`status` and the cluster's bootstrap string; ``running``: every node is."""
+    nodes = {str(i): status(cluster.node(i)) for i in cluster.node_ids}
+    return {
+        "running": all(n["running"] for n in nodes.values()),
+        "brokers": cluster.brokers,
+        "bootstrap_servers": cluster.bootstrap,
+        "replication_factor": cluster.replication_factor,
+        "min_insync_replicas": cluster.min_insync_replicas,
+        "version": cluster.version,
+        "nodes": nodes,
+    }
