@@ -381,7 +381,6 @@ class Pipeline:
         received_at = self.clock()
         dead: list[DeadLetter] = []
         by_partition: dict[int, list[Any]] = {}
-        readings_by_partition: dict[int, list[CanonicalReading]] = {}
         docs = 0
         spans: list[tuple[str, int, int] | None] = []
         cols = None
@@ -390,8 +389,7 @@ class Pipeline:
             values = [rec.value if expected.get(rec.topic) == "reading" else None for rec in records]
             if any(v is not None for v in values):
                 spans, cols = self._scan(records, values, received_at)
-            docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition,
-                                     readings_by_partition)
+            docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition)
         else:
             for rec in records:
                 st = self.partition(max(rec.partition, 0))
@@ -400,8 +398,7 @@ class Pipeline:
                 if rec.offset >= 0 and rec.partition >= 0:
                     st.offsets[rec.topic] = rec.offset
                 st.counts.messages += 1
-                docs += self._decode_one(rec, st, expected.get(rec.topic), received_at, dead, by_partition,
-                                         readings_by_partition)
+                docs += self._decode_one(rec, st, expected.get(rec.topic), received_at, dead, by_partition)
         alerts: list[AlertEvent] = []
         topic_of = {v: k for k, v in expected.items()}
         for p in sorted(set(by_partition) | {q for q, s in self.partitions.items() if s.pending.count}):
@@ -473,8 +470,7 @@ class Pipeline:
 
     def _ingest_runs(self, records: Sequence[Record], expected: dict[str, str],
                      spans: list[tuple[str, int, int] | None], cols: Any, received_at: datetime,
-                     dead: list[DeadLetter], by_partition: dict[int, list[Any]],
-                     readings_by_partition: dict[int, list[Any]]) -> int:
+                     dead: list[DeadLetter], by_partition: dict[int, list[Any]]) -> int:
         """The loop of :meth:`ingest` for Kafka records (partition and offset known), run by run
         of one topic and partition (a fetch comes that way): the messages the columnar scan
         accepted become one :class:`ReadingSlice` per stretch of consecutive messages; the others
@@ -509,10 +505,9 @@ class Pipeline:
                     else:
                         current = ReadingSlice(cols, span[1], span[2])
                         by_partition.setdefault(part, []).append(current)
-                        readings_by_partition.setdefault(part, []).append(current)
                     continue
                 current = None
-                docs += self._decode_one(rec, st, exp, received_at, dead, by_partition, readings_by_partition)
+                docs += self._decode_one(rec, st, exp, received_at, dead, by_partition)
             st.offsets[topic] = applied
             k = j
         return docs
@@ -535,8 +530,7 @@ class Pipeline:
             return [None] * len(records), None
 
     def _decode_one(self, rec: Record, st: PartitionState, exp: str | None, now: datetime,
-                    dead: list[DeadLetter], by_partition: dict[int, list[Any]],
-                    readings_by_partition: dict[int, list[Any]]) -> int:
+                    dead: list[DeadLetter], by_partition: dict[int, list[Any]]) -> int:
         """Decode one message into the partition's documents (or a dead letter); 1 if a document
         was accepted. Never raises: whatever the bytes, the message is accepted or dead-lettered
         (an exception of a decoder is a dead letter ``invalid_value`` naming only its type)."""
@@ -555,12 +549,11 @@ class Pipeline:
             return 0
         if isinstance(result, str):  # the fast path: a clean native reading or batch
             st.counts.processed[result] += 1
-            readings_by_partition.setdefault(st.partition, []).extend(items)
             by_partition.setdefault(st.partition, []).extend(items)
             return 1
         st.counts.processed[type(result).__name__] += 1
         if isinstance(result, Reading | GatewayBatch):
-            accepted = readings_by_partition.setdefault(st.partition, [])
+            accepted = by_partition.setdefault(st.partition, [])
             for r, c in items:
                 if isinstance(c, Rejection):
                     st.counts.dead_letters[c.reason] += 1
@@ -569,7 +562,6 @@ class Pipeline:
                                             offset=rec.offset, received_at=received_at))
                     continue
                 accepted.append(c)
-                by_partition.setdefault(st.partition, []).append(c)
             return 1
         if isinstance(result, Patient):
             st.patients[result.patient_id] = result

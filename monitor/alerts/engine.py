@@ -953,7 +953,7 @@ class AlertEngine:
         if not live:
             for v in verdicts:
                 if v.opens and v.value is not None:
-                    events.append(self._recorded(patient_id, kind, v, at, unsupported, info))
+                    events.append(self._recorded(patient_id, kind, v, at, unsupported))
             return
         stale = (
             self.config.stale_after is not None
@@ -993,24 +993,7 @@ class AlertEngine:
             return None
         if order < 0 and self._covered(key, at):
             return None
-        severity = rule.severity
-        if unsupported:
-            severity = escalate(severity)
-        ep = _Episode(
-            alert_id=alert_id_for(patient_id, rule.rule_id, kind, at),
-            patient_id=patient_id,
-            rule=rule.rule_id,
-            kind=kind,
-            severity=str(severity),
-            unsupported=unsupported,
-            value=verdict.value,
-            threshold=verdict.threshold,
-            unit=rule.unit,
-            opened_at=at,
-            resolved_at=None,
-            last_notified_at=at,
-        )
-        self._open[key] = ep
+        ep = self._open[key] = _opened(patient_id, kind, verdict, at, unsupported)
         return self._event(ep, "firing", at, late=order < 0)
 
     def _covered(self, key: tuple[str, str, str], at: datetime) -> bool:
@@ -1024,38 +1007,13 @@ class AlertEngine:
             for ep in self._resolved
         )
 
-    def _recorded(
-        self,
-        patient_id: str,
-        kind: str,
-        verdict: Evaluation,
-        at: datetime,
-        unsupported: bool,
-        info: _PatientInfo | None,
-    ) -> AlertEvent:
+    def _recorded(self, patient_id: str, kind: str, verdict: Evaluation, at: datetime,
+                  unsupported: bool) -> AlertEvent:
         """The record of an episode a backfilled reading would have opened: opened and resolved
         at its ``measured_at``, never paged, no engine state."""
-        rule = verdict.rule
-        alert_id = alert_id_for(patient_id, rule.rule_id, kind, at)
-        return AlertEvent(
-            alert_id=alert_id,
-            event_id=_digest(alert_id, "recorded", _iso(at) or ""),
-            patient_id=patient_id,
-            rule=rule.rule_id,
-            kind=kind,
-            severity=str(escalate(rule.severity) if unsupported else rule.severity),
-            status="resolved",
-            notification="recorded",
-            unsupported=unsupported,
-            value=verdict.value,
-            threshold=verdict.threshold,
-            unit=rule.unit,
-            opened_at=at,
-            resolved_at=at,
-            event_at=at,
-            region=info.region if info else None,
-            late=True,
-        )
+        ep = _opened(patient_id, kind, verdict, at, unsupported)
+        ep.resolved_at = at
+        return self._event(ep, "recorded", at, late=True)
 
     def _maybe_escalate(self, ep: _Episode, unsupported: bool, at: datetime) -> AlertEvent | None:
         if ep.unsupported or not unsupported:
@@ -1186,6 +1144,25 @@ class AlertEngine:
             escalated_from=escalated_from,
             late=late,
         )
+
+
+def _opened(patient_id: str, kind: str, verdict: Evaluation, at: datetime, unsupported: bool) -> _Episode:
+    """A new episode of ``verdict``'s rule opened at ``at`` (one level higher when unsupported)."""
+    rule = verdict.rule
+    return _Episode(
+        alert_id=alert_id_for(patient_id, rule.rule_id, kind, at),
+        patient_id=patient_id,
+        rule=rule.rule_id,
+        kind=kind,
+        severity=str(escalate(rule.severity) if unsupported else rule.severity),
+        unsupported=unsupported,
+        value=verdict.value,
+        threshold=verdict.threshold,
+        unit=rule.unit,
+        opened_at=at,
+        resolved_at=None,
+        last_notified_at=at,
+    )
 
 
 # --- snapshot decoding ---------------------------------------------------------------------------
