@@ -18,6 +18,10 @@ messages of every other topic take faust's usual per-message path (agents work a
 handler owns the records it is given: a record is committed only after the handler (or whoever it
 hands them on to) calls :meth:`BatchConsumer.ack_offsets` for it (in bulk, per partition).
 
+Every private attribute of faust, mode or aiokafka this needs is reached through
+:mod:`monitor.stream.faust_adapter` (hooks and named accessors, pinned by
+``tests/unit/test_faust_contract.py``); this module only uses their public names.
+
 Failure behaviour: an exception from the handler propagates like one from faust's own callback
 (the fetcher crashes and the worker stops); the handler is expected to never raise on input.
 
@@ -33,17 +37,14 @@ records 2 s old in one fetch, whose 0.6 s apply started the next stall (alert p9
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, ClassVar
 
-import faust
-from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message
-from faust.types.tuples import ack_lock
-from mode import Service
-from mode.utils.futures import notify
+from faust.transport.drivers.aiokafka import Transport as AIOKafkaTransport
+from faust.types import TP
+
+from monitor.stream import faust_adapter as fa
+from monitor.stream.faust_adapter import HookedApp, HookedConsumer, HookedConsumerThread, HookedProducer
 
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
@@ -52,49 +53,34 @@ FETCH_MAX_WAIT_MS = 50
 an idle worker sends ~20 empty fetches a second)."""
 
 
-class BatchConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with a batch path for the app's :attr:`~MonitorApp.batch_topics`."""
+class BatchConsumerThread(HookedConsumerThread):
+    """faust's aiokafka consumer thread with ``fetch_max_wait_ms`` = :data:`FETCH_MAX_WAIT_MS`
+    (faust's 1500 ms stalls busy partitions behind idle ones, see the module docstring)."""
 
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+    fetch_max_wait_ms: ClassVar[int | None] = FETCH_MAX_WAIT_MS
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs in the worker
+
+class BatchConsumer(HookedConsumer):
+    """faust's aiokafka consumer with a batch path for the app's :attr:`~MonitorApp.batch_topics`.
+
+    Batch mode is on when the app has both a :attr:`~MonitorApp.batch_handler` and batch topics;
+    otherwise this is faust's consumer (per-message delivery) with the shorter fetch wait."""
+
+    consumer_thread = BatchConsumerThread
+
+    def batch_enabled(self) -> bool:
+        """The app set a batch handler and batch topics (checked when the fetcher starts)."""
         app = self.app
-        handler: BatchHandler | None = getattr(app, "batch_handler", None)
-        batch_topics: frozenset[str] = getattr(app, "batch_topics", frozenset())
-        if handler is None or not batch_topics:
-            await super()._drain_messages(fetcher)
-            return
-        consumer_should_stop = cast(Service, self)._stopped.is_set
-        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                self.diag.set_flag(CONSUMER_FETCHING)
-                await self.sleep(0)
-                if not self.should_stop:
-                    await self._drain_fetch(handler, batch_topics)
-                self.diag.unset_flag(CONSUMER_FETCHING)
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                self.log.info("Broker stopped consumer, shutting down...")
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                self.log.info("Consumer shutting down for user cancel.")
-                return
-            raise
-        except Exception as exc:
-            self.log.exception("Drain messages raised: %r", exc)
-            raise
-        finally:
-            self.diag.unset_flag(CONSUMER_FETCHING)
+        return getattr(app, "batch_handler", None) is not None and bool(getattr(app, "batch_topics", ()))
 
-    async def _drain_fetch(self, handler: BatchHandler, batch_topics: frozenset[str]) -> None:
+    async def drain_fetch(self) -> None:
         """One fetch: the batch topics' records per partition to the handler in one call, every
         other record through faust's per-message path (as ``Consumer.getmany`` +
         ``_drain_messages`` do, with the per-record checks done once per partition)."""
-        records, active = await self._wait_next_records(1.0)
+        app = self.app
+        handler: BatchHandler = app.batch_handler
+        batch_topics: frozenset[str] = app.batch_topics
+        records, active = await fa.wait_next_records(self, 1.0)
         if not records or self.should_stop:
             return
         if not self.flow_active:  # a rebalance began while fetching: faust seeks back, so do we
@@ -103,13 +89,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
             except Exception as exc:  # noqa: BLE001 - as faust's getmany
                 self.log.warning(f"exception performing seek when flow not active {exc}")
             return
-        app = self.app
         generation_id = app.consumer_generation_id
-        read_offset = self._read_offset
+        read_offset = fa.read_offsets(self)
         acks_enabled_for = app.topics.acks_enabled_for
-        to_message = self._to_message
-        buffered = self._buffered_partitions
-        pending: list[Message] = []
+        buffered = fa.buffered_partitions(self)
+        pending: list[Any] = []
         for tp, recs in records.items():
             if not recs or (active is not None and tp not in active and tp not in buffered):
                 continue
@@ -124,7 +108,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     if r_offset is not None and offset < r_offset:
                         continue  # already read (faust drops these too)
                     if gaps and r_offset and offset - r_offset > 1:
-                        await self._add_gap(tp, r_offset + 1, offset)
+                        await fa.add_gap(self, tp, r_offset + 1, offset)
                     pending.append(record)
                     r_offset = offset
                 read_offset[tp] = r_offset
@@ -134,16 +118,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if r_offset is not None and offset < r_offset:
                     continue  # already read (faust drops these too)
                 if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                    await self._add_gap(tp, r_offset + 1, offset)
-                if self._commit_every is not None and self._n_acked >= self._commit_every:
-                    self._n_acked = 0
-                    await self.commit()
-                message = to_message(tp, record)
-                await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                    await fa.add_gap(self, tp, r_offset + 1, offset)
+                await fa.commit_if_due(self)
+                await fa.deliver_message(self, tp, record)
                 read_offset[tp] = r_offset = offset
-        if self._commit_every is not None and self._n_acked >= self._commit_every:
-            self._n_acked = 0
-            await self.commit()
+        await fa.commit_if_due(self)
         if pending:
             await handler(pending)
 
@@ -153,29 +132,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         Returns how many were not acknowledged before."""
         if not self.app.topics.acks_enabled_for(tp.topic):
             return 0
-        with ack_lock:
-            committed = self._committed_offset[tp]
-            index = self._acked_index[tp]
-            fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
-            if fresh:
-                index.update(fresh)
-                self._acked[tp].extend(fresh)
-                self._n_acked += len(fresh)
-            notify(self._waiting_for_ack)
-        return len(fresh)
+        return fa.record_acks(self, tp, offsets)
 
 
-class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread with ``fetch_max_wait_ms`` = :data:`FETCH_MAX_WAIT_MS`."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # faust passes a fixed 1500; AIOKafkaConsumer.start() builds its Fetcher from this attribute
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-
-class DurableProducer(faust_aiokafka.Producer):
+class DurableProducer(HookedProducer):
     """faust's aiokafka producer, always with ``acks=all`` and the idempotent producer.
 
     faust asks for idempotence only inside transactions; without it, a retry after a lost
@@ -183,29 +143,26 @@ class DurableProducer(faust_aiokafka.Producer):
     (min(2, replication factor), :mod:`monitor.kafka.admin`) makes an acknowledged output survive
     the loss of a broker."""
 
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+    extra_settings: ClassVar[Mapping[str, Any]] = {"acks": "all", "enable_idempotence": True}
 
 
-class BatchTransport(faust_aiokafka.Transport):
+class BatchTransport(AIOKafkaTransport):
     """The aiokafka transport with :class:`BatchConsumer` and :class:`DurableProducer`."""
 
     Consumer = BatchConsumer
     Producer = DurableProducer
 
 
-class MonitorApp(faust.App):
+class MonitorApp(HookedApp):
     """A faust app whose consumer hands whole fetches of ``batch_topics`` to ``batch_handler``.
 
     Set both before the worker starts; the topics must also be registered with the conductor
     (``app.topics.add(topic)``) so that the consumer group subscribes to them.
     """
 
+    monitor_transport = BatchTransport
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler | None = None
-
-    def _new_transport(self) -> Any:
-        return BatchTransport(self.conf.broker_consumer, self)
 
 
 __all__ = ["FETCH_MAX_WAIT_MS", "BatchConsumer", "BatchConsumerThread", "BatchHandler", "BatchTransport",

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.settings import Settings
+from monitor.stream.faust_adapter import group_coordinator_known, read_offsets
 
 DEFAULT_LAG_FETCHES = 10
 """Default ``max_lag``: this many fetches' worth of records (``MONITOR_MAX_POLL_RECORDS`` each,
@@ -118,14 +119,16 @@ def partition_lag(highwater: int, next_to_apply: int) -> int:
 def consumer_connected(app: Any) -> bool:
     """The faust app's consumer knows its group coordinator (False before the consumer started).
 
-    Reads aiokafka's ``GroupCoordinator.coordinator_id`` through faust's consumer thread: no public
-    API tells whether the consumer reaches the broker. A faust or aiokafka upgrade that moves these
-    attributes makes this False (the worker is never ready), which the integration test catches."""
+    No public API tells whether the consumer reaches the broker: this reads aiokafka's
+    ``GroupCoordinator.coordinator_id`` through faust's consumer thread, in
+    :func:`monitor.stream.faust_adapter.group_coordinator_known`. A faust or aiokafka upgrade that
+    moves these attributes makes this False (the worker is never ready), and fails
+    ``tests/unit/test_faust_contract.py`` first."""
     try:
-        aiokafka_consumer = app.consumer._thread._consumer
-        return aiokafka_consumer is not None and aiokafka_consumer._coordinator.coordinator_id is not None
+        consumer = app.consumer
     except AttributeError:
         return False
+    return group_coordinator_known(consumer)
 
 
 async def input_lag(consumer: Any, input_topics: Iterable[str],
@@ -133,10 +136,11 @@ async def input_lag(consumer: Any, input_topics: Iterable[str],
     """Consumer lag in messages over the assigned partitions of ``input_topics``; None when unknown.
 
     ``consumer`` is faust's (``assignment()``, ``highwater(tp)``, ``position(tp)`` and the read
-    offsets it keeps); ``applied`` maps ``(topic, partition)`` to the highest offset applied to the
-    state. Raises whatever ``assignment()`` raises before the consumer started."""
+    offsets it keeps, :func:`monitor.stream.faust_adapter.read_offsets`); ``applied`` maps
+    ``(topic, partition)`` to the highest offset applied to the state. Raises whatever
+    ``assignment()`` raises before the consumer started."""
     topics = set(input_topics)
-    read_offsets: Mapping[Any, int | None] = getattr(consumer, "_read_offset", {})
+    read = read_offsets(consumer)
     total = 0
     unknown = []
     for tp in consumer.assignment():
@@ -145,7 +149,7 @@ async def input_lag(consumer: Any, input_topics: Iterable[str],
         hw = consumer.highwater(tp)
         if hw is None:  # before the first fetch response of the partition
             return None
-        nxt = next_offset(applied.get((tp.topic, tp.partition)), read_offsets.get(tp))
+        nxt = next_offset(applied.get((tp.topic, tp.partition)), read.get(tp))
         if nxt is not None:
             total += partition_lag(hw, nxt)
         elif hw > 0:  # nothing applied or read yet (a new group, or a partition emptied by retention)
