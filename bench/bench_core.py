@@ -30,16 +30,11 @@ import numpy as np
 
 from bench.results import merge_section
 from monitor.core import support as K
+from monitor.core.batch import DIMENSIONS, EventBatch, PatientRecord
 from monitor.core.jit import kernel
 from monitor.core.reference import ReferenceSupport
-from monitor.core.state import (
-    DIMENSIONS,
-    EventBatch,
-    PatientRecord,
-    SupportState,
-    _record_views,
-    equity_from_summary,
-)
+from monitor.core.state import SupportState, _record_views
+from monitor.equity import equity_from_summary
 
 REGIONS = ["north", "south", "east", "west", "central", "coast", "hills", "city", "valley"]
 BANDS = ["18-44", "45-64", "65-74", "75-84", "85+"]

@@ -64,12 +64,18 @@ from typing import Any
 import numpy as np
 
 from monitor.core import equity_kernels as _k
+from monitor.core.state import SupportConfig
+from monitor.core.summary import UNKNOWN_GROUP, PartialSummary
+from monitor.core.timeutil import MS_PER_MINUTE
 from monitor.errors import MonitorError
 
 __all__ = [
     "GROUP_MEASURES",
+    "INDICATORS",
+    "INDIVIDUAL_SCALARS",
     "EquityInputError",
     "concentration_index",
+    "equity_from_summary",
     "grouped_from_csv",
     "grouped_measures",
     "individual_from_csv",
@@ -78,6 +84,9 @@ __all__ = [
 ]
 
 GROUP_MEASURES: tuple[str, ...] = _k.GROUP_MEASURES
+"""Keys of :func:`grouped_measures`, in the kernels' order."""
+INDIVIDUAL_SCALARS: tuple[str, ...] = _k.INDIVIDUAL_SCALARS
+"""Scalar keys of :func:`individual_measures` (``None`` each when there is no patient)."""
 _SII_METHODS = {"logit": _k.SII_LOGIT, "linear": _k.SII_LINEAR}
 
 
@@ -365,3 +374,86 @@ def individual_from_csv(
     x = [_number(r, value, i + 2) for i, r in enumerate(rows)]
     w = [_number(r, weights, i + 2) for i, r in enumerate(rows)] if weights else None
     return individual_measures(x, w)
+
+
+# --------------------------------------------------------------------------------------------
+# measures of the support state's (merged) summaries
+# --------------------------------------------------------------------------------------------
+
+INDICATORS: tuple[tuple[str, bool, str], ...] = (
+    ("pct_covered", True, "logit"),
+    ("pct_no_support_network", False, "logit"),
+    ("mean_care_minutes_per_week", True, "linear"),
+    ("pct_readings_received", True, "logit"),
+)
+"""Group indicators for the equity measures: (name, favourable, SII method). Minutes are not a
+proportion, so their SII/RII use the linear (PHE) method."""
+
+
+def _group_sort_key(ordered: bool) -> Any:
+    """Sort key of group names: numerically (then the non-numeric ones) for an ordered
+    dimension, by name otherwise."""
+    def key(g: str) -> Any:
+        if ordered:
+            try:
+                return (0, int(g), g)
+            except ValueError:
+                return (1, 0, g)
+        return (0, 0, g)
+    return key
+
+
+def equity_from_summary(
+    summary: PartialSummary, config: SupportConfig | None = None, *, lorenz: bool = False
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Inequality measures of a (merged) summary: ``{dimension: {indicator: {measure: value}}}``.
+
+    Group level: for each dimension in the summary and each indicator in :data:`INDICATORS`,
+    :func:`grouped_measures` over the known groups (the ``unknown`` group and
+    groups without a defined estimate are left out), with ``order`` = the quintile (1 = most
+    deprived) for ordered dimensions and no reference group otherwise. A dimension with no group
+    gives ``None`` for every measure. Individual level: under the key ``"individual"``,
+    ``{"care_minutes_7d": individual_measures(...)}`` over the exact histogram of per-patient care
+    minutes (frequency weights, so it equals the measures of the full patient list; Lorenz points
+    only with ``lorenz=True``). Values are plain floats or ``None``.
+    """
+    config = config or SupportConfig()
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for dim in sorted(summary.groups):
+        ordered = dim in config.ordered_dimensions
+        names = sorted((g for g in summary.groups[dim] if g != UNKNOWN_GROUP),
+                       key=_group_sort_key(ordered))
+        if ordered:
+            names = [g for g in names if g.lstrip("-").isdigit()]
+        per_ind: dict[str, dict[str, Any]] = {}
+        for ind, favourable, sii in INDICATORS:
+            est: list[float] = []
+            pop: list[float] = []
+            rank: list[float] = []
+            for g in names:
+                c = summary.groups[dim][g]
+                v = c.indicators()[ind]
+                if v is None or c.patients == 0:
+                    continue
+                est.append(float(v))
+                pop.append(float(c.patients))
+                rank.append(float(int(g)) if ordered else 0.0)
+            if not est:
+                per_ind[ind] = dict.fromkeys(GROUP_MEASURES)
+                continue
+            per_ind[ind] = grouped_measures(
+                est, pop, order=rank if ordered else None, favourable=favourable,
+                scale=100, sii_method=sii,
+            )
+        out[dim] = per_ind
+    if summary.care_ms_counts.size and summary.care_ms_counts.sum() > 0:
+        ind_m = individual_measures(
+            summary.care_ms_values / MS_PER_MINUTE, summary.care_ms_counts.astype(np.float64)
+        )
+        if not lorenz:
+            ind_m.pop("lorenz_p", None)
+            ind_m.pop("lorenz_l", None)
+    else:
+        ind_m = dict.fromkeys(INDIVIDUAL_SCALARS)
+    out["individual"] = {"care_minutes_7d": ind_m}
+    return out

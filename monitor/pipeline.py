@@ -43,19 +43,15 @@ from monitor.contract.models import (
     Reading,
     type_of,
 )
-from monitor.core.state import (
-    FLAG_NAMES,
-    PartialSummary,
-    SupportConfig,
-    SupportState,
-    batch_from_documents,
-    day_of,
-)
+from monitor.core.batch import batch_from_documents
+from monitor.core.state import SupportConfig, SupportState
+from monitor.core.summary import FLAG_NAMES, PartialSummary
+from monitor.core.timeutil import day_of
 from monitor.intake.canonical import CanonicalReading, canonical_items
 from monitor.intake.columnar import ReadingSlice, scan_readings
 from monitor.intake.fastpath import fast_canonical
 from monitor.intake.native import MAX_FUTURE, Rejection, decode, event_time_rejection
-from monitor.metrics.timing import ALERT_DELAY_BUCKETS_S, LatencyHistogram
+from monitor.latency import ALERT_DELAY_BUCKETS_S, LatencyHistogram
 from monitor.pending import Held, PendingEvents, detail_for, to_us
 
 log = logging.getLogger(__name__)
@@ -813,7 +809,7 @@ def warm_up() -> None:
     PartitionState.restore(st.snapshot())
     summary = p.partial_summary()
     if summary is not None:
-        from monitor.core.state import equity_from_summary
+        from monitor.equity import equity_from_summary
 
         equity_from_summary(summary)
 

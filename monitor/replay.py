@@ -15,14 +15,11 @@ from typing import Any
 
 from monitor.alerts.engine import AlertConfig, AlertEngine
 from monitor.carers.state import CarersState
-from monitor.core.state import (
-    SupportConfig,
-    SupportState,
-    batch_from_documents,
-    epoch_seconds,
-    equity_from_summary,
-    iso_utc,
-)
+from monitor.core.batch import batch_from_documents
+from monitor.core.state import SupportConfig, SupportState
+from monitor.core.timeutil import epoch_seconds
+from monitor.core.timeutil import iso_utc_s as iso_utc
+from monitor.equity import equity_from_summary
 from monitor.intake.canonical import CanonicalReading, canonicalize
 from monitor.intake.native import Rejection, decode
 from monitor.pipeline import LazyFlags

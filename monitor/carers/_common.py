@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from monitor.core.state import SnapshotError, day_of, epoch_seconds, id_hash, minutes_to_ms
+from monitor.core.batch import minutes_to_ms
+from monitor.core.idhash import id_hash
+from monitor.core.state import SnapshotError
+from monitor.core.timeutil import day_of, epoch_seconds
 from monitor.errors import MonitorError
 
 __all__ = [

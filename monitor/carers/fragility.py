@@ -50,7 +50,8 @@ from monitor.carers._common import (
     unpack_snapshot,
 )
 from monitor.contract.models import CareLink, CarerActivity, LinkAction
-from monitor.core.state import SnapshotError, StaleAsOfError, day_of, epoch_seconds
+from monitor.core.state import SnapshotError, StaleAsOfError
+from monitor.core.timeutil import day_of, epoch_seconds
 
 __all__ = [
     "NETWORK_LOST",

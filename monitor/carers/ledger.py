@@ -68,7 +68,9 @@ from monitor.carers._common import (
     week_label,
 )
 from monitor.contract.models import CarerActivity
-from monitor.core.state import SnapshotError, StaleAsOfError, epoch_seconds, iso_utc
+from monitor.core.state import SnapshotError, StaleAsOfError
+from monitor.core.timeutil import epoch_seconds
+from monitor.core.timeutil import iso_utc_s as iso_utc
 
 __all__ = [
     "CARER_OVERLOAD",

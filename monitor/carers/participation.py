@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from monitor.carers._common import MS_PER_MINUTE, day_of_instant
-from monitor.core.state import id_hash
+from monitor.core.idhash import id_hash
 
 __all__ = [
     "DIMENSIONS",
@@ -290,7 +290,7 @@ def participation_measures(
             ind_m.pop("lorenz_p", None)
             ind_m.pop("lorenz_l", None)
     else:
-        from monitor.core.state import INDIVIDUAL_SCALARS
+        from monitor.equity import INDIVIDUAL_SCALARS
 
         ind_m = dict.fromkeys(INDIVIDUAL_SCALARS)
     return {

@@ -40,7 +40,8 @@ from monitor.carers.ledger import (
 )
 from monitor.carers.participation import ParticipationSummary, participation_summary
 from monitor.contract.models import CareLink, CarerActivity, Patient
-from monitor.core.state import SnapshotError, patient_record
+from monitor.core.batch import patient_record
+from monitor.core.state import SnapshotError
 
 __all__ = [
     "CarersConfig",

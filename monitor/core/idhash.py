@@ -1,13 +1,16 @@
-"""numba BLAKE2b-64 of event ids, batch-oriented: the same values as :func:`monitor.core.state.id_hash`.
+"""The 64-bit hash of event ids: one id (:func:`id_hash`, hashlib) or a batch (:func:`id_hashes`, numba).
 
 ``id_hash(prefix, identifier)`` is ``blake2b(f"{prefix}:{identifier}".encode(), digest_size=8)``
-read little-endian (0 becomes 1). :func:`id_hashes` computes it for many identifiers stored as
-byte ranges of one buffer (the columnar intake's message buffer), without a Python object per id.
+read little-endian (0 becomes 1). :func:`id_hashes` computes the same values for many identifiers
+stored as byte ranges of one buffer (the columnar intake's message buffer), without a Python
+object per id.
 BLAKE2b as in RFC 7693 (unkeyed, 8-byte digest); a hypothesis test compares it with ``hashlib``.
 Pure; never raises for valid offsets.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -29,6 +32,16 @@ _SIGMA = np.array([
     [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0],
 ], dtype=np.int64)
 _PARAM = np.uint64(0x01010000 ^ 8)  # digest length 8, no key, fanout 1, depth 1
+
+
+def id_hash(prefix: str, identifier: str) -> int:
+    """Stable non-zero 64-bit hash of an event id (blake2b; same in every process and version).
+
+    The prefix names the id's kind: ``"a"`` activity, ``"r"`` reading, ``"p"`` registry content.
+    The duplicate table does not key on it alone: :func:`monitor.core.support.dedup_key` binds
+    it to the event's patient and kind (collision probability stated there)."""
+    digest = hashlib.blake2b(f"{prefix}:{identifier}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
 
 
 @kernel(_nrt=False)
@@ -113,4 +126,4 @@ def id_hashes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, prefix: str
     return out
 
 
-__all__ = ["id_hashes"]
+__all__ = ["id_hash", "id_hashes"]

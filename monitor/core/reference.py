@@ -2,8 +2,8 @@
 
 It keeps every distinct event (dicts and lists, no windows, no bounded tables) and evaluates the
 definitions of :mod:`monitor.core.state` literally, so it is slow and obviously correct. It takes
-the same :class:`~monitor.core.state.EventBatch` input as the numba state and returns, per patient
-slot, the same values as :meth:`monitor.core.state.Evaluation.patient` plus the raw integers.
+the same :class:`~monitor.core.batch.EventBatch` input as the numba state and returns, per patient
+slot, the same values as :meth:`monitor.core.summary.Evaluation.patient` plus the raw integers.
 
 Duplicates are recognised exactly by (patient slot, kind, event-id hash) - an activity by
 (patient, id), a reading by (patient, reading kind, id) - the first delivery wins; care links by
@@ -15,17 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from monitor.core.state import (
-    MICRO,
-    UNKNOWN_GROUP,
-    EventBatch,
-    GroupCounts,
-    PatientRecord,
-    StaleAsOfError,
-    SupportConfig,
-    day_of,
-    minutes_to_ms,
-)
+from monitor.core.batch import MICRO, EventBatch, PatientRecord, minutes_to_ms
+from monitor.core.state import StaleAsOfError, SupportConfig
+from monitor.core.summary import UNKNOWN_GROUP, GroupCounts
+from monitor.core.timeutil import day_of
 
 __all__ = ["ReferenceSupport"]
 

@@ -1,10 +1,12 @@
-"""The per-patient support-coverage state: configuration, batches, the logic object and summaries.
+"""The per-patient support-coverage state: its configuration, the logic object and its snapshot.
 
 Shape (bytewax style): :class:`SupportConfig` is a small frozen config; :class:`SupportState` is the
 logic object holding numpy arrays; drivers (``monitor.replay``, the faust worker) build an
-:class:`EventBatch` per batch of canonical events (:func:`batch_from_documents`) and call
-:meth:`SupportState.apply`, then :meth:`SupportState.evaluate` /
-:meth:`SupportState.partial_summary`. The kernels live in :mod:`monitor.core.support`.
+:class:`~monitor.core.batch.EventBatch` per batch of canonical events
+(:func:`~monitor.core.batch.batch_from_documents`) and call :meth:`SupportState.apply`, then
+:meth:`SupportState.evaluate` / :meth:`SupportState.partial_summary` (both answer with the types
+of :mod:`monitor.core.summary`). The kernels live in :mod:`monitor.core.support`, time
+conventions in :mod:`monitor.core.timeutil`.
 
 Definitions (day resolution)
 ----------------------------
@@ -36,8 +38,9 @@ open-addressing hash set of 64-bit event keys, holding only events of the last `
 days before the watermark day. A duplicate is the same **(patient, kind, id)**: a carer activity
 id is unique per patient, a reading id per patient and reading kind, so two patients' events
 with the same id both count. The key (:func:`monitor.core.support.dedup_key`) is the id hash
-(blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``, :func:`id_hash`) XOR the splitmix64
-mix of an injective (patient slot, kind) tag. Older events cannot appear in any window that
+(blake2b of ``"a:" + activity_id`` / ``"r:" + reading_id``,
+:func:`monitor.core.idhash.id_hash`) XOR the splitmix64 mix of an injective (patient slot, kind)
+tag. Older events cannot appear in any window that
 can still be evaluated (``evaluate`` refuses an as-of day before the watermark day), so their
 sums are skipped and their keys purged; the table's size is bounded by the number of events in
 one coverage window (buckets of 7 keys + their ``day mod 256`` tags in one 64-byte line, 9.1
@@ -74,78 +77,36 @@ maps (patient and carer id -> slot) are extra (~100 bytes per id) and not counte
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from monitor.core import support as _k
+from monitor.core.batch import DIMENSIONS, EventBatch, PatientRecord
+from monitor.core.summary import UNKNOWN_GROUP, Evaluation, GroupCounts, PartialSummary
+from monitor.core.timeutil import day_of, epoch_seconds
 from monitor.errors import MonitorError
 
 __all__ = [
-    "DIMENSIONS",
-    "FLAG_NAMES",
-    "INDICATORS",
-    "READING_KINDS",
     "SNAPSHOT_VERSION",
-    "UNKNOWN_GROUP",
-    "EventBatch",
-    "Evaluation",
-    "GroupCounts",
-    "PartialSummary",
-    "PatientRecord",
     "SnapshotError",
     "StaleAsOfError",
     "SupportConfig",
     "SupportState",
-    "batch_from_documents",
-    "day_of",
-    "epoch_seconds",
-    "equity_from_summary",
-    "id_hash",
-    "iso_utc",
-    "minutes_to_ms",
-    "patient_record",
 ]
-
-DIMENSIONS: tuple[str, ...] = ("region", "deprivation_quintile", "age_band")
-"""The equity dimensions a patient registry entry carries."""
-
-READING_KINDS: tuple[str, ...] = (
-    "glucose",
-    "blood_pressure",
-    "heart_rate",
-    "spo2",
-    "respiratory_rate",
-    "body_temperature",
-    "body_weight",
-)
-"""Reading kind codes: the index in this tuple (mirrors ``monitor.contract.models.ReadingKind``)."""
-_KIND_CODE = {k: i for i, k in enumerate(READING_KINDS)}
-
-FLAG_NAMES: tuple[tuple[int, str], ...] = (
-    (int(_k.FLAG_NO_SUPPORT_NETWORK), "no_support_network"),
-    (int(_k.FLAG_SINGLE_CARER), "single_carer"),
-    (int(_k.FLAG_SUPPORT_LAPSED), "support_lapsed"),
-)
-"""Flag bit -> name, sorted by name."""
-
-UNKNOWN_GROUP = "unknown"
-"""Group of a patient seen in events but never registered (excluded from equity measures)."""
 
 SNAPSHOT_MAGIC = b"CMSUPPORT"
 SNAPSHOT_VERSION = 4
 """4: duplicate-table keys bind the id to its patient and kind (:func:`monitor.core.support.
 dedup_key`); the keys of version 3 were the bare id hashes, so a version 3 snapshot is refused
 (:class:`SnapshotError`) and the partition is rebuilt from its input."""
-MICRO = 1_000_000
 
 
 class SnapshotError(MonitorError, ValueError):
@@ -154,45 +115,6 @@ class SnapshotError(MonitorError, ValueError):
 
 class StaleAsOfError(MonitorError, ValueError):
     """An as-of day before the watermark day: the state keeps no history to answer it."""
-
-
-# --------------------------------------------------------------------------------------------
-# small conversions shared with the reference implementation
-# --------------------------------------------------------------------------------------------
-
-
-def epoch_seconds(t: datetime) -> int:
-    """Whole seconds since the Unix epoch (floor) of a timezone-aware datetime.
-
-    Raises ``ValueError`` for a naive datetime (the contract never produces one).
-    """
-    if t.tzinfo is None or t.utcoffset() is None:
-        raise ValueError("naive datetime: a timezone-aware (UTC) datetime is required")
-    return math.floor(t.timestamp())
-
-
-def day_of(t_s: int) -> int:
-    """The UTC calendar day number of epoch seconds ``t_s`` (``t_s // 86400``)."""
-    return t_s // _k.SECONDS_PER_DAY
-
-
-def minutes_to_ms(minutes: float) -> int:
-    """Care minutes -> integer milliseconds, rounded half to even (as the kernels do)."""
-    return round(minutes * _k.MS_PER_MINUTE)
-
-
-def id_hash(prefix: str, identifier: str) -> int:
-    """Stable non-zero 64-bit hash of an event id (blake2b; same in every process).
-
-    The duplicate table does not key on it alone: :func:`monitor.core.support.dedup_key` binds
-    it to the event's patient and kind (collision probability stated there)."""
-    digest = hashlib.blake2b(f"{prefix}:{identifier}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") or 1
-
-
-def iso_utc(t_s: int) -> str:
-    """Epoch seconds -> ISO 8601 UTC with ``Z`` (second precision)."""
-    return datetime.fromtimestamp(t_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,9 +128,9 @@ class SupportConfig:
 
     ``coverage_days`` (<= 64) is the window of ``covered``, care minutes, contact days and readings
     received; ``active_days`` the window of an active carer; ``lapse_days`` (<= 64) the contact gap
-    that makes a network lapse. ``dimensions`` is a subset of :data:`DIMENSIONS`;
-    ``ordered_dimensions`` those with a natural order (rank = group value, 1 = most deprived).
-    Raises ``ValueError`` on invalid values.
+    that makes a network lapse. ``dimensions`` is a subset of
+    :data:`~monitor.core.batch.DIMENSIONS`; ``ordered_dimensions`` those with a natural order
+    (rank = group value, 1 = most deprived). Raises ``ValueError`` on invalid values.
     """
 
     coverage_days: int = 7
@@ -246,520 +168,6 @@ class SupportConfig:
         d["ordered_dimensions"] = tuple(d["ordered_dimensions"])
         return cls(**d)
 
-
-# --------------------------------------------------------------------------------------------
-# batches
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PatientRecord:
-    """A registry upsert. ``expected_micro_per_day``: planned readings per day, all kinds, in
-    micro-readings (``round(sum(plan) * 10**6)``); ``version``: ``(registered_at seconds or
-    NO_TIME, content hash)`` - the larger version wins whatever the arrival order."""
-
-    patient_slot: int
-    region: str
-    deprivation_quintile: int
-    age_band: str
-    expected_micro_per_day: int
-    version: tuple[int, int]
-
-    def group(self, dimension: str) -> str:
-        return str(getattr(self, dimension))
-
-
-def _arr(values: Any, dtype: Any) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(values, dtype=dtype))
-
-
-@dataclass(frozen=True, slots=True)
-class EventBatch:
-    """Columnar canonical events of one batch (one numpy array per field, equal lengths per kind).
-
-    Activities: ``activity_patient`` / ``activity_carer`` (int32 slots), ``activity_start_s``
-    (int64 epoch seconds UTC), ``activity_minutes`` (float64, 0 < m <= 1440),
-    ``activity_id_hash`` (uint64, non-zero, ``id_hash("a", activity_id)``; duplicates are the
-    same (patient, id), see :func:`monitor.core.support.dedup_key`). Care links: ``link_patient``,
-    ``link_carer``, ``link_t`` (effective_at, epoch seconds), ``link_action`` (int8 +1 join,
-    -1 leave). Readings: ``reading_patient``, ``reading_kind`` (int8 code in
-    :data:`READING_KINDS`, -1 unknown), ``reading_t`` (measured_at), ``reading_id_hash``
-    (``id_hash("r", reading_id)``; duplicates are the same (patient, kind, id)). ``patients``:
-    registry upserts. ``skipped_after_until``: events left out by :func:`batch_from_documents`
-    because they fall after its ``until`` day.
-    """
-
-    activity_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    activity_carer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    activity_start_s: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    activity_minutes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    activity_id_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    link_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    link_carer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    link_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    link_action: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    reading_patient: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    reading_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    reading_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    reading_id_hash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
-    patients: tuple[PatientRecord, ...] = ()
-    skipped_after_until: int = 0
-
-    _DTYPES = {
-        "activity_patient": np.int32, "activity_carer": np.int32, "activity_start_s": np.int64,
-        "activity_minutes": np.float64, "activity_id_hash": np.uint64,
-        "link_patient": np.int32, "link_carer": np.int32, "link_t": np.int64,
-        "link_action": np.int8,
-        "reading_patient": np.int32, "reading_kind": np.int8, "reading_t": np.int64,
-        "reading_id_hash": np.uint64,
-    }
-
-    @classmethod
-    def from_columns(cls, **columns: Any) -> EventBatch:
-        """Build a batch from any array-likes, converting each to its dtype (missing -> empty)."""
-        conv = {name: _arr(columns.pop(name, ()), dt) for name, dt in cls._DTYPES.items()}
-        return cls(**conv, **columns)
-
-    @property
-    def n_activities(self) -> int:
-        return int(self.activity_patient.shape[0])
-
-    @property
-    def n_links(self) -> int:
-        return int(self.link_patient.shape[0])
-
-    @property
-    def n_readings(self) -> int:
-        return int(self.reading_patient.shape[0])
-
-    def __len__(self) -> int:
-        return self.n_activities + self.n_links + self.n_readings + len(self.patients)
-
-    def check(self, n_patients: int, n_carers: int) -> int | None:
-        """Raise ``ValueError`` if dtypes, lengths or values are invalid (before any kernel runs);
-        returns the latest event time (epoch seconds), None for a batch without events."""
-        for name, dt in self._DTYPES.items():
-            a = getattr(self, name)
-            if a.dtype != dt or a.ndim != 1 or not a.flags.c_contiguous:
-                raise ValueError(f"EventBatch.{name} must be a contiguous 1-d {np.dtype(dt)} array")
-        for prefix, cols in (
-            ("activity", ("patient", "carer", "start_s", "minutes", "id_hash")),
-            ("link", ("patient", "carer", "t", "action")),
-            ("reading", ("patient", "kind", "t", "id_hash")),
-        ):
-            lengths = {getattr(self, f"{prefix}_{c}").shape[0] for c in cols}
-            if len(lengths) != 1:
-                raise ValueError(f"EventBatch {prefix} columns have different lengths")
-        t_max = self._scan(n_patients, n_carers)
-        for rec in self.patients:
-            if not 0 <= rec.patient_slot < n_patients:
-                raise ValueError("EventBatch.patients has a slot outside the state")
-        return t_max
-
-    def _scan(self, n_patients: int, n_carers: int) -> int | None:
-        """Range checks of every column in one kernel pass (after the dtype and length checks);
-        returns the latest event time (None without events), raises ``ValueError``."""
-        code, t_max = _k.scan_batch(
-            self.activity_patient, self.activity_carer, self.activity_start_s,
-            self.activity_minutes, self.activity_id_hash, self.link_patient, self.link_carer,
-            self.link_t, self.link_action, self.reading_patient, self.reading_t,
-            self.reading_id_hash, np.int64(n_patients), np.int64(n_carers))
-        if code:
-            name = _k.BATCH_ERRORS[code]
-            if name.endswith("_patient"):
-                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_patients - 1}")
-            if name.endswith("_carer"):
-                raise ValueError(f"EventBatch.{name} has a slot outside 0..{n_carers - 1}")
-            if name == "activity_minutes":
-                raise ValueError("EventBatch.activity_minutes must be in (0, 1440]")
-            if name == "link_action":
-                raise ValueError("EventBatch.link_action must be +1 (join) or -1 (leave)")
-            if name == "link_t":
-                raise ValueError("EventBatch.link_t must be within +-2**62 seconds")
-            raise ValueError(f"EventBatch.{name} must be non-zero")
-        n = self.activity_start_s.shape[0] + self.link_t.shape[0] + self.reading_t.shape[0]
-        return int(t_max) if n else None
-
-    def times(self) -> np.ndarray:
-        """Every event time of the batch (epoch seconds), for the watermark."""
-        return np.concatenate((self.activity_start_s, self.link_t, self.reading_t))
-
-
-def patient_record(slot: int, doc: Any) -> PatientRecord:
-    """A :class:`PatientRecord` from a contract ``Patient`` (duck-typed: attributes only)."""
-    plan = {str(getattr(k, "value", k)): float(v) for k, v in dict(doc.monitoring_plan).items()}
-    expected = round(sum(plan[k] for k in sorted(plan)) * MICRO)
-    content = json.dumps(
-        [doc.region, int(doc.deprivation_quintile), doc.age_band, sorted(plan.items())],
-        separators=(",", ":"),
-    )
-    reg = doc.registered_at
-    version = (epoch_seconds(reg) if reg is not None else int(_k.NO_TIME), id_hash("p", content))
-    return PatientRecord(slot, str(doc.region), int(doc.deprivation_quintile), str(doc.age_band),
-                         int(expected), version)
-
-
-def batch_from_documents(
-    state: SupportState, docs: Iterable[Any], *, until: datetime | None = None
-) -> EventBatch:
-    """Convert validated contract documents into an :class:`EventBatch`, assigning slots in ``state``.
-
-    Documents are recognised by their fields (``core`` does not import the pydantic models):
-    ``Reading``, ``GatewayBatch`` (its readings), ``CarerActivity``, ``CareLink``, ``Patient``, and
-    columnar slices of readings (anything with ``event_seconds()``, ``patient_ids()``,
-    ``kind_names()`` and ``reading_ids()``, see :class:`monitor.intake.columnar.ReadingSlice`).
-    With ``until``, events on a UTC day after ``until``'s day are left out (counted in
-    ``skipped_after_until``; no slot is assigned for them) - replay uses this for an as-of in the
-    past. Raises ``TypeError`` for an object that is not a contract document. Never logs ids.
-    """
-    until_day = day_of(epoch_seconds(until)) if until is not None else None
-    a_p: list[int] = []
-    a_c: list[int] = []
-    a_t: list[int] = []
-    a_m: list[float] = []
-    a_h: list[int] = []
-    l_p: list[int] = []
-    l_c: list[int] = []
-    l_t: list[int] = []
-    l_a: list[int] = []
-    r_p: list[int] = []
-    r_k: list[int] = []
-    r_t: list[int] = []
-    r_h: list[int] = []
-    patients: list[PatientRecord] = []
-    skipped = 0
-
-    def add_reading(r: Any) -> None:
-        nonlocal skipped
-        t = epoch_seconds(r.measured_at)
-        if until_day is not None and day_of(t) > until_day:
-            skipped += 1
-            return
-        r_p.append(state.patient_slot(r.patient_id))
-        r_k.append(_KIND_CODE.get(str(getattr(r.kind, "value", r.kind)), -1))
-        r_t.append(t)
-        r_h.append(id_hash("r", r.reading_id))
-
-    def add_columns(sl: Any) -> None:
-        nonlocal skipped
-        t = sl.event_seconds()
-        patients, kinds = sl.patient_ids(), sl.kind_names()
-        if until_day is not None:
-            keep = (t // _k.SECONDS_PER_DAY <= until_day).tolist()
-            skipped += keep.count(False)
-            patients = [x for x, k in zip(patients, keep, strict=True) if k]
-            kinds = [x for x, k in zip(kinds, keep, strict=True) if k]
-            hashes = [x for x, k in zip(sl.reading_hashes().tolist(), keep, strict=True) if k]
-            t = t[np.array(keep, dtype=bool)]
-        else:
-            hashes = sl.reading_hashes().tolist()
-        slot = state.patient_slot
-        prev, s = None, -1
-        for p in patients:
-            if p != prev:
-                prev, s = p, slot(p)
-            r_p.append(s)
-        code = _KIND_CODE
-        r_k.extend([code.get(k, -1) for k in kinds])
-        r_t.extend(t.tolist())
-        r_h.extend(hashes)  # id_hash("r", reading_id), computed in numba
-
-    for doc in docs:
-        if hasattr(doc, "event_seconds"):  # a columnar slice of readings (monitor.intake.columnar)
-            add_columns(doc)
-        elif hasattr(doc, "readings"):
-            for r in doc.readings:
-                add_reading(r)
-        elif hasattr(doc, "reading_id"):
-            add_reading(doc)
-        elif hasattr(doc, "activity_id"):
-            t = epoch_seconds(doc.started_at)
-            if until_day is not None and day_of(t) > until_day:
-                skipped += 1
-                continue
-            a_p.append(state.patient_slot(doc.patient_id))
-            a_c.append(state.carer_slot(doc.carer_id))
-            a_t.append(t)
-            a_m.append(float(doc.duration_minutes))
-            a_h.append(id_hash("a", doc.activity_id))
-        elif hasattr(doc, "effective_at"):
-            t = epoch_seconds(doc.effective_at)
-            if until_day is not None and day_of(t) > until_day:
-                skipped += 1
-                continue
-            l_p.append(state.patient_slot(doc.patient_id))
-            l_c.append(state.carer_slot(doc.carer_id))
-            l_t.append(t)
-            l_a.append(1 if str(getattr(doc.action, "value", doc.action)) == "join" else -1)
-        elif hasattr(doc, "deprivation_quintile"):
-            patients.append(patient_record(state.patient_slot(doc.patient_id), doc))
-        else:
-            raise TypeError(f"not a contract document: {type(doc).__name__}")
-    return EventBatch.from_columns(
-        activity_patient=a_p, activity_carer=a_c, activity_start_s=a_t, activity_minutes=a_m,
-        activity_id_hash=a_h, link_patient=l_p, link_carer=l_c, link_t=l_t, link_action=l_a,
-        reading_patient=r_p, reading_kind=r_k, reading_t=r_t, reading_id_hash=r_h,
-        patients=tuple(patients), skipped_after_until=skipped,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation and summaries
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Per-patient metrics as of ``as_of_s`` (epoch seconds UTC; day resolution ``as_of_day``).
-
-    Arrays are indexed by patient slot (length ``n``): ``active_carers``, ``registered_carers``,
-    ``care_ms`` (care milliseconds in the coverage window), ``contact_days``, ``readings_received``,
-    ``readings_expected_micro`` (expected readings in the coverage window x 10**6), ``flags``
-    (bit set, see :data:`FLAG_NAMES`), ``covered``, ``last_contact_s`` / ``last_reading_s``
-    (epoch seconds, ``NO_TIME`` if none).
-    """
-
-    as_of_s: int
-    as_of_day: int
-    patient_ids: Sequence[str]
-    active_carers: np.ndarray
-    registered_carers: np.ndarray
-    care_ms: np.ndarray
-    contact_days: np.ndarray
-    readings_received: np.ndarray
-    readings_expected_micro: np.ndarray
-    flags: np.ndarray
-    covered: np.ndarray
-    last_contact_s: np.ndarray
-    last_reading_s: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return int(self.flags.shape[0])
-
-    def flag_names(self, slot: int) -> list[str]:
-        f = int(self.flags[slot])
-        return [name for bit, name in FLAG_NAMES if f & bit]
-
-    def patient(self, slot: int) -> dict[str, Any]:
-        """The JSON-ready metrics of one patient (the replay output shape)."""
-        return {
-            "flags": self.flag_names(slot),
-            "active_carers_28d": int(self.active_carers[slot]),
-            "care_minutes_7d": int(self.care_ms[slot]) / _k.MS_PER_MINUTE,
-            "contact_days_7d": int(self.contact_days[slot]),
-            "readings_expected_7d": int(self.readings_expected_micro[slot]) / MICRO,
-            "readings_received_7d": int(self.readings_received[slot]),
-        }
-
-    def patients(self) -> dict[str, dict[str, Any]]:
-        return {pid: self.patient(i) for i, pid in enumerate(self.patient_ids)}
-
-    def last_times(self, slot: int) -> dict[str, str | None]:
-        """``last_contact_at`` / ``last_reading_at`` as ISO 8601 UTC (None if never)."""
-        c, r = int(self.last_contact_s[slot]), int(self.last_reading_s[slot])
-        return {
-            "last_contact_at": None if c == _k.NO_TIME else iso_utc(c),
-            "last_reading_at": None if r == _k.NO_TIME else iso_utc(r),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class GroupCounts:
-    """Exactly mergeable integer sums of one group (see :data:`monitor.core.support.GROUP_COLUMNS`)."""
-
-    patients: int = 0
-    covered: int = 0
-    no_support_network: int = 0
-    support_lapsed: int = 0
-    single_carer: int = 0
-    care_ms_7d: int = 0
-    readings_received_7d: int = 0
-    readings_received_capped_micro: int = 0
-    readings_expected_micro: int = 0
-
-    def __add__(self, other: GroupCounts) -> GroupCounts:
-        return GroupCounts(*(getattr(self, f) + getattr(other, f) for f in _k.GROUP_COLUMNS))
-
-    def indicators(self) -> dict[str, float | int | None]:
-        """``patients`` and the four group indicators (None when the denominator is 0).
-
-        ``pct_covered`` (favourable), ``pct_no_support_network`` (adverse),
-        ``mean_care_minutes_per_week`` (care minutes in the 7-day window per patient),
-        ``pct_readings_received`` (received / expected, each patient capped at its expectation).
-        """
-        n = self.patients
-        return {
-            "patients": n,
-            "pct_covered": 100 * self.covered / n if n else None,
-            "pct_no_support_network": 100 * self.no_support_network / n if n else None,
-            "mean_care_minutes_per_week": self.care_ms_7d / _k.MS_PER_MINUTE / n if n else None,
-            "pct_readings_received": (
-                100 * self.readings_received_capped_micro / self.readings_expected_micro
-                if self.readings_expected_micro else None
-            ),
-        }
-
-
-INDICATORS: tuple[tuple[str, bool, str], ...] = (
-    ("pct_covered", True, "logit"),
-    ("pct_no_support_network", False, "logit"),
-    ("mean_care_minutes_per_week", True, "linear"),
-    ("pct_readings_received", True, "logit"),
-)
-"""Group indicators for the equity measures: (name, favourable, SII method). Minutes are not a
-proportion, so their SII/RII use the linear (PHE) method."""
-
-
-INDIVIDUAL_SCALARS: tuple[str, ...] = (
-    "gini", "gini_corrected", "theil_t", "mld", "ge2", "atkinson_0_5", "atkinson_1",
-    "atkinson_2", "cv",
-)
-"""Individual-level measures reported for care minutes (``None`` when there is no patient)."""
-
-
-@dataclass(frozen=True)
-class PartialSummary:
-    """Sufficient statistics of one worker's patients as of one UTC day; merge is exact.
-
-    ``groups``: dimension -> group name -> :class:`GroupCounts` (integers). ``care_ms_values`` /
-    ``care_ms_counts``: the exact histogram of per-patient care milliseconds in the coverage window
-    (sorted distinct values, patient counts), from which individual-level measures are computed.
-    Merging workers with disjoint patients gives exactly the single-worker summary.
-    """
-
-    as_of_day: int
-    groups: Mapping[str, Mapping[str, GroupCounts]]
-    care_ms_values: np.ndarray
-    care_ms_counts: np.ndarray
-
-    @staticmethod
-    def merge(a: PartialSummary, b: PartialSummary) -> PartialSummary:
-        """Exact merge of two summaries of the same as-of day (``ValueError`` otherwise)."""
-        if a.as_of_day != b.as_of_day:
-            raise ValueError(f"cannot merge summaries of days {a.as_of_day} and {b.as_of_day}")
-        groups: dict[str, dict[str, GroupCounts]] = {}
-        for dim in sorted(set(a.groups) | set(b.groups)):
-            ga, gb = a.groups.get(dim, {}), b.groups.get(dim, {})
-            groups[dim] = {
-                g: ga.get(g, GroupCounts()) + gb.get(g, GroupCounts())
-                for g in sorted(set(ga) | set(gb))
-            }
-        values, counts = _merge_hist(
-            np.concatenate((a.care_ms_values, b.care_ms_values)),
-            np.concatenate((a.care_ms_counts, b.care_ms_counts)),
-        )
-        return PartialSummary(a.as_of_day, groups, values, counts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (integers only), e.g. to send to a coordinator."""
-        return {
-            "as_of_day": self.as_of_day,
-            "groups": {
-                d: {g: [getattr(c, f) for f in _k.GROUP_COLUMNS] for g, c in gs.items()}
-                for d, gs in self.groups.items()
-            },
-            "care_ms_values": self.care_ms_values.tolist(),
-            "care_ms_counts": self.care_ms_counts.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PartialSummary:
-        return cls(
-            int(data["as_of_day"]),
-            {d: {g: GroupCounts(*map(int, v)) for g, v in gs.items()}
-             for d, gs in data["groups"].items()},
-            np.asarray(data["care_ms_values"], dtype=np.int64),
-            np.asarray(data["care_ms_counts"], dtype=np.int64),
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PartialSummary):
-            return NotImplemented
-        return (self.as_of_day == other.as_of_day
-                and {d: dict(g) for d, g in self.groups.items()}
-                == {d: dict(g) for d, g in other.groups.items()}
-                and np.array_equal(self.care_ms_values, other.care_ms_values)
-                and np.array_equal(self.care_ms_counts, other.care_ms_counts))
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def _merge_hist(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact merge of (value, count) histograms: distinct sorted values, integer count sums."""
-    uniq, inv = np.unique(values, return_inverse=True)
-    out = np.zeros(uniq.shape[0], dtype=np.int64)
-    np.add.at(out, inv.reshape(-1), counts.astype(np.int64))
-    return uniq.astype(np.int64), out
-
-
-def _group_sort_key(dimension: str, ordered: bool) -> Any:
-    def key(g: str) -> Any:
-        if ordered:
-            try:
-                return (0, int(g), g)
-            except ValueError:
-                return (1, 0, g)
-        return (0, 0, g)
-    return key
-
-
-def equity_from_summary(
-    summary: PartialSummary, config: SupportConfig | None = None, *, lorenz: bool = False
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Inequality measures of a (merged) summary: ``{dimension: {indicator: {measure: value}}}``.
-
-    Group level: for each dimension in the summary and each indicator in :data:`INDICATORS`,
-    :func:`monitor.equity.grouped_measures` over the known groups (the ``unknown`` group and
-    groups without a defined estimate are left out), with ``order`` = the quintile (1 = most
-    deprived) for ordered dimensions and no reference group otherwise. A dimension with no group
-    gives ``None`` for every measure. Individual level: under the key ``"individual"``,
-    ``{"care_minutes_7d": individual_measures(...)}`` over the exact histogram of per-patient care
-    minutes (frequency weights, so it equals the measures of the full patient list; Lorenz points
-    only with ``lorenz=True``). Values are plain floats or ``None``.
-    """
-    from monitor import equity  # the public API; imported lazily to keep core importable alone
-
-    config = config or SupportConfig()
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for dim in sorted(summary.groups):
-        ordered = dim in config.ordered_dimensions
-        names = sorted((g for g in summary.groups[dim] if g != UNKNOWN_GROUP),
-                       key=_group_sort_key(dim, ordered))
-        if ordered:
-            names = [g for g in names if g.lstrip("-").isdigit()]
-        per_ind: dict[str, dict[str, Any]] = {}
-        for ind, favourable, sii in INDICATORS:
-            est: list[float] = []
-            pop: list[float] = []
-            rank: list[float] = []
-            for g in names:
-                c = summary.groups[dim][g]
-                v = c.indicators()[ind]
-                if v is None or c.patients == 0:
-                    continue
-                est.append(float(v))
-                pop.append(float(c.patients))
-                rank.append(float(int(g)) if ordered else 0.0)
-            if not est:
-                per_ind[ind] = dict.fromkeys(equity.GROUP_MEASURES)
-                continue
-            per_ind[ind] = equity.grouped_measures(
-                est, pop, order=rank if ordered else None, favourable=favourable,
-                scale=100, sii_method=sii,
-            )
-        out[dim] = per_ind
-    if summary.care_ms_counts.size and summary.care_ms_counts.sum() > 0:
-        ind_m = equity.individual_measures(
-            summary.care_ms_values / _k.MS_PER_MINUTE, summary.care_ms_counts.astype(np.float64)
-        )
-        if not lorenz:
-            ind_m.pop("lorenz_p", None)
-            ind_m.pop("lorenz_l", None)
-    else:
-        ind_m = dict.fromkeys(INDIVIDUAL_SCALARS)
-    out["individual"] = {"care_minutes_7d": ind_m}
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -810,7 +218,6 @@ _PAIR_ARRAYS: dict[str, tuple[Any, Any]] = {
     "pairs": (_k.PAIR_DTYPE, _record(_k.PAIR_DTYPE, last_day=_k.NO_DAY)),
     "links": (_k.LINK_DTYPE, _record(_k.LINK_DTYPE, link=_k.NO_TIME)),
 }
-_REHASH = {"pairs": _k.rehash_pairs, "links": _k.rehash_links}
 _DEDUP_ARRAYS: dict[str, tuple[Any, Any]] = {
     "dedup": (np.uint64, 0),  # (buckets, DEDUP_WAYS + 1), see monitor.core.support.DEDUP_WAYS
 }
@@ -840,9 +247,6 @@ def _dedup_buckets_for(entries: float) -> int:
     return max(64, math.ceil(entries / (MAX_LOAD * _k.DEDUP_WAYS)) + 1)
 
 
-CACHE_LINE = 64
-
-
 def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray:
     """An array of ``n`` (x ``width``) elements filled with ``spec``'s fill, its data aligned to
     a cache line (so a 64-byte dedup or pair bucket or patient record is never split)."""
@@ -850,8 +254,8 @@ def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray
     dtype = np.dtype(dtype)
     shape = (n,) if width is None else (n, width)
     nbytes = dtype.itemsize * math.prod(shape)
-    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
-    off = -raw.ctypes.data % CACHE_LINE
+    raw = np.empty(nbytes + _k.LINE_BYTES, np.uint8)
+    off = -raw.ctypes.data % _k.LINE_BYTES
     arr = raw[off:off + nbytes].view(dtype).reshape(shape)
     arr[...] = fill
     return arr
@@ -860,11 +264,11 @@ def _full(n: int, spec: tuple[Any, Any], width: int | None = None) -> np.ndarray
 class SupportState:
     """Per-patient support state (numpy arrays, one dense slot per patient and per carer).
 
-    Build with a :class:`SupportConfig`; feed :class:`EventBatch` objects with :meth:`apply`
-    (usually built by :func:`batch_from_documents`); read with :meth:`evaluate`,
-    :meth:`partial_summary`; persist with :meth:`snapshot` / :meth:`restore`. Not thread-safe:
-    one driver thread owns a state. ``expected_patients`` / ``expected_pairs`` /
-    ``expected_window_events`` pre-size the arrays (they grow by doubling anyway).
+    Build with a :class:`SupportConfig`; feed :class:`~monitor.core.batch.EventBatch` objects
+    with :meth:`apply` (usually built by :func:`~monitor.core.batch.batch_from_documents`); read
+    with :meth:`evaluate`, :meth:`partial_summary`; persist with :meth:`snapshot` /
+    :meth:`restore`. Not thread-safe: one driver thread owns a state. ``expected_patients`` /
+    ``expected_pairs`` / ``expected_window_events`` pre-size the arrays (they grow by doubling anyway).
     """
 
     def __init__(
@@ -970,7 +374,7 @@ class SupportState:
         if need <= MAX_LOAD * a[name].shape[0]:
             return
         new = _full(_capacity_for(need), _PAIR_ARRAYS[name])
-        _REHASH[name](a[name], new)
+        _k.rehash_table(a[name], new)
         a[name] = new
 
     def _min_sum_day(self) -> int:

@@ -39,9 +39,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from monitor.core.jit import kernel
+from monitor.core.timeutil import MS_PER_MINUTE, SECONDS_PER_DAY
 
-SECONDS_PER_DAY = 86_400
-MS_PER_MINUTE = 60_000
 NO_DAY = np.int32(np.iinfo(np.int32).min)
 NO_TIME = np.int64(np.iinfo(np.int64).min)
 
@@ -49,7 +48,7 @@ FLAG_NO_SUPPORT_NETWORK = np.uint8(1)
 FLAG_SUPPORT_LAPSED = np.uint8(2)
 FLAG_SINGLE_CARER = np.uint8(4)
 
-#: Columns of the per-group integer sums returned by :func:`group_sums`.
+#: Columns of the per-group integer sums returned by :func:`group_sums3`.
 GROUP_COLUMNS: tuple[str, ...] = (
     "patients",
     "covered",
@@ -62,7 +61,6 @@ GROUP_COLUMNS: tuple[str, ...] = (
     "readings_expected_micro",
 )
 
-_ONE = np.uint64(1)
 _M32 = np.uint64(0xFFFFFFFF)
 
 #: One slot of the (patient, carer) activity-pair table: the day of the pair's last activity
@@ -83,20 +81,51 @@ LINE_BYTES = 64
 HI_MS = np.uint8(1)
 HI_READS = np.uint8(2)
 
+LAST_CONTACT = 0
+"""int64 word of the record holding the last contact time (``NO_TIME`` if none)."""
+LAST_READING = 1
+"""int64 word of the record holding the last reading time (``NO_TIME`` if none)."""
+_MS_BYTE = 16
+"""First byte of the care-ms ring: right after the two int64 times (2 x 8 bytes)."""
+
+
+@kernel
+def record_offsets(coverage_days: np.int64) -> tuple[int, int, int, int, int]:  # pragma: no cover
+    """The record layout for a coverage window of ``coverage_days`` days, the one table every
+    kernel and :func:`record_layout` derive their offsets from: byte offsets ``(ms, reads, bits,
+    flags, bytes)`` - the care-ms ring (uint32 cells), the readings ring (uint16 cells), the
+    contact-day bits, the flag byte, and the record size rounded up to whole 64-byte lines."""
+    ms = _MS_BYTE
+    reads = ms + 4 * coverage_days
+    bits = reads + 2 * coverage_days
+    flags = bits + (coverage_days + 7) // 8
+    size = -(-(flags + 1) // LINE_BYTES) * LINE_BYTES
+    return ms, reads, bits, flags, size
+
+
+@kernel
+def _cells(coverage_days: np.int64) -> tuple[int, int, int, int]:  # pragma: no cover - jitted
+    """:func:`record_offsets` as element indices of the kernels' views: (first care-ms cell in
+    the uint32 view, first readings cell in the uint16 view, contact-bits byte, flag byte)."""
+    ms, reads, bits, flags, _ = record_offsets(coverage_days)
+    return ms // 4, reads // 2, bits, flags
+
 
 def record_layout(coverage_days: int) -> dict[str, int]:
     """Byte layout of the per-patient record for a coverage window of ``coverage_days`` days.
 
-    One record (64 bytes, one cache line, for ``coverage_days`` <= 7) holds everything an
-    activity or a reading of the patient touches, so an event touches one patient line:
+    One record (64 bytes, one cache line, for ``coverage_days`` <= 7: 16 + 7 x 4 + 7 x 2 + 1 + 1
+    = 60 bytes) holds everything an activity or a reading of the patient touches, so an event
+    touches one patient line:
 
-    * ``last_contact_s`` (int64, byte 0) and ``last_reading_s`` (int64, byte 8), ``NO_TIME`` if
-      none. Their days are the *heads* of two day rings;
-    * the care-ms ring: ``coverage_days`` uint32 cells (low 32 bits of the care ms of a day);
-    * the readings ring: ``coverage_days`` uint16 cells (low 16 bits of the readings of a day);
-    * the contact-day bits: bit ``c`` = a carer contact on the day of cell ``c``;
-    * a flag byte: :data:`HI_MS` / :data:`HI_READS` = the high parts (in the ``hi`` array, an
-      overflow that practically never happens) may be non-zero.
+    * ``last_contact_s`` (int64, word :data:`LAST_CONTACT`) and ``last_reading_s`` (int64, word
+      :data:`LAST_READING`), ``NO_TIME`` if none. Their days are the *heads* of two day rings;
+    * ``ms``: the care-ms ring, ``coverage_days`` uint32 cells (low 32 bits of a day's care ms);
+    * ``reads``: the readings ring, ``coverage_days`` uint16 cells (low 16 bits of a day's count);
+    * ``bits``: the contact-day bits, bit ``c`` = a carer contact on the day of cell ``c``;
+    * ``flags``: a byte, :data:`HI_MS` / :data:`HI_READS` = the high parts (in the ``hi`` array,
+      an overflow that practically never happens) may be non-zero;
+    * ``bytes``: the record size, whole 64-byte lines.
 
     Ring cell ``c`` of a ring with head day ``H`` holds day ``H - ((H - c) mod coverage_days)``,
     the unique day of ``H - coverage_days + 1 .. H`` congruent to ``c``: when the head advances,
@@ -104,13 +133,8 @@ def record_layout(coverage_days: int) -> dict[str, int]:
     ring is the day of the last contact (the day of the largest contact time is the largest
     contact day), that of the readings ring the day of the last reading.
     """
-    cov = int(coverage_days)
-    ms = 16
-    reads = ms + 4 * cov
-    bits = reads + 2 * cov
-    flags = bits + (cov + 7) // 8
-    size = -(-(flags + 1) // LINE_BYTES) * LINE_BYTES
-    return {"ms": ms, "reads": reads, "bits": bits, "flags": flags, "bytes": size}
+    values = record_offsets(np.int64(coverage_days))
+    return dict(zip(("ms", "reads", "bits", "flags", "bytes"), map(int, values), strict=True))
 
 
 DEDUP_WAYS = 7
@@ -375,34 +399,42 @@ def _ring_cell(day: np.int64, cov: np.int64, m: np.int64, s: np.int64) -> int:  
 
 
 @kernel
-def _clear_care_cells(r32: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
-                      old_head: np.int64, day: np.int64, c: np.int64,
-                      cov: np.int64) -> None:  # pragma: no cover - jitted
-    """Advance the care ring of patient ``p`` from head ``old_head`` to ``day`` (in cell ``c``):
-    clear the cells (care ms, contact bit, high part) of the days ``old_head + 1 .. day``, i.e.
-    cells ``c, c - 1, ..`` (mod cov, no division)."""
-    bits = 16 + 6 * cov
-    has_hi = (r8[p, bits + (cov + 7) // 8] & HI_MS) != 0
-    for _ in range(min(day - old_head, cov)):
-        r32[p, 4 + c] = 0
-        r8[p, bits + (c >> 3)] &= ~np.uint8(1 << (c & 7))
-        if has_hi:
-            hi[p, c] = 0
-        c = c - 1 if c > 0 else cov - 1
+def _ring_head(r64: np.ndarray, p: np.int64, word: np.int64, t: np.int64,
+               day: np.int64) -> int:  # pragma: no cover - jitted
+    """Raise patient ``p``'s last time in record word ``word`` (:data:`LAST_CONTACT` or
+    :data:`LAST_READING`) to ``t`` (a max: idempotent, order independent) and return the ring's
+    head day before this event (``day`` for a ring without any event yet, so nothing is cleared).
+    The caller clears the cells of the days after that head up to ``day`` (:func:`_clear_cells`)."""
+    last = r64[p, word]
+    if last == NO_TIME:
+        r64[p, word] = t
+        return day
+    if t > last:
+        r64[p, word] = t
+    return last // SECONDS_PER_DAY
 
 
 @kernel
-def _clear_reading_cells(r16: np.ndarray, r8: np.ndarray, hi: np.ndarray, p: np.int64,
-                         old_head: np.int64, day: np.int64, c: np.int64,
-                         cov: np.int64) -> None:  # pragma: no cover - jitted
-    """Advance the readings ring of patient ``p`` from head ``old_head`` to ``day`` (in cell
-    ``c``), as :func:`_clear_care_cells`."""
-    has_hi = (r8[p, 16 + 6 * cov + (cov + 7) // 8] & HI_READS) != 0
-    base = 8 + 2 * cov
+def _clear_cells(cells: np.ndarray, first: np.int64, r8: np.ndarray, bits: np.int64,
+                 flags: np.int64, hi_flag: np.uint8, hi: np.ndarray, hi_first: np.int64,
+                 p: np.int64, old_head: np.int64, day: np.int64, c: np.int64,
+                 cov: np.int64) -> None:  # pragma: no cover - jitted
+    """Advance a ring of patient ``p`` from head ``old_head`` to ``day`` (in cell ``c``): clear
+    the cells of the days ``old_head + 1 .. day`` (at most ``cov``), i.e. cells ``c, c - 1, ..``
+    mod cov (no division), in ``cells[p, first + cell]``, their high parts ``hi[p, hi_first +
+    cell]`` when the flag byte has ``hi_flag``, and their contact bits when ``bits`` >= 0.
+
+    The care ring: ``cells`` = the uint32 view, ``hi_flag`` = :data:`HI_MS`, ``hi_first`` = 0,
+    with contact bits; the readings ring: the uint16 view, :data:`HI_READS`, ``hi_first`` =
+    ``cov``, ``bits`` = -1.
+    """
+    has_hi = (r8[p, flags] & hi_flag) != 0
     for _ in range(min(day - old_head, cov)):
-        r16[p, base + c] = 0
+        cells[p, first + c] = 0
+        if bits >= 0:
+            r8[p, bits + (c >> 3)] &= ~np.uint8(1 << (c & 7))
         if has_hi:
-            hi[p, cov + c] = 0
+            hi[p, hi_first + c] = 0
         c = c - 1 if c > 0 else cov - 1
 
 
@@ -433,8 +465,7 @@ def apply_activities(
     stale = 0
     n = patient.shape[0]
     words = r64.shape[1]
-    bits = 16 + 6 * cov
-    flags = bits + (cov + 7) // 8
+    ms0, _, bits, flags = _cells(cov)
     pair_home = np.empty(n, np.int64)
     dedup_home = np.empty(n, np.int64)
     keys = np.empty(n, np.uint64)
@@ -460,17 +491,10 @@ def apply_activities(
         if pr.last_day == NO_DAY or day > pr.last_day:
             pr.last_day = day
         c = _ring_cell(day, cov, mul, shift)
-        last = r64[p, 0]
-        if last == NO_TIME:
-            r64[p, 0] = t
+        head = _ring_head(r64, p, LAST_CONTACT, t, day)
+        if day > head:
+            _clear_cells(r32, ms0, r8, bits, flags, HI_MS, hi, 0, p, head, day, c, cov)
             head = day
-        else:
-            head = last // SECONDS_PER_DAY
-            if day > head:
-                _clear_care_cells(r32, r8, hi, p, head, day, c, cov)
-                head = day
-            if t > last:
-                r64[p, 0] = t
         in_ring = day > head - cov
         if in_ring:
             r8[p, bits + (c >> 3)] |= np.uint8(1 << (c & 7))
@@ -482,12 +506,12 @@ def apply_activities(
             continue
         new_dedup += 1
         if in_ring:  # always, for an admitted event (its day is >= watermark day - cov + 1)
-            v = np.uint64(r32[p, 4 + c]) + np.uint64(np.rint(minutes[i] * MS_PER_MINUTE))
+            v = np.uint64(r32[p, ms0 + c]) + np.uint64(np.rint(minutes[i] * MS_PER_MINUTE))
             if v > _M32:
                 hi[p, c] += np.uint32(v >> np.uint64(32))
                 r8[p, flags] |= HI_MS
                 v &= _M32
-            r32[p, 4 + c] = v
+            r32[p, ms0 + c] = v
     return new_pairs, new_dedup, duplicates, stale
 
 
@@ -539,8 +563,7 @@ def apply_readings(
     stale = 0
     n = patient.shape[0]
     words = r64.shape[1]
-    base = 8 + 2 * cov
-    flags = 16 + 6 * cov + (cov + 7) // 8
+    _, base, _, flags = _cells(cov)
     dedup_home = np.empty(n, np.int64)
     keys = np.empty(n, np.uint64)
     for i in range(n):
@@ -558,17 +581,10 @@ def apply_readings(
         t = np.int64(t_s[i])
         day = t // SECONDS_PER_DAY
         c = _ring_cell(day, cov, mul, shift)
-        last = r64[p, 1]
-        if last == NO_TIME:
-            r64[p, 1] = t
+        head = _ring_head(r64, p, LAST_READING, t, day)
+        if day > head:
+            _clear_cells(r16, base, r8, -1, flags, HI_READS, hi, cov, p, head, day, c, cov)
             head = day
-        else:
-            head = last // SECONDS_PER_DAY
-            if day > head:
-                _clear_reading_cells(r16, r8, hi, p, head, day, c, cov)
-                head = day
-            if t > last:
-                r64[p, 1] = t
         if day < min_sum_day:
             stale += 1
             continue
@@ -588,27 +604,15 @@ def apply_readings(
 
 
 @kernel
-def rehash_pairs(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
-    """Re-insert every pair of an old pair table into a new (larger, empty) one; the count."""
+def rehash_table(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
+    """Re-insert every slot of an old pair or link table (:data:`PAIR_DTYPE` /
+    :data:`LINK_DTYPE`) into a new, larger, empty one of the same dtype; returns the count."""
     n = 0
     for i in range(old.shape[0]):
         k = old[i].key
         if k != 0:
             j, _ = _pair_slot(new, _pair_home(new, k), k)
-            new[j].last_day = old[i].last_day
-            n += 1
-    return n
-
-
-@kernel
-def rehash_links(old: np.ndarray, new: np.ndarray) -> int:  # pragma: no cover - jitted
-    """Re-insert every slot of an old link table into a new (larger, empty) one; the count."""
-    n = 0
-    for i in range(old.shape[0]):
-        k = old[i].key
-        if k != 0:
-            j, _ = _pair_slot(new, _pair_home(new, k), k)
-            new[j].link = old[i].link
+            new[j] = old[i]
             n += 1
     return n
 
@@ -634,11 +638,29 @@ def rehash_dedup(old: np.ndarray, watermark_day: np.int64, keep_days: np.int64,
     return n
 
 
+NARROW_COUNT_LIMIT = 255
+"""Limit of the uint8 carer counts of :func:`evaluate` (a quarter of the cache footprint of
+int32 counts for the random increments); a patient with more carers sends the table to a second
+count in int32."""
+WIDE_COUNT_LIMIT = (1 << 31) - 1
+"""Limit of the int32 carer counts (never reached: below 2**31 slots)."""
+
+
 @kernel
-def _count_pairs8(pairs: np.ndarray, min_day: np.int64, max_day: np.int64,
-                  counts: np.ndarray) -> bool:  # pragma: no cover - jitted
-    """Add 1 to ``counts[patient]`` (uint8) per pair with a last activity day in ``min_day ..
-    max_day``; True if a count would pass 255 (the counts are then incomplete)."""
+def _bump(counts: np.ndarray, p: np.int64, limit: np.int64) -> bool:  # pragma: no cover - jitted
+    """``counts[p] += 1`` unless it is at ``limit``; True if it was (the count is then short)."""
+    c = counts[p]
+    if c == limit:
+        return True
+    counts[p] = c + 1
+    return False
+
+
+@kernel
+def _count_pairs(pairs: np.ndarray, min_day: np.int64, max_day: np.int64, counts: np.ndarray,
+                 limit: np.int64) -> bool:  # pragma: no cover - jitted
+    """Add 1 to ``counts[patient]`` per pair with a last activity day in ``min_day .. max_day``
+    (counts at ``limit`` stay there); True if a count would pass ``limit`` (counts incomplete)."""
     over = False
     for i in range(pairs.shape[0]):
         k = pairs[i].key
@@ -646,58 +668,22 @@ def _count_pairs8(pairs: np.ndarray, min_day: np.int64, max_day: np.int64,
             continue
         d = np.int64(pairs[i].last_day)
         if d != NO_DAY and min_day <= d <= max_day:
-            p = np.int64(k >> np.uint64(32)) - 1
-            c = counts[p]
-            if c == 255:
-                over = True
-            else:
-                counts[p] = c + np.uint8(1)
+            over |= _bump(counts, np.int64(k >> np.uint64(32)) - 1, limit)
     return over
 
 
 @kernel
-def _count_pairs32(pairs: np.ndarray, min_day: np.int64, max_day: np.int64,
-                   counts: np.ndarray) -> None:  # pragma: no cover - jitted
-    """:func:`_count_pairs8` into zeroed wide counts (no limit)."""
-    counts[:] = 0
-    for i in range(pairs.shape[0]):
-        k = pairs[i].key
-        if k == 0:
-            continue
-        d = np.int64(pairs[i].last_day)
-        if d != NO_DAY and min_day <= d <= max_day:
-            counts[np.int64(k >> np.uint64(32)) - 1] += 1
-
-
-@kernel
-def _count_links8(links: np.ndarray, t_end: np.int64, counts: np.ndarray
-                  ) -> bool:  # pragma: no cover - jitted
-    """Add 1 to ``counts[patient]`` (uint8) per link whose latest event is a join effective
-    before ``t_end``; True if a count would pass 255 (the counts are then incomplete)."""
+def _count_links(links: np.ndarray, t_end: np.int64, counts: np.ndarray,
+                 limit: np.int64) -> bool:  # pragma: no cover - jitted
+    """Add 1 to ``counts[patient]`` per link whose latest event is a join effective before
+    ``t_end``; True if a count would pass ``limit``, as :func:`_count_pairs`."""
     over = False
     for i in range(links.shape[0]):
         k = links[i].key
         e = links[i].link
         if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) < t_end:
-            p = np.int64(k >> np.uint64(32)) - 1
-            c = counts[p]
-            if c == 255:
-                over = True
-            else:
-                counts[p] = c + np.uint8(1)
+            over |= _bump(counts, np.int64(k >> np.uint64(32)) - 1, limit)
     return over
-
-
-@kernel
-def _count_links32(links: np.ndarray, t_end: np.int64, counts: np.ndarray
-                   ) -> None:  # pragma: no cover - jitted
-    """:func:`_count_links8` into zeroed wide counts (no limit)."""
-    counts[:] = 0
-    for i in range(links.shape[0]):
-        k = links[i].key
-        e = links[i].link
-        if k != 0 and e != NO_TIME and (e & 1) == 0 and (e >> 1) < t_end:
-            counts[np.int64(k >> np.uint64(32)) - 1] += 1
 
 
 @kernel
@@ -733,24 +719,24 @@ def evaluate(
     # patient with 255 or more carers sends the table to the int32 count in the output instead
     min_active_day = as_of_day - active_days + 1
     act8 = np.zeros(n, np.uint8)
-    wide_active = _count_pairs8(pairs, min_active_day, as_of_day, act8)
+    wide_active = _count_pairs(pairs, min_active_day, as_of_day, act8, NARROW_COUNT_LIMIT)
     if wide_active:
-        _count_pairs32(pairs, min_active_day, as_of_day, active)
+        active[:] = 0
+        _count_pairs(pairs, min_active_day, as_of_day, active, WIDE_COUNT_LIMIT)
     # (e >> 1) // SECONDS_PER_DAY <= as_of_day  <=>  (e >> 1) < (as_of_day + 1) * SECONDS_PER_DAY
     t_end = (as_of_day + 1) * SECONDS_PER_DAY
     reg8 = np.zeros(n, np.uint8)
-    wide_registered = _count_links8(links, t_end, reg8)
+    wide_registered = _count_links(links, t_end, reg8, NARROW_COUNT_LIMIT)
     if wide_registered:
-        _count_links32(links, t_end, registered)
+        registered[:] = 0
+        _count_links(links, t_end, registered, WIDE_COUNT_LIMIT)
     cov = coverage_days
-    bits = 16 + 6 * cov
-    fl = bits + (cov + 7) // 8
-    rbase = 8 + 2 * cov
+    ms0, rbase, bits, fl = _cells(cov)
     as_of_mod = as_of_day % cov
     small = cov <= 8  # the contact bits are one byte: the branch-free path below
     for p in range(n):
-        last = r64[p, 0]
-        last_r = r64[p, 1]
+        last = r64[p, LAST_CONTACT]
+        last_r = r64[p, LAST_READING]
         last_contact[p] = last
         last_reading[p] = last_r
         expected[p] = expected_per_day[p] * cov
@@ -773,7 +759,7 @@ def evaluate(
             reads = np.int64(0)
             n_days = np.int64(0)
             for c in range(cov):
-                ms += np.int64(r32[p, 4 + c]) & -((wc >> c) & 1)
+                ms += np.int64(r32[p, ms0 + c]) & -((wc >> c) & 1)
                 reads += np.int64(r16[p, rbase + c]) & -((wr >> c) & 1)
                 n_days += (bitv >> c) & 1
         else:
@@ -817,16 +803,15 @@ def _ring_sums(p: np.int64, cov: np.int64, as_of_day: np.int64, off: np.int64, o
                hi: np.ndarray) -> tuple[int, int, int]:  # pragma: no cover - jitted
     """(care ms, contact days, readings) of patient ``p``'s rings in the window, walking the
     cells one by one with the high parts (the general path of :func:`evaluate`)."""
-    bits = 16 + 6 * cov
-    hif = r8[p, bits + (cov + 7) // 8]
-    rbase = 8 + 2 * cov
+    ms0, rbase, bits, fl = _cells(cov)
+    hif = r8[p, fl]
     n_days = np.int64(0)
     ms = np.int64(0)
     if ever and off < cov:
         # the cells of days head, head - 1, .., as_of_day - cov + 1 (cov - off days)
         c = (as_of_day - off) % cov
         for _ in range(cov - off):
-            ms += np.int64(r32[p, 4 + c])
+            ms += np.int64(r32[p, ms0 + c])
             if hif & HI_MS:
                 ms += np.int64(hi[p, c]) << 32
             n_days += (r8[p, bits + (c >> 3)] >> (c & 7)) & 1
@@ -840,42 +825,6 @@ def _ring_sums(p: np.int64, cov: np.int64, as_of_day: np.int64, off: np.int64, o
                 reads += np.int64(hi[p, cov + c]) << 16
             c = c - 1 if c > 0 else cov - 1
     return ms, n_days, reads
-
-
-@kernel
-def group_sums(
-    codes: np.ndarray, n_groups: np.int64, flags: np.ndarray, covered: np.ndarray,
-    care_ms: np.ndarray, readings: np.ndarray, expected_micro: np.ndarray,
-) -> np.ndarray:  # pragma: no cover - jitted
-    """Integer sums per group code (columns :data:`GROUP_COLUMNS`); code -1 goes to the last row.
-
-    ``expected_micro`` is a patient's expected readings in the coverage window in micro-readings;
-    the capped count ``min(readings * 10**6, expected_micro)`` keeps a patient who measures more
-    often than planned from hiding another's gap.
-    """
-    out = np.zeros((n_groups + 1, 9), dtype=np.int64)
-    for p in range(codes.shape[0]):
-        g = np.int64(codes[p])
-        if g < 0:
-            g = n_groups
-        f = flags[p]
-        out[g, 0] += 1
-        if covered[p]:
-            out[g, 1] += 1
-        if f & FLAG_NO_SUPPORT_NETWORK:
-            out[g, 2] += 1
-        if f & FLAG_SUPPORT_LAPSED:
-            out[g, 3] += 1
-        if f & FLAG_SINGLE_CARER:
-            out[g, 4] += 1
-        out[g, 5] += care_ms[p]
-        r = np.int64(readings[p])
-        out[g, 6] += r
-        e = np.int64(expected_micro[p])
-        rc = r * 1_000_000
-        out[g, 7] += rc if rc < e else e
-        out[g, 8] += e
-    return out
 
 
 HIST_MAX_DISTINCT = 1 << 16
@@ -969,7 +918,12 @@ def group_sums3(
     flags: np.ndarray, covered: np.ndarray, care_ms: np.ndarray, readings: np.ndarray,
     expected_micro: np.ndarray,
 ) -> np.ndarray:  # pragma: no cover - jitted
-    """:func:`group_sums` of up to three dimensions in one pass over the patients.
+    """Integer sums per group code (columns :data:`GROUP_COLUMNS`) of up to three dimensions in
+    one pass over the patients; code -1 (not registered) goes to the row after the groups.
+
+    ``expected_micro`` is a patient's expected readings in the coverage window in micro-readings;
+    the capped count ``min(readings * 10**6, expected_micro)`` keeps a patient who measures more
+    often than planned from hiding another's gap.
 
     ``n_groups[d]`` is the group count of dimension d (``codes{d}`` is ignored when d >=
     ``len(n_groups)``); returns an array (dims, max groups + 1, 9): row ``n_groups[d]`` of

@@ -15,8 +15,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from monitor.latency import LatencyHistogram
 from monitor.metrics.groups import GROUP_LABELS, STATUSES, CachedGroupTable
-from monitor.metrics.timing import LatencyHistogram
 from monitor.pipeline import Pipeline, utc_now
 
 

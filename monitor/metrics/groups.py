@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monitor.core.state import FLAG_NAMES, day_of
+from monitor.core.summary import FLAG_NAMES
+from monitor.core.timeutil import day_of
 from monitor.pipeline import Pipeline
 
 GROUP_LABELS: tuple[str, ...] = ("region", "deprivation_quintile", "age_band")

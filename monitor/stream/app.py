@@ -56,7 +56,9 @@ from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
 from monitor.alerts.engine import AlertEvent
 from monitor.carers.ledger import merge_rows, notifications_from_rows, to_csv, to_json, week_of
 from monitor.carers.participation import ParticipationSummary, participation_measures
-from monitor.core.state import PartialSummary, StaleAsOfError, equity_from_summary
+from monitor.core.state import StaleAsOfError
+from monitor.core.summary import PartialSummary
+from monitor.equity import equity_from_summary
 from monitor.kafka.admin import committed_offsets
 from monitor.kafka.checkpoints import CheckpointStore, CheckpointUnreadable, read_partition
 from monitor.kafka.security import faust_credentials

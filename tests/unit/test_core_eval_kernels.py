@@ -172,7 +172,7 @@ def test_evaluation_patient_ids_follow_new_and_restored_patients():
 
 @pytest.mark.parametrize("carers", [254, 255, 256, 300])
 def test_carer_counts_past_the_narrow_counters(carers):
-    from monitor.core.state import EventBatch
+    from monitor.core.batch import EventBatch
 
     s = SupportState()
     s.add_patients(3)
@@ -193,3 +193,35 @@ def test_carer_counts_past_the_narrow_counters(carers):
     assert ev.registered_carers.tolist() == [0, carers, 1]
     assert ev.flags.tolist() == [1, 0, 4]
     assert ev.care_ms.tolist() == [0, carers * 600_000, 600_000]
+
+
+@pytest.mark.parametrize("cov", [1, 7, 8, 9, 64])
+def test_record_layout_is_the_kernels_table(cov):
+    """The Python layout, the kernels' element offsets and the state's record width agree."""
+    lay = k.record_layout(cov)
+    # two int64 times (16 bytes), uint32 care cells, uint16 reading cells, contact bits, flag byte
+    flags = 16 + 6 * cov + (cov + 7) // 8
+    assert lay == {"ms": 16, "reads": 16 + 4 * cov, "bits": 16 + 6 * cov, "flags": flags,
+                   "bytes": -(-(flags + 1) // 64) * 64}
+    assert k._cells(np.int64(cov)) == (4, 8 + 2 * cov, 16 + 6 * cov, flags)
+    (_, fill), words = _record_specs(SupportConfig(coverage_days=cov))["record"]
+    assert words * 8 == lay["bytes"]
+    assert fill.view(np.int64)[[k.LAST_CONTACT, k.LAST_READING]].tolist() == [k.NO_TIME] * 2
+    if cov <= 7:
+        assert lay["bytes"] == 64  # one cache line per patient with the default window
+
+
+@pytest.mark.parametrize("dtype", [k.PAIR_DTYPE, k.LINK_DTYPE])
+def test_rehash_table_keeps_every_slot_of_pair_and_link_tables(dtype):
+    rng = np.random.default_rng(7)
+    old = np.zeros(64, dtype)
+    keys = np.unique(rng.integers(1, 2**40, 40).astype(np.uint64))
+    value = "last_day" if dtype == k.PAIR_DTYPE else "link"
+    for key in keys:
+        j, inserted = k._pair_slot(old, k._pair_home(old, key), key)
+        assert inserted
+        old[j][value] = int(key % 1000)
+    new = np.zeros(256, dtype)
+    assert k.rehash_table(old, new) == keys.shape[0]
+    got = {int(r["key"]): int(r[value]) for r in new if r["key"]}
+    assert got == {int(key): int(key % 1000) for key in keys}

@@ -1,4 +1,4 @@
-"""The numba BLAKE2b of event ids equals hashlib's (through :func:`monitor.core.state.id_hash`)."""
+"""The numba BLAKE2b of event ids equals hashlib's (through :func:`monitor.core.idhash.id_hash`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.core.idhash import id_hashes
-from monitor.core.state import id_hash
+from monitor.core.idhash import id_hash, id_hashes
 
 IDS = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300)
 

@@ -16,14 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.contract.models import CareLink, CarerActivity, Patient, Reading
+from monitor.core.batch import batch_from_documents
 from monitor.core.reference import ReferenceSupport
-from monitor.core.state import (
-    PartialSummary,
-    SupportConfig,
-    SupportState,
-    batch_from_documents,
-    equity_from_summary,
-)
+from monitor.core.state import SupportConfig, SupportState
+from monitor.core.summary import PartialSummary
+from monitor.equity import equity_from_summary
 
 BASE = datetime(2025, 3, 1, tzinfo=UTC)
 PATIENTS = [f"p{i}" for i in range(6)]
@@ -324,7 +321,7 @@ def test_growth_of_every_table_keeps_the_state():
     state.add_patients(3000)
     state.add_carers(500)
     ref = ReferenceSupport()
-    from monitor.core.state import EventBatch
+    from monitor.core.batch import EventBatch
 
     next_id = 1
     for b in range(6):
@@ -370,7 +367,7 @@ def test_growth_of_every_table_keeps_the_state():
     st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 2)), max_size=4))
 def test_batch_validation_kernel_agrees_with_numpy(acts, lnks, reads):
     """One-pass range checks (scan_batch) == the numpy predicates; the latest time is the max."""
-    from monitor.core.state import EventBatch
+    from monitor.core.batch import EventBatch
 
     b = EventBatch.from_columns(
         activity_patient=[a[0] for a in acts], activity_carer=[a[1] for a in acts],

@@ -22,19 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.contract.models import CareLink, CarerActivity, GatewayBatch, Patient, Reading
+from monitor.core.batch import EventBatch, batch_from_documents
+from monitor.core.idhash import id_hash
 from monitor.core.reference import ReferenceSupport
-from monitor.core.state import (
-    EventBatch,
-    PartialSummary,
-    SnapshotError,
-    StaleAsOfError,
-    SupportConfig,
-    SupportState,
-    batch_from_documents,
-    equity_from_summary,
-    id_hash,
-)
-from monitor.equity import grouped_measures
+from monitor.core.state import SnapshotError, StaleAsOfError, SupportConfig, SupportState
+from monitor.core.summary import PartialSummary
+from monitor.equity import equity_from_summary, grouped_measures
 
 D = 20_100  # the as-of day (2025-01-13)
 AS_OF = D * 86400 + 12 * 3600  # noon of day D

@@ -20,15 +20,10 @@ from monitor.carers.ledger import CarerLedger
 from monitor.carers.state import CarersState
 from monitor.contract.models import CarerActivity, Reading
 from monitor.core import support as k
+from monitor.core.batch import READING_KINDS, EventBatch, batch_from_documents
+from monitor.core.idhash import id_hash
 from monitor.core.reference import ReferenceSupport
-from monitor.core.state import (
-    READING_KINDS,
-    EventBatch,
-    SnapshotError,
-    SupportState,
-    batch_from_documents,
-    id_hash,
-)
+from monitor.core.state import SnapshotError, SupportState
 
 T0 = datetime(2025, 3, 3, 10, 0, tzinfo=UTC)  # a Monday
 T0_S = int(T0.timestamp())

@@ -11,9 +11,9 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.kafka.partitioning import partition_for
+from monitor.latency import LatencyHistogram
 from monitor.metrics.collectors import registry_for
 from monitor.metrics.groups import group_table
-from monitor.metrics.timing import LatencyHistogram
 from monitor.pipeline import Pipeline, RawRecord
 from monitor.simulate import TOPIC_OF, SimConfig, generate
 

@@ -2,7 +2,9 @@
 
 The pipeline observes once per *batch* (or once per batch of alerts), never per event, and the
 collector (:mod:`monitor.metrics.collectors`) exposes it as a Prometheus histogram at scrape time.
-Not thread-safe: one driver thread owns the pipeline (as everything else in it).
+It lives below both (it imports only the standard library), so :mod:`monitor.pipeline` does not
+import :mod:`monitor.metrics`, which imports the pipeline. Durations are in seconds. Not
+thread-safe: one driver thread owns the pipeline (as everything else in it).
 """
 
 from __future__ import annotations
