@@ -1,8 +1,13 @@
-"""Clinician alerting: the rule table, the episode lifecycle and the Alertmanager client.
-
-Pure logic (no Kafka, no faust): :class:`~monitor.alerts.engine.AlertEngine` turns canonical
-readings, patients and clock ticks into :class:`~monitor.alerts.engine.AlertEvent` transitions;
-:class:`~monitor.alerts.alertmanager.AlertmanagerClient` posts them to Alertmanager's v2 API.
+"""Clinician alerting, pure logic apart from one HTTP client: the rule table (``rules``), the
+episode lifecycle (``episodes``) over per-(patient, kind) dedup streams (``streams``), fed per
+reading or per columnar slice (``columnar``) by the ``AlertEngine`` facade (``engine``), its
+snapshot codec (``snapshot``), the reference engine the tests hold it to with the version-1
+snapshot layout (``reference``), and the Alertmanager v2 client (``alertmanager``). The engine
+turns canonical readings, patients and clock ticks (event time, aware UTC) into ``AlertEvent``
+transitions and never raises on clinical input. The package may import ``monitor.contract``,
+``monitor.intake.canonical`` (with the slice columns of ``monitor.intake.columnar``),
+``monitor.core`` and ``monitor.errors``; it never imports ``monitor.pipeline``, ``monitor.stream``,
+``monitor.metrics``, Kafka or faust.
 """
 
 from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError

@@ -99,223 +99,47 @@ class Rule:
     description: str = ""
 
 
-def _r(
-    rule_id: str,
-    kind: str | None,
-    component: Component,
-    op: Op,
-    threshold: float,
-    severity: Severity,
-    unit: str,
-    direction: Direction,
-    sibling: str | None,
-    description: str,
-) -> Rule:
-    return Rule(rule_id, kind, component, op, threshold, severity, unit, direction, sibling, description)
-
-
 W, C = Severity.warning, Severity.critical
 
-RULES: tuple[Rule, ...] = (
-    _r(
-        "glucose_very_low",
-        "glucose",
-        "value",
-        "<",
-        3.0,
-        C,
-        "mmol/L",
-        "low",
-        None,
-        "glucose < 3.0 mmol/L (level 2 hypoglycaemia)",
-    ),
-    _r(
-        "glucose_low",
-        "glucose",
-        "value",
-        "<",
-        3.9,
-        W,
-        "mmol/L",
-        "low",
-        "glucose_very_low",
-        "3.0 <= glucose < 3.9 mmol/L (level 1 hypoglycaemia)",
-    ),
-    _r(
-        "glucose_high",
-        "glucose",
-        "value",
-        ">",
-        13.9,
-        W,
-        "mmol/L",
-        "high",
-        "glucose_very_high",
-        "13.9 < glucose <= 22.2 mmol/L",
-    ),
-    _r(
-        "glucose_very_high", "glucose", "value", ">", 22.2, C, "mmol/L", "high", None, "glucose > 22.2 mmol/L"
-    ),
-    _r(
-        "bp_systolic_low",
-        "blood_pressure",
-        "systolic",
-        "<=",
-        90.0,
-        C,
-        "mm[Hg]",
-        "low",
-        None,
-        "systolic <= 90 mm[Hg]",
-    ),
-    _r(
-        "bp_systolic_high",
-        "blood_pressure",
-        "systolic",
-        ">=",
-        180.0,
-        C,
-        "mm[Hg]",
-        "high",
-        None,
-        "systolic >= 180 mm[Hg]",
-    ),
-    _r(
-        "bp_diastolic_high",
-        "blood_pressure",
-        "diastolic",
-        ">=",
-        120.0,
-        C,
-        "mm[Hg]",
-        "high",
-        None,
-        "diastolic >= 120 mm[Hg]",
-    ),
-    _r("spo2_very_low", "spo2", "value", "<=", 91.0, C, "%", "low", None, "SpO2 <= 91 %"),
-    _r("spo2_low", "spo2", "value", "<=", 93.0, W, "%", "low", "spo2_very_low", "91 < SpO2 <= 93 %"),
-    _r(
-        "heart_rate_very_low",
-        "heart_rate",
-        "value",
-        "<=",
-        40.0,
-        C,
-        "/min",
-        "low",
-        None,
-        "heart rate <= 40 /min",
-    ),
-    _r(
-        "heart_rate_low",
-        "heart_rate",
-        "value",
-        "<=",
-        50.0,
-        W,
-        "/min",
-        "low",
-        "heart_rate_very_low",
-        "40 < heart rate <= 50 /min",
-    ),
-    _r(
-        "heart_rate_high",
-        "heart_rate",
-        "value",
-        ">",
-        110.0,
-        W,
-        "/min",
-        "high",
-        "heart_rate_very_high",
-        "110 < heart rate < 131 /min",
-    ),
-    _r(
-        "heart_rate_very_high",
-        "heart_rate",
-        "value",
-        ">=",
-        131.0,
-        C,
-        "/min",
-        "high",
-        None,
-        "heart rate >= 131 /min",
-    ),
-    _r(
-        "respiratory_rate_low",
-        "respiratory_rate",
-        "value",
-        "<=",
-        8.0,
-        C,
-        "/min",
-        "low",
-        None,
-        "respiratory rate <= 8 /min",
-    ),
-    _r(
-        "respiratory_rate_high",
-        "respiratory_rate",
-        "value",
-        ">=",
-        25.0,
-        C,
-        "/min",
-        "high",
-        None,
-        "respiratory rate >= 25 /min",
-    ),
-    _r(
-        "temperature_low",
-        "body_temperature",
-        "value",
-        "<=",
-        35.0,
-        C,
-        "Cel",
-        "low",
-        None,
-        "body temperature <= 35.0 Cel",
-    ),
-    _r(
-        "temperature_high",
-        "body_temperature",
-        "value",
-        ">=",
-        39.1,
-        C,
-        "Cel",
-        "high",
-        None,
-        "body temperature >= 39.1 Cel",
-    ),
-    _r(
-        "weight_gain",
-        "body_weight",
-        "gain",
-        ">=",
-        2.0,
-        W,
-        "kg",
-        "high",
-        None,
-        "body weight up >= 2.0 kg against the lowest weight of the previous 3 days",
-    ),
-    _r(
-        "missed_readings",
-        None,
-        "gap",
-        ">=",
-        2.0,
-        W,
-        "h",
-        "none",
-        None,
-        "no reading of a planned kind for 2 x the plan's interval (24 h / readings per day); "
-        "the threshold is the factor, evaluated on a clock",
-    ),
-)
+# rule id, kind, component, op, threshold, severity, unit, direction, band sibling; description
+RULES: tuple[Rule, ...] = tuple(Rule(*row) for row in (  # type: ignore[arg-type]
+    ("glucose_very_low", "glucose", "value", "<", 3.0, C, "mmol/L", "low", None,
+     "glucose < 3.0 mmol/L (level 2 hypoglycaemia)"),
+    ("glucose_low", "glucose", "value", "<", 3.9, W, "mmol/L", "low", "glucose_very_low",
+     "3.0 <= glucose < 3.9 mmol/L (level 1 hypoglycaemia)"),
+    ("glucose_high", "glucose", "value", ">", 13.9, W, "mmol/L", "high", "glucose_very_high",
+     "13.9 < glucose <= 22.2 mmol/L"),
+    ("glucose_very_high", "glucose", "value", ">", 22.2, C, "mmol/L", "high", None, "glucose > 22.2 mmol/L"),
+    ("bp_systolic_low", "blood_pressure", "systolic", "<=", 90.0, C, "mm[Hg]", "low", None,
+     "systolic <= 90 mm[Hg]"),
+    ("bp_systolic_high", "blood_pressure", "systolic", ">=", 180.0, C, "mm[Hg]", "high", None,
+     "systolic >= 180 mm[Hg]"),
+    ("bp_diastolic_high", "blood_pressure", "diastolic", ">=", 120.0, C, "mm[Hg]", "high", None,
+     "diastolic >= 120 mm[Hg]"),
+    ("spo2_very_low", "spo2", "value", "<=", 91.0, C, "%", "low", None, "SpO2 <= 91 %"),
+    ("spo2_low", "spo2", "value", "<=", 93.0, W, "%", "low", "spo2_very_low", "91 < SpO2 <= 93 %"),
+    ("heart_rate_very_low", "heart_rate", "value", "<=", 40.0, C, "/min", "low", None,
+     "heart rate <= 40 /min"),
+    ("heart_rate_low", "heart_rate", "value", "<=", 50.0, W, "/min", "low", "heart_rate_very_low",
+     "40 < heart rate <= 50 /min"),
+    ("heart_rate_high", "heart_rate", "value", ">", 110.0, W, "/min", "high", "heart_rate_very_high",
+     "110 < heart rate < 131 /min"),
+    ("heart_rate_very_high", "heart_rate", "value", ">=", 131.0, C, "/min", "high", None,
+     "heart rate >= 131 /min"),
+    ("respiratory_rate_low", "respiratory_rate", "value", "<=", 8.0, C, "/min", "low", None,
+     "respiratory rate <= 8 /min"),
+    ("respiratory_rate_high", "respiratory_rate", "value", ">=", 25.0, C, "/min", "high", None,
+     "respiratory rate >= 25 /min"),
+    ("temperature_low", "body_temperature", "value", "<=", 35.0, C, "Cel", "low", None,
+     "body temperature <= 35.0 Cel"),
+    ("temperature_high", "body_temperature", "value", ">=", 39.1, C, "Cel", "high", None,
+     "body temperature >= 39.1 Cel"),
+    ("weight_gain", "body_weight", "gain", ">=", 2.0, W, "kg", "high", None,
+     "body weight up >= 2.0 kg against the lowest weight of the previous 3 days"),
+    ("missed_readings", None, "gap", ">=", 2.0, W, "h", "none", None,
+     "no reading of a planned kind for 2 x the plan's interval (24 h / readings per day); "
+     "the threshold is the factor, evaluated on a clock"),
+))
 """The rule table with its default thresholds (NEWS2 single-parameter bands, glucose consensus)."""
 
 RULES_BY_ID: dict[str, Rule] = {r.rule_id: r for r in RULES}
@@ -324,13 +148,13 @@ for _rule in RULES:
     if _rule.kind is not None:
         RULES_BY_KIND[_rule.kind] = (*RULES_BY_KIND.get(_rule.kind, ()), _rule)
 del _rule
+RULE_IDS_BY_KIND: dict[str, tuple[str, ...]] = {
+    kind: tuple(rule.rule_id for rule in rules) for kind, rules in RULES_BY_KIND.items()
+}
+"""Reading kind -> the ids of its rules, in table order (``missed_readings`` is in none)."""
 
 DEFAULT_THRESHOLDS: dict[str, float] = {r.rule_id: r.threshold for r in RULES}
 """Rule id -> default threshold (in the rule's unit)."""
-
-WEIGHT_GAIN_WINDOW_SECONDS = 3 * 86_400
-"""``weight_gain`` compares with the lowest weight measured in the 3 days (inclusive) before."""
-
 
 def effective_thresholds(
     overrides: Mapping[str, float] | None,
@@ -379,7 +203,7 @@ def compare(value: float, op: Op, threshold: float, bounded: str | None = None) 
 
 
 @dataclass(frozen=True, slots=True)
-class Evaluation:
+class RuleOutcome:
     """The verdict of one rule on one reading.
 
     ``holds``: the rule's one-sided condition is met (keeps an open episode firing).
@@ -397,7 +221,7 @@ class Evaluation:
 
 
 def _component(
-    kind: str, component: Component, value: float | None, systolic: float | None, diastolic: float | None
+    component: Component, value: float | None, systolic: float | None, diastolic: float | None
 ) -> float | None:
     if component == "systolic":
         return systolic
@@ -415,25 +239,26 @@ def evaluate(
     bounded: str | None = None,
     thresholds: Mapping[str, float] | None = None,
     weight_baseline: float | None = None,
-) -> list[Evaluation]:
+) -> list[RuleOutcome]:
     """Evaluate every rule of ``kind`` (except ``missed_readings``) on one reading.
 
     Values are in canonical units. ``thresholds`` are the effective thresholds (from
     :func:`effective_thresholds`; defaults when ``None``). ``weight_baseline`` is the lowest body
-    weight (kg) of the :data:`WEIGHT_GAIN_WINDOW_SECONDS` before this reading (``None`` if there
-    is none: ``weight_gain`` is then not evaluable). A missing or non-finite value makes the
-    rule not evaluable (``value=None``, neither holds nor opens). Unknown kinds give ``[]``.
+    weight (kg) in the window before this reading (the engine's ``AlertConfig.weight_window``, 3
+    days by default; ``None`` if there is none: ``weight_gain`` is then not evaluable). A missing
+    or non-finite value makes the rule not evaluable (``value=None``, neither holds nor opens).
+    Unknown kinds give ``[]``.
     """
     th = thresholds if thresholds is not None else DEFAULT_THRESHOLDS
-    results: list[Evaluation] = []
+    results: list[RuleOutcome] = []
     for rule in RULES_BY_KIND.get(kind, ()):
         threshold = th.get(rule.rule_id, rule.threshold)
         if rule.component == "gain":
             x = None if value is None or weight_baseline is None else value - weight_baseline
         else:
-            x = _component(kind, rule.component, value, systolic, diastolic)
+            x = _component(rule.component, value, systolic, diastolic)
         if x is None or not math.isfinite(x):
-            results.append(Evaluation(rule, False, False, None, threshold))
+            results.append(RuleOutcome(rule, False, False, None, threshold))
             continue
         holds = compare(x, rule.op, threshold, bounded)
         opens = holds
@@ -441,7 +266,7 @@ def evaluate(
             sibling = RULES_BY_ID[rule.band_sibling]
             sibling_threshold = th.get(sibling.rule_id, sibling.threshold)
             opens = not compare(x, sibling.op, sibling_threshold, bounded)
-        results.append(Evaluation(rule, holds, opens, _q(x), threshold))
+        results.append(RuleOutcome(rule, holds, opens, _q(x), threshold))
     return results
 
 
@@ -508,7 +333,7 @@ def any_holds(
     ``checks`` come from :func:`checks_for` with the same kind and thresholds; the other arguments
     mean what they mean for :func:`evaluate` (canonical units), and each condition is decided
     exactly as :func:`compare` decides it (rounded to :data:`DECIMALS` places, same bounded-reading
-    rule). Cheaper than :func:`evaluate`: no :class:`Evaluation` objects, and no rounding for a
+    rule). Cheaper than :func:`evaluate`: no :class:`RuleOutcome` objects, and no rounding for a
     value that is not within ``1e-5`` of a threshold. The engine uses it to skip readings that can
     neither open nor keep an episode (``opens`` implies ``holds``). A missing or non-finite value
     holds nothing. Never raises on clinical input.
@@ -537,7 +362,3 @@ def any_holds(
                 return True
     return False
 
-
-def triggered(kind: str, **kwargs: object) -> list[str]:
-    """Rule ids that would open an episode for this reading (a convenience over :func:`evaluate`)."""
-    return [e.rule.rule_id for e in evaluate(kind, **kwargs) if e.opens]  # type: ignore[arg-type]

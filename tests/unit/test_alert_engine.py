@@ -518,6 +518,23 @@ def test_episodes_lists_every_field() -> None:
     assert row["region"] == "north" and row["status"] == "firing"
 
 
+def test_resolved_episodes_are_kept_for_retain_resolved_or_forever_when_none() -> None:
+    # t0 [g 2.5] opens, t0+10min [g 6.0] resolves; then ticks 30 days later
+    kept, pruned = engine(retain_resolved=None), engine(retain_resolved=timedelta(days=7))
+    for eng in (kept, pruned):
+        eng.on_patient(patient())
+        eng.on_readings([reading(2.5, T0)])
+        eng.on_readings([reading(6.0, T0 + minutes(10))])
+        eng.tick(T0 + timedelta(days=30))
+    assert pruned.episodes() == []
+    (row,) = kept.episodes()
+    assert (row["rule"], row["status"]) == ("glucose_very_low", "resolved")
+    assert row["resolved_at"] == "2024-03-04T08:10:00Z"
+    again = engine(retain_resolved=None)
+    again.restore(kept.snapshot())
+    assert again.episodes() == kept.episodes()
+
+
 # --- property: order and duplication ----------------------------------------------------------
 
 VALUES = {

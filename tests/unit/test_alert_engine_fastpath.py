@@ -3,8 +3,9 @@
 The engine skips hashing duplicate keys and evaluating rules when they cannot matter; these
 properties feed the same random streams (several patients and kinds, values on and around
 thresholds, bounded readings, duplicates by id and by content, equal times, backfill, threshold
-overrides, support flags, ticks, snapshot/restore) to a default engine and to one forced onto the
-reference path (``fast=False``) and require identical events and identical snapshot bytes.
+overrides, support flags, ticks, snapshot/restore) to a default engine and to the reference engine
+(:class:`monitor.alerts.reference.ReferenceAlertEngine`, no shortcut) and require identical events
+and identical snapshot bytes.
 All times are aware UTC.
 """
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.alerts.engine import AlertConfig, AlertEngine
+from monitor.alerts.reference import ReferenceAlertEngine
 from monitor.alerts.rules import RULES, any_holds, checks_for, effective_thresholds, evaluate
 from monitor.contract.models import Patient
 from monitor.intake.canonical import CanonicalReading
@@ -107,7 +109,7 @@ def engines(config: AlertConfig) -> tuple[AlertEngine, AlertEngine]:
     def clock() -> datetime:
         return T0
 
-    return AlertEngine(config, clock=clock), AlertEngine(config, clock=clock, fast=False)
+    return AlertEngine(config, clock=clock), ReferenceAlertEngine(config, clock=clock)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

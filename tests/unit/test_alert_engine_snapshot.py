@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.alerts.engine import SNAPSHOT_VERSION, AlertConfig, AlertEngine, AlertStateError, _snapshot_v1
+from monitor.alerts.engine import AlertConfig, AlertEngine, AlertStateError
+from monitor.alerts.reference import ReferenceAlertEngine, snapshot_v1
+from monitor.alerts.snapshot import SNAPSHOT_VERSION
 from monitor.contract.models import Patient
 from monitor.intake.canonical import CanonicalReading
 from tests.unit.test_alert_engine_fastpath import FLAGS, PATIENTS, STEP, T0, UNIT, readings
@@ -57,15 +59,16 @@ def _config(stale: timedelta | None) -> AlertConfig:
        fast=st.booleans())
 def test_restarting_from_a_snapshot_changes_nothing(steps, stale, fast) -> None:  # type: ignore[no-untyped-def]
     config = _config(stale)
-    steady = AlertEngine(config, clock=_clock, fast=fast)
-    restarted = AlertEngine(config, clock=_clock, fast=fast)
+    engine = AlertEngine if fast else ReferenceAlertEngine
+    steady = engine(config, clock=_clock)
+    restarted = engine(config, clock=_clock)
     for step in steps:
         if step[0] in ("restore", "snapshot"):
             blob = restarted.snapshot()
             assert blob == steady.snapshot()
             assert json.loads(blob)["version"] == SNAPSHOT_VERSION == 2
             if step[0] == "restore":
-                restarted = AlertEngine(config, clock=_clock, fast=fast)
+                restarted = engine(config, clock=_clock)
                 restarted.restore(blob)
                 assert restarted.snapshot() == blob
             continue
@@ -83,12 +86,12 @@ def test_a_version_1_snapshot_restores_to_the_same_behaviour(steps, stale) -> No
     restarted = AlertEngine(config, clock=_clock)
     for step in steps:
         if step[0] in ("restore", "snapshot"):
-            old = _snapshot_v1(restarted)
-            assert old == _snapshot_v1(steady)
+            old = snapshot_v1(restarted)
+            assert old == snapshot_v1(steady)
             assert json.loads(old)["version"] == 1
             restarted = AlertEngine(config, clock=_clock)
             restarted.restore(old)  # an engine of an older release wrote this
-            assert _snapshot_v1(restarted) == old
+            assert snapshot_v1(restarted) == old
             # and the version-2 snapshot of that state survives a restart of its own
             again = AlertEngine(config, clock=_clock)
             again.restore(restarted.snapshot())
@@ -96,7 +99,7 @@ def test_a_version_1_snapshot_restores_to_the_same_behaviour(steps, stale) -> No
             restarted = again
             continue
         assert _apply(restarted, step) == _apply(steady, step)
-    assert _snapshot_v1(restarted) == _snapshot_v1(steady)
+    assert snapshot_v1(restarted) == snapshot_v1(steady)
     assert restarted.episodes() == steady.episodes()
     assert restarted.firing() == steady.firing()
 
@@ -244,10 +247,10 @@ def test_snapshots_are_deterministic_and_restore_keeps_hashes_of_version_1() -> 
     assert set(state["streams"]) >= {"patient_id", "kind", "kinds", "latest", "readings", "reading_id"}
     # keys known only as hashes (from a version-1 snapshot) are carried as hashes
     old = AlertEngine(clock=_clock)
-    old.restore(_snapshot_v1(eng))
+    old.restore(snapshot_v1(eng))
     v2 = json.loads(old.snapshot())
     assert v2["streams"]["hashed"] and not v2["streams"]["reading_id"]
     again = AlertEngine(clock=_clock)
     again.restore(old.snapshot())
     assert again.snapshot() == old.snapshot()
-    assert _snapshot_v1(again) == _snapshot_v1(eng)
+    assert snapshot_v1(again) == snapshot_v1(eng)

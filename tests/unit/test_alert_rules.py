@@ -16,9 +16,14 @@ from monitor.alerts.rules import (
     escalate,
     evaluate,
     is_unsupported,
-    triggered,
 )
 from monitor.contract.units import to_canonical
+
+
+def triggered(kind: str, **kwargs: object) -> list[str]:
+    """Rule ids that would open an episode for this reading."""
+    return [e.rule.rule_id for e in evaluate(kind, **kwargs) if e.opens]  # type: ignore[arg-type]
+
 
 # (kind, reading fields in canonical units, rule ids that open an episode)
 BOUNDARIES: list[tuple[str, dict[str, float], set[str]]] = [
