@@ -84,7 +84,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -98,6 +97,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from monitor.auth import FORBIDDEN, check_bearer, configured_token
 from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading, to_json_dict
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
@@ -491,19 +491,6 @@ def _is_json_type(request: web.Request) -> bool:
     return json_type and (charset is None or charset.lower() in ("utf-8", "utf8"))
 
 
-def _bearer_credentials(header: str) -> bytes:
-    """The token of an ``Authorization: Bearer <token>`` header (the scheme is case-insensitive), as
-    UTF-8; ``b""`` for a missing or malformed header, another scheme, or bytes that were not UTF-8
-    (aiohttp hands those over as lone surrogates)."""
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return b""
-    try:
-        return credentials.strip().encode("utf-8")
-    except UnicodeEncodeError:
-        return b""
-
-
 class _Intake:
     """The request handlers, bound to settings, a publisher, a clock and the limits."""
 
@@ -516,17 +503,16 @@ class _Intake:
         self.max_items = max_items
         self.max_future = max_future
         self.publish_timeout_s = publish_timeout_s
-        token = settings.api_token.get_secret_value().strip() if settings.api_token else ""
-        self._token = token.encode("utf-8") if token else None  # empty = not configured
+        self._token = configured_token(settings.api_token)  # None: not configured
 
     # -- checks before any decoding --
 
     def _denied(self, request: web.Request) -> web.Response | None:
-        if self._token is None:
+        status = check_bearer(request.headers.get("Authorization", ""), self._token)
+        if status == FORBIDDEN:
             return _error(403, request, "intake_disabled",
                           "the HTTP intake is closed: no MONITOR_API_TOKEN is configured")
-        given = _bearer_credentials(request.headers.get("Authorization", ""))
-        if not hmac.compare_digest(given, self._token):
+        if status is not None:
             response = _error(401, request, "unauthorized",
                               "send Authorization: Bearer <MONITOR_API_TOKEN>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="coproduction-monitor intake"'

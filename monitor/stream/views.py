@@ -1,0 +1,116 @@
+"""The worker's web views (``MONITOR_WEB_HOST:MONITOR_WEB_PORT``).
+
+Aggregates, open to anyone who reaches the port: ``/metrics`` (Prometheus), ``/health`` (liveness
+and checkpoint counters), ``/summary`` and ``/equity``. Patient- and carer-level, behind the
+bearer token (:mod:`monitor.auth`; 401 without it, 403 when ``MONITOR_API_TOKEN`` is unset):
+``/patients/unsupported``, ``/patients/alerts``, ``/patients/state`` and ``/carers/ledger``
+(``?week=YYYY-Www&format=json|csv``). Readiness (``/readyz``) is :mod:`monitor.stream.health`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitor.auth import check_bearer, configured_token
+from monitor.carers.ledger import to_csv, to_json
+from monitor.pipeline import Pipeline
+from monitor.settings import Settings
+from monitor.stream.merge import MergePoint
+from monitor.stream.partitions import PartitionManager
+
+PROM_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp wants the charset separately
+_DENIED = {
+    403: "patient-level endpoints are disabled: set MONITOR_API_TOKEN",
+    401: "a valid bearer token is required",
+}
+
+
+def summary(pipe: Pipeline) -> dict[str, Any]:
+    """Aggregate counts for the demo and for humans: no identifiers."""
+    wm = pipe.watermark
+    counts = pipe.counts
+    return {
+        "inputs": counts.inputs,
+        "processed": dict(counts.processed),
+        "readings": counts.readings,
+        "dead_letters": dict(counts.dead_letters),
+        "patients_by_quintile": pipe.patients_by_quintile(),
+        "without_support_by_quintile": pipe.unsupported_by_quintile(),
+        "flags_published": dict(counts.flags_published),
+        "alerts_published": dict(counts.alerts_published),
+        "duplicates": counts.duplicates,
+        "watermark": wm.isoformat() if wm else None,
+    }
+
+
+def health(pipe: Pipeline, mgr: PartitionManager) -> dict[str, Any]:
+    return {"status": "ok", "inputs": pipe.counts.inputs,
+            "partitions": sorted(mgr.owned),
+            "checkpoints_written": mgr.checkpoints_written,
+            "dirty_partitions": len(mgr.dirty & mgr.owned),
+            "restoring_partitions": len(mgr.assigned - mgr.owned),
+            "restored": mgr.restored, "rebuilt": mgr.rebuilt}
+
+
+def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: PartitionManager,
+              merge: MergePoint, registry: CollectorRegistry) -> None:
+    """Register the views on ``app``."""
+    token = configured_token(settings.api_token)
+
+    def denied(view: View, request: Request) -> Response | None:
+        status = check_bearer(request.headers.get("Authorization", ""), token)
+        return None if status is None else view.json({"error": _DENIED[status]}, status=status)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(registry), content_type=PROM_CONTENT_TYPE)
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(health(pipe, mgr))
+
+    @app.page("/summary")
+    class Summary(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(summary(pipe))
+
+    @app.page("/equity")
+    class Equity(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(merge.snapshot or {})
+
+    @app.page("/patients/unsupported")
+    class Unsupported(View):
+        async def get(self, request: Request) -> Response:
+            return denied(self, request) or self.json({"patients": pipe.flagged_patients()})
+
+    @app.page("/patients/alerts")
+    class OpenAlerts(View):
+        async def get(self, request: Request) -> Response:
+            return denied(self, request) or self.json({"alerts": pipe.open_alerts()})
+
+    @app.page("/patients/state")
+    class PatientState(View):
+        async def get(self, request: Request) -> Response:
+            return denied(self, request) or self.json({"patients": pipe.patient_report()})
+
+    @app.page("/carers/ledger")
+    class CarerLedgerView(View):
+        async def get(self, request: Request) -> Response:
+            refused = denied(self, request)
+            if refused:
+                return refused
+            week = request.query.get("week", "")
+            fmt = request.query.get("format", "json")
+            rows = merge.ledger_rows(pipe, week)
+            if rows is None:
+                return self.json({"error": f"not a retained ISO week: {week!r}"}, status=400)
+            if fmt == "csv":
+                return self.text(to_csv(rows), content_type="text/csv")
+            return self.text(to_json(rows), content_type="application/json")
