@@ -10,7 +10,12 @@ Run: ``.venv/bin/python -m bench.bench_decode [--messages N] [--repeats R]``. Wr
 * ``native_json_loads_per_s`` / ``fhir_json_loads_per_s``: plain ``json.loads`` of the same bytes in
   the same run (the floor any decoder pays);
 * ``native_fast_per_s`` / ``native_fast_ratio``: the worker's readings-topic fast path
-  (:mod:`monitor.intake.fastpath`: orjson and hand checks, same result) on the native messages.
+  (:mod:`monitor.intake.fastpath`: msgspec Structs and hand checks, same result) on the native
+  messages;
+* ``mixed_fast_per_s`` / ``mixed_fast_ratio``: :func:`monitor.intake.fastpath.fast_decode` with
+  ``expected=None`` on an NDJSON-like mix of every native type (readings 70 %, carers' activities
+  20 %, care links 5 %, patients 5 %, each with its ``"type"``), against ``json.loads`` of the same
+  lines; ``mixed_full_per_s`` (printed) is the pydantic path on the same lines.
 * ``native_columnar_per_s`` / ``native_columnar_ratio``: the worker's columnar intake of a whole
   fetch (:func:`monitor.intake.columnar.scan_readings`: one numba scan of every message, numpy
   checks; fetches of 1,000 messages) on the same native messages.
@@ -39,7 +44,7 @@ from typing import Any
 from bench.results import merge_section
 from monitor.intake.canonical import CanonicalReading
 from monitor.intake.columnar import scan_readings
-from monitor.intake.fastpath import fast_canonical
+from monitor.intake.fastpath import Decoded, fast_canonical, fast_decode, full_decode
 from monitor.intake.formats import decode_items
 from monitor.intake.native import decode as native_decode
 
@@ -146,6 +151,37 @@ def fhir_messages(n: int, seed: int = 11) -> list[bytes]:
     return out
 
 
+def mixed_lines(n: int, seed: int = 13) -> list[bytes]:
+    """``n`` NDJSON lines of every native document type, each with its ``"type"``."""
+    rng = random.Random(seed)
+    readings = native_messages(n, seed)
+    kinds = ["visit", "phone_call", "meal", "personal_care", "shopping"]
+    out = []
+    for i in range(n):
+        draw = rng.random()
+        patient = f"pat-{rng.randrange(PATIENTS):06d}"
+        stamp = (RECEIVED_AT - timedelta(seconds=rng.randrange(86400))).isoformat().replace("+00:00", "Z")
+        if draw < 0.7:
+            out.append(b'{"type":"reading",' + readings[i][1:])
+            continue
+        if draw < 0.9:
+            doc: dict[str, Any] = {"type": "carer_activity", "activity_id": f"act-{seed}-{i:08d}",
+                                   "patient_id": patient, "carer_id": f"car-{rng.randrange(3000):05d}",
+                                   "kind": rng.choice(kinds), "started_at": stamp,
+                                   "duration_minutes": rng.choice([15, 30, 45.5, 60, 120])}
+        elif draw < 0.95:
+            doc = {"type": "care_link", "patient_id": patient, "carer_id": f"car-{rng.randrange(3000):05d}",
+                   "relationship": rng.choice(["partner", "child", "friend"]),
+                   "action": rng.choice(["join", "leave"]), "effective_at": stamp}
+        else:
+            doc = {"type": "patient", "patient_id": patient, "region": rng.choice(["North", "South West"]),
+                   "deprivation_quintile": rng.randint(1, 5), "age_band": rng.choice(["65-74", "75+"]),
+                   "conditions": ["copd"], "monitoring_plan": {"glucose": 2, "blood_pressure": 1},
+                   "registered_at": stamp}
+        out.append(json.dumps(doc, separators=(",", ":")).encode())
+    return out
+
+
 def _best_rates(fns: list[Callable[[list[bytes]], object]], messages: list[bytes],
                 repeats: int) -> list[float]:
     """Messages per second of each ``fn(messages)``: the best of ``repeats`` passes, the functions
@@ -178,6 +214,16 @@ def _native_contract_all(messages: list[bytes]) -> None:
 def _fast_all(messages: list[bytes]) -> None:
     for m in messages:
         fast_canonical(m, received_at=RECEIVED_AT)
+
+
+def _mixed_fast_all(lines: list[bytes]) -> None:
+    for m in lines:
+        fast_decode(m, None, RECEIVED_AT)
+
+
+def _mixed_full_all(lines: list[bytes]) -> None:
+    for m in lines:
+        full_decode(m, None, RECEIVED_AT)
 
 
 def _columnar_all(messages: list[bytes]) -> None:
@@ -213,6 +259,16 @@ def run(messages: int, repeats: int) -> dict[str, Any]:
     values["native_fast_per_s"] = round(fast)
     values["native_fast_ratio"] = round(fast / parsed, 4)
     print(f"  fast: {fast:>10,.0f} msg/s (monitor.intake.fastpath), ratio {fast / parsed:.3f}", flush=True)
+    # Every native type, as in an offline NDJSON file: msgspec fast decoder against pydantic.
+    mixed = mixed_lines(messages)
+    if any(not isinstance(fast_decode(m, None, RECEIVED_AT), Decoded) for m in mixed):
+        raise AssertionError("mixed: every line of the workload must be accepted")
+    fast_mixed, full_mixed, parsed = _best_rates([_mixed_fast_all, _mixed_full_all, _json_loads_all], mixed,
+                                                 repeats)
+    values["mixed_fast_per_s"] = round(fast_mixed)
+    values["mixed_fast_ratio"] = round(fast_mixed / parsed, 4)
+    print(f"  mixed: {fast_mixed:>10,.0f} lines/s (fast_decode), ratio {fast_mixed / parsed:.3f}; "
+          f"pydantic {full_mixed:,.0f} lines/s, ratio {full_mixed / parsed:.3f}", flush=True)
     # The worker's columnar intake of whole fetches (what the worker runs first).
     spans, _ = scan_readings(native, received_at=RECEIVED_AT)
     if any(span is None for span in spans):

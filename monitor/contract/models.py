@@ -179,7 +179,6 @@ DOCUMENT_TYPES: dict[str, type[_Document]] = {
 """The NDJSON ``"type"`` discriminator -> model."""
 
 Document = Reading | GatewayBatch | CarerActivity | CareLink | Patient
-DocumentType = Literal["reading", "gateway_batch", "carer_activity", "care_link", "patient"]
 
 
 def type_of(doc: _Document) -> str:

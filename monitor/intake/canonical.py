@@ -26,6 +26,7 @@ from monitor.contract.models import Reading, ReadingKind
 from monitor.contract.units import CANONICAL_UNIT, to_canonical
 from monitor.intake.native import REASONS as NATIVE_REASONS
 from monitor.intake.native import Rejection
+from monitor.intake.rules import LATE_AFTER, MAX_FUTURE, OLDEST, PLAUSIBLE_RANGES
 
 REASONS: dict[str, str] = {
     "implausible_value": "the value is outside the physiologically plausible range of its kind",
@@ -49,21 +50,6 @@ Bounded = Literal["low", "high"]
 _SOURCES = frozenset({"native", "fhir", "nightscout", "openmhealth"})
 _KINDS = frozenset(k.value for k in ReadingKind)
 
-PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
-    # Inclusive limits in canonical units. Wide on purpose: they catch unit mix-ups (a glucose in
-    # mg/dL labelled mmol/L), swapped fields and device garbage, not clinically alarming values,
-    # which must reach the alert rules. Sources: meter/CGM reporting ranges (~1.1-33.3 mmol/L),
-    # extremes of survived physiology, and home-device measuring ranges.
-    "glucose": (0.5, 60.0),  # mmol/L (9-1081 mg/dL)
-    "systolic": (40.0, 300.0),  # mm[Hg]
-    "diastolic": (20.0, 200.0),  # mm[Hg]
-    "heart_rate": (20.0, 300.0),  # /min
-    "spo2": (50.0, 100.0),  # %; pulse oximeters are unreliable below ~70 and clip at 100
-    "respiratory_rate": (2.0, 80.0),  # /min
-    "body_temperature": (25.0, 45.0),  # Cel (77-113 [degF])
-    "body_weight": (1.0, 400.0),  # kg
-}
-"""Plausibility limits per kind (and per BP component), inclusive, in canonical units."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
 
@@ -166,9 +152,9 @@ _S_SOURCE, _S_BOUNDED, _S_LATE = _S["source"], _S["bounded"], _S["late"]
 _new = object.__new__
 
 
-def native_reading(reading_id: str, patient_id: str, device_id: str, gateway_id: str | None, kind: str,
-                   value: float | None, systolic: float | None, diastolic: float | None, unit: str,
-                   original_unit: str, measured_at: datetime, late: bool) -> CanonicalReading:
+def checked_reading(reading_id: str, patient_id: str, device_id: str, gateway_id: str | None, kind: str,
+                    value: float | None, systolic: float | None, diastolic: float | None, unit: str,
+                    original_unit: str, measured_at: datetime, late: bool) -> CanonicalReading:
     """A native :class:`CanonicalReading` from values a decoder has already checked, without the
     constructor's checks (the hot path of :mod:`monitor.intake.fastpath`; about half the cost).
 
@@ -291,9 +277,6 @@ def check_identifier(value: Any, field: str) -> str | Rejection:
 # --- native readings and validation ------------------------------------------------------------
 
 
-_LATE_AFTER = timedelta(hours=1)
-
-
 def canonicalize(
     reading: Reading, *, received_at: datetime, source: Source = "native", **limits: timedelta
 ) -> CanonicalReading | Rejection:
@@ -325,7 +308,7 @@ def canonicalize(
         source=source,
         # decided here rather than by validate()'s dataclasses.replace: that copy cost as much as
         # the pydantic validation of the reading
-        late=received_at - reading.measured_at > limits.get("late_after", _LATE_AFTER),
+        late=received_at - reading.measured_at > limits.get("late_after", LATE_AFTER),
     )
     return validate(canonical, received_at=received_at, **limits)
 
@@ -357,14 +340,15 @@ def validate(
     c: CanonicalReading,
     *,
     received_at: datetime,
-    max_future: timedelta = timedelta(minutes=10),
-    oldest: timedelta = timedelta(days=30),
-    late_after: timedelta = timedelta(hours=1),
+    max_future: timedelta = MAX_FUTURE,
+    oldest: timedelta = OLDEST,
+    late_after: timedelta = LATE_AFTER,
 ) -> CanonicalReading | Rejection:
     """Plausibility and event-time checks of a canonical reading.
 
-    * Values outside :data:`PLAUSIBLE_RANGES` -> ``implausible_value`` (blood pressure also when
-      systolic <= diastolic). A ``bounded`` reading skips the limit on its bounded side.
+    * Values outside :data:`~monitor.intake.rules.PLAUSIBLE_RANGES` -> ``implausible_value``
+      (blood pressure also when systolic <= diastolic). A ``bounded`` reading skips the limit on
+      its bounded side.
     * ``measured_at`` more than ``max_future`` after ``received_at`` (device clock wrong, time zone
       applied twice) -> ``future_timestamp``; more than ``oldest`` before it -> ``too_old``.
     * Older than ``late_after`` -> returned with ``late=True`` (kept, but alert rules can tell a

@@ -1,14 +1,13 @@
 """Columnar intake of a whole fetch of readings-topic messages: clean native readings and gateway
 batches -> one :class:`ReadingColumns`, without a Python object per reading.
 
-:func:`scan_readings` parses every message with ``orjson`` and checks the fields of all readings of
-the fetch at once (joined regular expressions for identifiers and timestamps, numpy for values,
-units, plausibility and event-time horizons). It accepts exactly what
-:func:`monitor.intake.fastpath.fast_canonical` accepts, with the same canonical readings: a reading
-that fails a vectorised check is re-checked with the fast path's own per-reading check (timestamps
-with a ``+HH:MM`` offset take that route), and a message with any reading the fast path would not
-accept is left to the caller (``None`` span), which runs the per-message path and, for a bad message,
-the full decoder with its reason code. A hypothesis test compares the two.
+:func:`scan_readings` scans every message of the fetch in one call of the numba kernel
+(:mod:`monitor.intake.scan_kernel`) and checks units, plausibility and event-time horizons of all
+readings at once with numpy, from the lookup tables of :mod:`monitor.intake.rules`. It accepts
+exactly what :func:`monitor.intake.fastpath.fast_canonical` accepts, with the same canonical
+readings; a message the kernel declines, or with any reading the fast path would not accept, is
+left to the caller (``None`` span), which runs the per-message path and, for a bad message, the
+full decoder with its reason code. A hypothesis test compares the two.
 
 Time: ``received_at`` must be timezone-aware (UTC); event times are whole epoch seconds (UTC).
 Never raises on input; never logs (payloads carry patient identifiers).
@@ -23,21 +22,24 @@ from typing import Any
 
 import numpy as np
 
-from monitor.contract.units import ALLOWED_UNITS, CANONICAL_UNIT, GLUCOSE_MG_PER_DL_PER_MMOL_PER_L
+from monitor.contract.units import CANONICAL_UNIT
+from monitor.core.batch import ReadingColumnsView
 from monitor.core.idhash import id_hashes
-from monitor.intake.canonical import PLAUSIBLE_RANGES, CanonicalReading, native_reading
-from monitor.intake.scan_kernel import KEYS, LITERALS, POW10, STATUS_DECLINED, same_as_previous, scan, table
+from monitor.intake.canonical import CanonicalReading, checked_reading
+from monitor.intake.rules import (
+    ALLOWED,
+    BLOOD_PRESSURE,
+    DEFAULT_LIMITS,
+    HIGH,
+    KINDS,
+    LOW,
+    PLAUSIBLE_RANGES,
+    UNITS,
+    convert_column,
+)
+from monitor.intake.scan_kernel import STATUS_DECLINED, Rows, same_as_previous, scan, tables
 
-KINDS = _KINDS = tuple(ALLOWED_UNITS)
-UNITS = _UNITS = tuple(sorted({u for units in ALLOWED_UNITS.values() for u in units}))
-_BP = _KINDS.index("blood_pressure")
-_KEYS, _KEY_LENS = table(KEYS)
-_LITERALS, _LITERAL_LENS = table(LITERALS)
-_KIND_TABLE, _KIND_LENS = table(_KINDS)
-_UNIT_TABLE, _UNIT_LENS = table(_UNITS)
-_ALLOWED = np.array([[u in ALLOWED_UNITS[k] for u in _UNITS] for k in _KINDS], dtype=np.bool_)
-_LOW = np.array([PLAUSIBLE_RANGES[k][0] if k != "blood_pressure" else -np.inf for k in _KINDS])
-_HIGH = np.array([PLAUSIBLE_RANGES[k][1] if k != "blood_pressure" else np.inf for k in _KINDS])
+_TABLES = tables(KINDS, UNITS, ALLOWED)
 _SYS, _DIA = PLAUSIBLE_RANGES["systolic"], PLAUSIBLE_RANGES["diastolic"]
 _US = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -102,18 +104,18 @@ class ReadingColumns:
 
     def reading(self, j: int) -> CanonicalReading:
         """Row ``j`` as the :class:`CanonicalReading` the fast path gives for it."""
-        kind = _KINDS[self.kind[j]]
+        kind = KINDS[self.kind[j]]
         bp = kind == "blood_pressure"
-        return native_reading(self.text(j, READING_ID), self.text(j, PATIENT_ID), self.text(j, DEVICE_ID),  # type: ignore[arg-type]
+        return checked_reading(self.text(j, READING_ID), self.text(j, PATIENT_ID), self.text(j, DEVICE_ID),  # type: ignore[arg-type]
                               self.text(j, GATEWAY_ID), kind, None if bp else float(self.value[j]),
                               float(self.systolic[j]) if bp else None,
                               float(self.diastolic[j]) if bp else None,
-                              CANONICAL_UNIT[kind], _UNITS[self.unit[j]], datetime_from_s(int(self.t_s[j])),
+                              CANONICAL_UNIT[kind], UNITS[self.unit[j]], datetime_from_s(int(self.t_s[j])),
                               bool(self.late[j]))
 
 
 @dataclass(slots=True)
-class ReadingSlice:
+class ReadingSlice(ReadingColumnsView):
     """Rows ``start:stop`` of ``columns``: the readings of consecutive accepted messages."""
 
     columns: ReadingColumns
@@ -137,7 +139,7 @@ class ReadingSlice:
         cache = self.columns.cache
         column = cache.get("kinds")
         if column is None:  # once per fetch (the support core and the alert engine both read it)
-            names = _KINDS
+            names = KINDS
             column = cache["kinds"] = [names[k] for k in self.columns.kind.tolist()]
         return column[self.start : self.stop]
 
@@ -162,20 +164,9 @@ def datetime_from_s(t: int) -> datetime:
     return dt
 
 
-def _convert(value: np.ndarray, unit: np.ndarray) -> None:
-    """Non-canonical units -> canonical, in place, exactly as :func:`monitor.contract.units.to_canonical`."""
-    for name, f in (("mg/dL", lambda v: v / GLUCOSE_MG_PER_DL_PER_MMOL_PER_L),
-                    ("[degF]", lambda v: (v - 32.0) * 5.0 / 9.0),
-                    ("[lb_av]", lambda v: v * 0.45359237),
-                    ("g", lambda v: v / 1000.0)):
-        rows = unit == _UNITS.index(name)
-        if rows.any():
-            value[rows] = f(value[rows])
-
-
 def scan_readings(
-    values: Sequence[bytes | None], *, received_at: datetime, oldest: timedelta = timedelta(days=30),
-    max_future: timedelta = timedelta(minutes=10), late_after: timedelta = timedelta(hours=1),
+    values: Sequence[bytes | None], *, received_at: datetime, oldest: timedelta = DEFAULT_LIMITS.oldest,
+    max_future: timedelta = DEFAULT_LIMITS.max_future, late_after: timedelta = DEFAULT_LIMITS.late_after,
     received_us: np.ndarray | None = None,
 ) -> tuple[list[tuple[str, int, int] | None], ReadingColumns]:
     """Messages of the readings topic -> per message ``(document type name, first row, end row)``
@@ -201,17 +192,16 @@ def scan_readings(
     unit = np.empty(cap, dtype=np.int64)
     nums = np.empty((cap, 3), dtype=np.float64)
     t_s = np.empty(cap, dtype=np.int64)
-    n = scan(np.frombuffer(buf, dtype=np.uint8), starts, ends, _KEYS, _KEY_LENS, _LITERALS, _LITERAL_LENS,
-             _KIND_TABLE, _KIND_LENS, _BP, _UNIT_TABLE, _UNIT_LENS, _ALLOWED, POW10, status, row_start,
-             row_end, ids, kind, unit, nums, t_s)
+    n = scan(np.frombuffer(buf, dtype=np.uint8), starts, ends, _TABLES, status, row_start, row_end,
+             Rows(ids, kind, unit, nums, t_s))
     ids, kind, unit, t_s = ids[:n], kind[:n], unit[:n], t_s[:n]
     value, systolic, diastolic = nums[:n, 0].copy(), nums[:n, 1].copy(), nums[:n, 2].copy()
-    _convert(value, unit)
-    bp = kind == _BP
+    convert_column(value, kind, unit)
+    bp = kind == BLOOD_PRESSURE
     with np.errstate(invalid="ignore"):
         ok = np.where(bp, (_SYS[0] <= systolic) & (systolic <= _SYS[1]) & (_DIA[0] <= diastolic)
                       & (diastolic <= _DIA[1]) & (systolic > diastolic),
-                      np.isfinite(value) & (_LOW[kind] <= value) & (value <= _HIGH[kind]))
+                      np.isfinite(value) & (LOW[kind] <= value) & (value <= HIGH[kind]))
     counts = row_end - row_start
     if received_us is None:
         received = (received_at - _EPOCH) // _US

@@ -25,11 +25,11 @@ from monitor.contract.models import (
     DOCUMENT_TYPES,
     CareLink,
     CarerActivity,
-    GatewayBatch,
     Patient,
     Reading,
     _Document,
 )
+from monitor.intake.rules import MAX_FUTURE
 
 REASONS: dict[str, str] = {
     "empty_message": "the Kafka message has no value (a tombstone on a non-compacted topic)",
@@ -147,23 +147,6 @@ def decode(raw: bytes, expected: str | None = None) -> _Document | Rejection:
     return validate_document(obj, expected)
 
 
-def readings_of(doc: _Document) -> list[Reading]:
-    """The readings a document carries (a reading itself or a batch's readings)."""
-    if isinstance(doc, Reading):
-        return [doc]
-    if isinstance(doc, GatewayBatch):
-        return list(doc.readings)
-    return []
-
-
-MAX_FUTURE = timedelta(minutes=10)
-"""Default clock-skew tolerance: how far an event time may lie after its receive time.
-
-Ten minutes covers the drift of consumer devices between NTP syncs and a gateway's batching delay;
-a larger offset is a wrong clock or a time zone applied twice, and such an event would move a
-partition's event-time watermark into the future (every patient would look lapsed)."""
-
-
 def event_times(doc: _Document) -> list[tuple[str, datetime]]:
     """Every event time a document carries, by field name (readings' ``measured_at`` included)."""
     if isinstance(doc, CarerActivity):
@@ -195,7 +178,7 @@ def event_time_rejection(doc: _Document, received_at: datetime,
 # The plausible range of each rule's threshold, in the rule's unit: a value outside it is almost
 # surely a unit mix-up or a typo, and it silently disables an alert (a hypoglycaemia threshold of
 # 54 meant in mg/dL is 54 mmol/L, above every reading). Narrower than the readings' plausibility
-# limits (monitor.intake.canonical.PLAUSIBLE_RANGES), which must let extreme values through: the
+# limits (monitor.intake.rules.PLAUSIBLE_RANGES), which must let extreme values through: the
 # glucose range is a meter's reporting range (1.1-33.3 mmol/L), so no mg/dL number above 33 passes;
 # the others bracket every published alerting band (NEWS2, glucose consensus) with room to spare.
 _THRESHOLD_RANGE_BY_PREFIX: tuple[tuple[str, tuple[float, float]], ...] = (

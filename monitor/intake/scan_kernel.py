@@ -18,6 +18,8 @@ Time: timestamps ``YYYY-MM-DDTHH:MM:SSZ`` or ``...±HH:MM`` give whole epoch sec
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from monitor.core.jit import kernel
@@ -35,8 +37,50 @@ STATUS_DECLINED, STATUS_READING, STATUS_BATCH = 0, 1, 2
 MAX_BATCH = 10_000
 POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles 1e0 .. 1e22
 
+# the bytes the scanner looks at (ASCII codes, compile-time constants of the kernels)
+_TAB, _LF, _CR, _SPACE = ord("\t"), ord("\n"), ord("\r"), ord(" ")
+_FIRST_PRINTABLE = ord(" ")  # a byte below it is a control byte, never raw in a JSON string
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_LBRACE, _RBRACE, _LBRACKET, _RBRACKET = ord("{"), ord("}"), ord("["), ord("]")
+_COMMA, _COLON = ord(","), ord(":")
+_PLUS, _MINUS, _DOT = ord("+"), ord("-"), ord(".")
+_ZERO, _ONE, _NINE = ord("0"), ord("1"), ord("9")
+_UPPER_A, _UPPER_Z, _LOWER_A, _LOWER_Z = ord("A"), ord("Z"), ord("a"), ord("z")
+_UNDERSCORE, _AT = ord("_"), ord("@")
+_DATE_TIME_SEPARATOR, _UTC_DESIGNATOR = ord("T"), ord("Z")
+_EXP_LOWER, _EXP_UPPER = ord("e"), ord("E")
+_N, _U, _L = ord("n"), ord("u"), ord("l")  # null
 
-def table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+
+class ScanTables(NamedTuple):
+    """The lookup tables of a scan (see :func:`tables`): padded words and their lengths (keys,
+    ``"type"`` literals, kinds, units), ``allowed[kind, unit]``, the exact powers of ten and the
+    kind code of blood pressure."""
+
+    keys: np.ndarray
+    key_lens: np.ndarray
+    literals: np.ndarray
+    literal_lens: np.ndarray
+    kinds: np.ndarray
+    kind_lens: np.ndarray
+    units: np.ndarray
+    unit_lens: np.ndarray
+    allowed: np.ndarray
+    pow10: np.ndarray
+    bp: int
+
+
+class Rows(NamedTuple):
+    """The output columns of a scan, one row per reading (see :func:`scan`)."""
+
+    ids: np.ndarray
+    kind_code: np.ndarray
+    unit_code: np.ndarray
+    nums: np.ndarray
+    t_s: np.ndarray
+
+
+def word_table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """ASCII words -> (padded uint8 matrix, lengths) for :func:`_match`."""
     width = max(len(w) for w in words)
     out = np.zeros((len(words), width), dtype=np.uint8)
@@ -45,11 +89,18 @@ def table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     return out, np.array([len(w) for w in words], dtype=np.int64)
 
 
+def tables(kinds: tuple[str, ...], units: tuple[str, ...], allowed: np.ndarray) -> ScanTables:
+    """The scan's lookup tables for reading kinds and units by code (``allowed[kind, unit]``);
+    :mod:`monitor.intake.columnar` builds them from :mod:`monitor.intake.rules`."""
+    return ScanTables(*word_table(KEYS), *word_table(LITERALS), *word_table(kinds), *word_table(units),
+                      np.ascontiguousarray(allowed, dtype=np.bool_), POW10, kinds.index("blood_pressure"))
+
+
 @kernel(_nrt=False)
 def _ws(buf, i, end):  # type: ignore[no-untyped-def]
     while i < end:
         c = buf[i]
-        if c == 32 or c == 9 or c == 10 or c == 13:
+        if c == _SPACE or c == _TAB or c == _LF or c == _CR:
             i += 1
         else:
             break
@@ -62,9 +113,9 @@ def _string_end(buf, i, end):  # type: ignore[no-untyped-def]
     j = i + 1
     while j < end:
         c = buf[j]
-        if c == 34:
+        if c == _QUOTE:
             return j
-        if c == 92 or c < 32:
+        if c == _BACKSLASH or c < _FIRST_PRINTABLE:
             return -1  # an escape (or invalid control byte): declined
         j += 1
     return -1
@@ -93,8 +144,8 @@ def _is_ident(buf, s, e):  # type: ignore[no-untyped-def]
         return False
     for k in range(s, e):
         c = buf[k]
-        if not ((48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122)
-                or c == 95 or c == 46 or c == 58 or c == 64 or c == 45):
+        if not ((_ZERO <= c <= _NINE) or (_UPPER_A <= c <= _UPPER_Z) or (_LOWER_A <= c <= _LOWER_Z)
+                or c == _UNDERSCORE or c == _DOT or c == _COLON or c == _AT or c == _MINUS):
             return False
     return True
 
@@ -104,9 +155,9 @@ def _digits(buf, s, n):  # type: ignore[no-untyped-def]
     v = 0
     for k in range(s, s + n):
         c = buf[k]
-        if c < 48 or c > 57:
+        if c < _ZERO or c > _NINE:
             return -1
-        v = v * 10 + (c - 48)
+        v = v * 10 + (c - _ZERO)
     return v
 
 
@@ -126,7 +177,8 @@ def _timestamp(buf, s, e):  # type: ignore[no-untyped-def]
     n = e - s
     if n != 20 and n != 25:
         return False, 0
-    if buf[s + 4] != 45 or buf[s + 7] != 45 or buf[s + 10] != 84 or buf[s + 13] != 58 or buf[s + 16] != 58:
+    if buf[s + 4] != _MINUS or buf[s + 7] != _MINUS or buf[s + 10] != _DATE_TIME_SEPARATOR \
+            or buf[s + 13] != _COLON or buf[s + 16] != _COLON:
         return False, 0
     y = _digits(buf, s, 4)
     mo = _digits(buf, s + 5, 2)
@@ -146,18 +198,18 @@ def _timestamp(buf, s, e):  # type: ignore[no-untyped-def]
         return False, 0
     t = _days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec
     if n == 20:
-        if buf[s + 19] != 90:
+        if buf[s + 19] != _UTC_DESIGNATOR:
             return False, 0
     else:
         sign = buf[s + 19]
-        if (sign != 43 and sign != 45) or buf[s + 22] != 58:
+        if (sign != _PLUS and sign != _MINUS) or buf[s + 22] != _COLON:
             return False, 0
         oh = _digits(buf, s + 20, 2)
         om = _digits(buf, s + 23, 2)
         if oh < 0 or oh > 23 or om < 0 or om > 59:
             return False, 0
         off = oh * 3600 + om * 60
-        t = t - off if sign == 43 else t + off
+        t = t - off if sign == _PLUS else t + off
     if t < -62135596800 or t >= 253402300800:  # outside 0001-01-01 .. 9999-12-31 (UTC)
         return False, 0
     return True, t
@@ -168,7 +220,7 @@ def _number(buf, i, end, pow10):  # type: ignore[no-untyped-def]
     """A JSON number at ``buf[i]``: (ok, value, next index)."""
     j = i
     neg = False
-    if j < end and buf[j] == 45:
+    if j < end and buf[j] == _MINUS:
         neg = True
         j += 1
     if j >= end:
@@ -176,13 +228,13 @@ def _number(buf, i, end, pow10):  # type: ignore[no-untyped-def]
     m = 0
     digits = 0
     c = buf[j]
-    if c == 48:
+    if c == _ZERO:
         j += 1
-        if j < end and 48 <= buf[j] <= 57:
+        if j < end and _ZERO <= buf[j] <= _NINE:
             return False, 0.0, j  # a leading zero: not JSON
-    elif 49 <= c <= 57:
-        while j < end and 48 <= buf[j] <= 57:
-            m = m * 10 + (buf[j] - 48)
+    elif _ONE <= c <= _NINE:
+        while j < end and _ZERO <= buf[j] <= _NINE:
+            m = m * 10 + (buf[j] - _ZERO)
             digits += 1
             if digits > 15:
                 return False, 0.0, j
@@ -191,14 +243,14 @@ def _number(buf, i, end, pow10):  # type: ignore[no-untyped-def]
         return False, 0.0, j
     is_int = True
     frac = 0
-    if j < end and buf[j] == 46:
+    if j < end and buf[j] == _DOT:
         is_int = False
         j += 1
         start = j
-        while j < end and 48 <= buf[j] <= 57:
-            if m > 0 or buf[j] != 48:
+        while j < end and _ZERO <= buf[j] <= _NINE:
+            if m > 0 or buf[j] != _ZERO:
                 digits += 1
-            m = m * 10 + (buf[j] - 48)
+            m = m * 10 + (buf[j] - _ZERO)
             frac += 1
             if digits > 15 or frac > 40:
                 return False, 0.0, j
@@ -206,16 +258,16 @@ def _number(buf, i, end, pow10):  # type: ignore[no-untyped-def]
         if j == start:
             return False, 0.0, j
     exp = 0
-    if j < end and (buf[j] == 101 or buf[j] == 69):
+    if j < end and (buf[j] == _EXP_LOWER or buf[j] == _EXP_UPPER):
         is_int = False
         j += 1
         eneg = False
-        if j < end and (buf[j] == 43 or buf[j] == 45):
-            eneg = buf[j] == 45
+        if j < end and (buf[j] == _PLUS or buf[j] == _MINUS):
+            eneg = buf[j] == _MINUS
             j += 1
         start = j
-        while j < end and 48 <= buf[j] <= 57:
-            exp = exp * 10 + (buf[j] - 48)
+        while j < end and _ZERO <= buf[j] <= _NINE:
+            exp = exp * 10 + (buf[j] - _ZERO)
             if exp > 400:
                 return False, 0.0, j
             j += 1
@@ -238,10 +290,10 @@ def _number(buf, i, end, pow10):  # type: ignore[no-untyped-def]
 
 
 @kernel(_nrt=False)
-def _reading(buf, i, end, in_batch, row, keys, key_lens, literals, literal_lens, kinds, kind_lens, bp,
-             units, unit_lens, allowed, pow10, ids, kind_code, unit_code, nums, t_s):  # type: ignore[no-untyped-def]
-    """A reading object at ``buf[i]`` ('{') into ``row``: (ok, next index)."""
-    if i >= end or buf[i] != 123 or row >= t_s.shape[0]:
+def _reading(buf, i, end, in_batch, row, tables, out):  # type: ignore[no-untyped-def]
+    """A reading object at ``buf[i]`` ('{') into row ``row`` of ``out``: (ok, next index)."""
+    ids, nums, t_s = out.ids, out.nums, out.t_s
+    if i >= end or buf[i] != _LBRACE or row >= t_s.shape[0]:
         return False, i
     i = _ws(buf, i + 1, end)
     seen = 0
@@ -253,26 +305,26 @@ def _reading(buf, i, end, in_batch, row, keys, key_lens, literals, literal_lens,
     nums[row, 0] = np.nan
     nums[row, 1] = np.nan
     nums[row, 2] = np.nan
-    if i < end and buf[i] == 125:
+    if i < end and buf[i] == _RBRACE:
         return False, i
     while True:
-        if i >= end or buf[i] != 34:
+        if i >= end or buf[i] != _QUOTE:
             return False, i
         ke = _string_end(buf, i, end)
         if ke < 0:
             return False, i
-        key = _match(buf, i + 1, ke, keys, key_lens)
+        key = _match(buf, i + 1, ke, tables.keys, tables.key_lens)
         if key < 0 or key > K_TYPE or (seen >> key) & 1:
             return False, i  # unknown, batch-only or repeated key
         seen |= 1 << key
         i = _ws(buf, ke + 1, end)
-        if i >= end or buf[i] != 58:
+        if i >= end or buf[i] != _COLON:
             return False, i
         i = _ws(buf, i + 1, end)
         if i >= end:
             return False, i
         c = buf[i]
-        if c == 34:
+        if c == _QUOTE:
             se = _string_end(buf, i, end)
             if se < 0:
                 return False, i
@@ -283,11 +335,11 @@ def _reading(buf, i, end, in_batch, row, keys, key_lens, literals, literal_lens,
                 ids[row, 2 * key] = s
                 ids[row, 2 * key + 1] = se
             elif key == K_KIND:
-                kind = _match(buf, s, se, kinds, kind_lens)
+                kind = _match(buf, s, se, tables.kinds, tables.kind_lens)
                 if kind < 0:
                     return False, i
             elif key == K_UNIT:
-                unit = _match(buf, s, se, units, unit_lens)
+                unit = _match(buf, s, se, tables.units, tables.unit_lens)
                 if unit < 0:
                     return False, i
             elif key == K_MEASURED_AT:
@@ -296,21 +348,21 @@ def _reading(buf, i, end, in_batch, row, keys, key_lens, literals, literal_lens,
                     return False, i
                 t_s[row] = t
             elif key == K_TYPE:
-                if in_batch or _match(buf, s, se, literals, literal_lens) != LIT_READING:
+                if in_batch or _match(buf, s, se, tables.literals, tables.literal_lens) != LIT_READING:
                     return False, i  # only "reading", and only outside a batch
             else:
                 return False, i  # a string value, systolic or diastolic
             i = se + 1
-        elif c == 110:  # null: allowed for gateway_id, value, systolic, diastolic
-            if i + 4 > end or buf[i + 1] != 117 or buf[i + 2] != 108 or buf[i + 3] != 108:
+        elif c == _N:  # null: allowed for gateway_id, value, systolic, diastolic
+            if i + 4 > end or buf[i + 1] != _U or buf[i + 2] != _L or buf[i + 3] != _L:
                 return False, i
             if key != K_GATEWAY_ID and key != K_VALUE and key != K_SYSTOLIC and key != K_DIASTOLIC:
                 return False, i
             i += 4
-        elif c == 45 or 48 <= c <= 57:
+        elif c == _MINUS or _ZERO <= c <= _NINE:
             if key < K_VALUE or key > K_DIASTOLIC:
                 return False, i
-            ok, v, i = _number(buf, i, end, pow10)
+            ok, v, i = _number(buf, i, end, tables.pow10)
             if not ok:
                 return False, i
             nums[row, key - K_VALUE] = v
@@ -320,36 +372,132 @@ def _reading(buf, i, end, in_batch, row, keys, key_lens, literals, literal_lens,
         i = _ws(buf, i, end)
         if i >= end:
             return False, i
-        if buf[i] == 44:
+        if buf[i] == _COMMA:
             i = _ws(buf, i + 1, end)
             continue
-        if buf[i] == 125:
+        if buf[i] == _RBRACE:
             i += 1
             break
         return False, i
     required = (1 << K_READING_ID) | (1 << K_PATIENT_ID) | (1 << K_DEVICE_ID) | (1 << K_KIND) \
         | (1 << K_UNIT) | (1 << K_MEASURED_AT)
-    if seen & required != required or not allowed[kind, unit]:
+    if seen & required != required or not tables.allowed[kind, unit]:
         return False, i
-    if kind == bp:
+    if kind == tables.bp:
         if present != 6:
             return False, i  # systolic and diastolic numbers, no value
     elif present != 1:
         return False, i  # a value number, no systolic or diastolic
-    kind_code[row] = kind
-    unit_code[row] = unit
+    out.kind_code[row] = kind
+    out.unit_code[row] = unit
     return True, i
 
 
 @kernel(_nrt=False)
-def scan(buf, starts, ends, keys, key_lens, literals, literal_lens, kinds, kind_lens, bp, units, unit_lens,
-         allowed, pow10, status, row_start, row_end, ids, kind_code, unit_code, nums, t_s):  # type: ignore[no-untyped-def]
+def _has_readings_key(buf, i, end, tables):  # type: ignore[no-untyped-def]
+    """Whether the object whose first key is at ``buf[i]`` has a top-level key ``"readings"``
+    (False on doubt: the reading path then declines)."""
+    depth = 0
+    k = i
+    while k < end:
+        c = buf[k]
+        if c == _QUOTE:
+            ke = _string_end(buf, k, end)
+            if ke < 0:
+                return False
+            if depth == 0 and ke - k - 1 == 8 \
+                    and _match(buf, k + 1, ke, tables.keys, tables.key_lens) == K_READINGS:
+                after = _ws(buf, ke + 1, end)
+                if after < end and buf[after] == _COLON:
+                    return True
+            k = ke + 1
+            continue
+        if c == _LBRACE or c == _LBRACKET:
+            depth += 1
+        elif c == _RBRACE or c == _RBRACKET:
+            depth -= 1
+        k += 1
+    return False
+
+
+@kernel(_nrt=False)
+def _batch(buf, i, end, row, tables, out):  # type: ignore[no-untyped-def]
+    """The keys of a gateway batch from ``buf[i]`` (its first key) on: ``gateway_id``,
+    ``sent_at``, ``readings`` and an optional ``"type": "gateway_batch"``; the readings go to rows
+    ``row...`` of ``out``. Returns (ok, the row after the last reading)."""
+    seen = 0
+    while True:
+        if i >= end or buf[i] != _QUOTE:
+            return False, row
+        ke = _string_end(buf, i, end)
+        key = _match(buf, i + 1, ke, tables.keys, tables.key_lens) if ke > 0 else -1
+        if key != K_GATEWAY_ID and key != K_SENT_AT and key != K_READINGS and key != K_TYPE:
+            return False, row
+        if (seen >> key) & 1:
+            return False, row
+        seen |= 1 << key
+        i = _ws(buf, ke + 1, end)
+        if i >= end or buf[i] != _COLON:
+            return False, row
+        i = _ws(buf, i + 1, end)
+        if key == K_READINGS:
+            if i >= end or buf[i] != _LBRACKET:
+                return False, row
+            i = _ws(buf, i + 1, end)
+            count = 0
+            while True:
+                ok, i = _reading(buf, i, end, True, row, tables, out)
+                if not ok:
+                    return False, row
+                row += 1
+                count += 1
+                i = _ws(buf, i, end)
+                if i < end and buf[i] == _COMMA:
+                    i = _ws(buf, i + 1, end)
+                    continue
+                if i < end and buf[i] == _RBRACKET:
+                    i += 1
+                    break
+                return False, row
+            if count > MAX_BATCH:
+                return False, row
+        else:
+            if i >= end or buf[i] != _QUOTE:
+                return False, row
+            se = _string_end(buf, i, end)
+            if se < 0:
+                return False, row
+            s = i + 1
+            if key == K_GATEWAY_ID:
+                good = _is_ident(buf, s, se)
+            elif key == K_SENT_AT:
+                good, _t = _timestamp(buf, s, se)
+            else:  # type
+                good = _match(buf, s, se, tables.literals, tables.literal_lens) == LIT_GATEWAY_BATCH
+            if not good:
+                return False, row
+            i = se + 1
+        i = _ws(buf, i, end)
+        if i < end and buf[i] == _COMMA:
+            i = _ws(buf, i + 1, end)
+            continue
+        if i < end and buf[i] == _RBRACE:
+            i += 1
+            break
+        return False, row
+    need = (1 << K_GATEWAY_ID) | (1 << K_SENT_AT) | (1 << K_READINGS)
+    return seen & need == need and _ws(buf, i, end) == end, row
+
+
+@kernel(_nrt=False)
+def scan(buf, starts, ends, tables, status, row_start, row_end, out):  # type: ignore[no-untyped-def]
     """Scan every message; returns the number of rows written.
 
     Per message ``m``: ``status[m]`` (0 declined, 1 reading, 2 gateway batch) and its rows
-    ``row_start[m]:row_end[m]``. Per row: ``ids[row]`` = start/end offsets in ``buf`` of
-    reading_id, patient_id, device_id, gateway_id (-1: none); ``kind_code``, ``unit_code`` (indexes
-    of ``kinds``/``units``); ``nums`` = value, systolic, diastolic (nan: none); ``t_s`` epoch s UTC.
+    ``row_start[m]:row_end[m]``. ``tables`` are the lookup tables (:class:`ScanTables`); per row of
+    ``out`` (:class:`Rows`): ``ids[row]`` = start/end offsets in ``buf`` of reading_id, patient_id,
+    device_id, gateway_id (-1: none); ``kind_code``, ``unit_code`` (indexes of the tables' kinds
+    and units); ``nums`` = value, systolic, diastolic (nan: none); ``t_s`` epoch s UTC.
     """
     row = 0
     for m in range(starts.shape[0]):
@@ -359,118 +507,21 @@ def scan(buf, starts, ends, keys, key_lens, literals, literal_lens, kinds, kind_
         row_end[m] = first
         end = ends[m]
         i = _ws(buf, starts[m], end)
-        if i >= end or buf[i] != 123:
+        if i >= end or buf[i] != _LBRACE:
             continue
         # a gateway batch is recognised by its "readings" key; anything else is a single reading
         j = _ws(buf, i + 1, end)
-        is_batch = False
-        depth = 0
-        k = j
-        while k < end:  # does a top-level key "readings" exist? (declines on doubt)
-            c = buf[k]
-            if c == 34:
-                ke = _string_end(buf, k, end)
-                if ke < 0:
-                    break
-                if depth == 0 and ke - k - 1 == 8 and _match(buf, k + 1, ke, keys, key_lens) == K_READINGS:
-                    after = _ws(buf, ke + 1, end)
-                    if after < end and buf[after] == 58:
-                        is_batch = True
-                        break
-                k = ke + 1
-                continue
-            if c == 123 or c == 91:
-                depth += 1
-            elif c == 125 or c == 93:
-                depth -= 1
-            k += 1
-        if not is_batch:
-            ok, i = _reading(buf, i, end, False, row, keys, key_lens, literals, literal_lens, kinds,
-                             kind_lens, bp, units, unit_lens, allowed, pow10, ids, kind_code, unit_code,
-                             nums, t_s)
+        if not _has_readings_key(buf, j, end, tables):
+            ok, i = _reading(buf, i, end, False, row, tables, out)
             if ok and _ws(buf, i, end) == end:
                 status[m] = STATUS_READING
                 row += 1
                 row_end[m] = row
             continue
-        # a gateway batch: gateway_id, sent_at, readings and an optional type "gateway_batch"
-        seen = 0
-        good = True
-        i = j
-        while good:
-            if i >= end or buf[i] != 34:
-                good = False
-                break
-            ke = _string_end(buf, i, end)
-            key = _match(buf, i + 1, ke, keys, key_lens) if ke > 0 else -1
-            if key != K_GATEWAY_ID and key != K_SENT_AT and key != K_READINGS and key != K_TYPE:
-                good = False
-                break
-            if (seen >> key) & 1:
-                good = False
-                break
-            seen |= 1 << key
-            i = _ws(buf, ke + 1, end)
-            if i >= end or buf[i] != 58:
-                good = False
-                break
-            i = _ws(buf, i + 1, end)
-            if key == K_READINGS:
-                if i >= end or buf[i] != 91:
-                    good = False
-                    break
-                i = _ws(buf, i + 1, end)
-                count = 0
-                while True:
-                    ok, i = _reading(buf, i, end, True, row, keys, key_lens, literals, literal_lens, kinds,
-                                     kind_lens, bp, units, unit_lens, allowed, pow10, ids, kind_code,
-                                     unit_code, nums, t_s)
-                    if not ok:
-                        good = False
-                        break
-                    row += 1
-                    count += 1
-                    i = _ws(buf, i, end)
-                    if i < end and buf[i] == 44:
-                        i = _ws(buf, i + 1, end)
-                        continue
-                    if i < end and buf[i] == 93:
-                        i += 1
-                        break
-                    good = False
-                    break
-                if not good or count > MAX_BATCH:
-                    good = False
-                    break
-            else:
-                if i >= end or buf[i] != 34:
-                    good = False
-                    break
-                se = _string_end(buf, i, end)
-                if se < 0:
-                    good = False
-                    break
-                s = i + 1
-                if key == K_GATEWAY_ID:
-                    good = _is_ident(buf, s, se)
-                elif key == K_SENT_AT:
-                    good, _t = _timestamp(buf, s, se)
-                else:  # type
-                    good = _match(buf, s, se, literals, literal_lens) == LIT_GATEWAY_BATCH
-                i = se + 1
-            if not good:
-                break
-            i = _ws(buf, i, end)
-            if i < end and buf[i] == 44:
-                i = _ws(buf, i + 1, end)
-                continue
-            if i < end and buf[i] == 125:
-                i += 1
-                break
-            good = False
-        need = (1 << K_GATEWAY_ID) | (1 << K_SENT_AT) | (1 << K_READINGS)
-        if good and seen & need == need and _ws(buf, i, end) == end:
+        ok, after = _batch(buf, j, end, row, tables, out)
+        if ok:
             status[m] = STATUS_BATCH
+            row = after
             row_end[m] = row
         else:
             row = first  # the rows of a declined batch are dropped

@@ -5,7 +5,6 @@ The live worker uses faust (aiokafka) instead; see ``monitor.stream``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,15 +25,6 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     }
     cfg.update(overrides)
     return KafkaProducer(**cfg)
-
-
-def send_json(prod: KafkaProducer, topic: str, key: str | None, doc: dict[str, Any]) -> None:
-    """Send one JSON document (compact UTF-8), keyed by ``key`` (the patient id)."""
-    prod.send(
-        topic,
-        key=key.encode() if key is not None else None,
-        value=json.dumps(doc, separators=(",", ":")).encode(),
-    )
 
 
 def read_topic(settings: Settings, topic: str, *, timeout_s: float = 5.0,

@@ -1,8 +1,10 @@
-"""The fast path for native readings agrees with the full decoder on everything it accepts.
+"""The msgspec fast path agrees with the full decoder on everything it accepts, for every type.
 
 The reference is the full path the pipeline uses otherwise: :func:`monitor.intake.native.decode`
 (pydantic) followed by :func:`monitor.intake.canonical.canonical_items`. The fast path may decline
-(``None``) anything; what it accepts must be accepted by the full path with equal canonical readings.
+(``None``) anything; what it accepts must be accepted by the full path with equal canonical readings
+and equal pydantic documents, and :func:`~monitor.intake.fastpath.fast_decode` gives the full path's
+outcome (same reason code) for arbitrary bytes and every ``expected`` document type.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.intake.canonical import CanonicalReading, canonical_items
-from monitor.intake.fastpath import fast_canonical
+from monitor.intake.fastpath import Decoded, Outcome, _fast, fast_canonical, fast_decode, full_decode
 from monitor.intake.native import Rejection, decode
+from monitor.intake.rules import Limits
 
 RECEIVED = datetime(2026, 10, 30, 12, 0, tzinfo=UTC)
 OLDEST = timedelta(days=30)
@@ -155,3 +158,155 @@ def test_declines_what_needs_a_reason_code() -> None:
         assert fast_canonical(json.dumps(doc).encode(), received_at=RECEIVED) is None
     assert fast_canonical(b"\xff", received_at=RECEIVED) is None
     assert fast_canonical(b'{"a": NaN}', received_at=RECEIVED) is None
+
+
+# --- fast_decode: every native document type, against the full path -----------------------------
+
+LIMITS = Limits(oldest=OLDEST)
+EXPECTED = st.sampled_from([None, "reading", "carer_activity", "care_link", "patient"])
+
+
+def same_outcome(raw: bytes, expected: str | None) -> Outcome:
+    """Assert that the msgspec path, where it decides, gives what the full path gives, and that
+    :func:`fast_decode` gives the full path's outcome (same reason code) in every case."""
+    full = full_decode(raw, expected, RECEIVED, LIMITS)
+    fast = _fast(raw, expected, RECEIVED, LIMITS)
+    if fast is not None:
+        assert isinstance(full, Decoded), f"fast path accepted what the full path rejects: {raw!r} {full}"
+        assert (fast.type, fast.name, fast.readings, fast.rejected) == \
+            (full.type, full.name, full.readings, [])
+        for c in fast.readings:
+            assert c.measured_at.tzinfo is UTC
+        if fast.document is not None:
+            doc, ref = fast.document, full.document
+            assert type(doc) is type(ref) and doc == ref, (doc, ref)
+            assert doc.model_fields_set == ref.model_fields_set
+            assert repr(doc) == repr(ref) and doc.model_dump_json() == ref.model_dump_json()
+            for name in type(ref).model_fields:
+                assert type(getattr(doc, name)) is type(getattr(ref, name)), name
+    got = fast_decode(raw, expected, RECEIVED, LIMITS)
+    if isinstance(full, Rejection):
+        assert isinstance(got, Rejection) and got.reason == full.reason, (raw, got, full)
+    else:
+        assert isinstance(got, Decoded) and (got.type, got.readings, got.rejected) == \
+            (full.type, full.readings, full.rejected), (raw, got, full)
+        if got.document is not None:
+            assert got.document == full.document
+    return got
+
+
+texts = mostly(st.sampled_from(["North", "65-74", "a b", "x" * 16, "é", "copd"]),
+               st.sampled_from(["", " North", "North ", "x" * 17, "x" * 65, "\u2003", 7, None, True]))
+floats = mostly(st.sampled_from([30, 0.5, 1440, 1439.9, 2, 3.5, 120.0]) | st.floats(0.01, 1440),
+                st.sampled_from([0, -1, 1441, 1e308, 10**30, True, "30", None, float("inf")])
+                | st.floats(allow_nan=False))
+
+
+def enum_of(values: list[str]) -> st.SearchStrategy[Any]:
+    return mostly(st.sampled_from(values), st.sampled_from(["", "Visit", " visit", "unknown", 1, None]))
+
+
+@st.composite
+def activity_docs(draw: Any) -> dict[str, Any]:
+    return {"activity_id": draw(ids), "patient_id": draw(ids), "carer_id": draw(ids),
+            "kind": draw(enum_of(["visit", "meal", "phone_call", "other"])), "started_at": draw(stamps),
+            "duration_minutes": draw(floats)}
+
+
+@st.composite
+def link_docs(draw: Any) -> dict[str, Any]:
+    return {"patient_id": draw(ids), "carer_id": draw(ids),
+            "relationship": draw(enum_of(["partner", "friend", "neighbour"])),
+            "action": draw(enum_of(["join", "leave"])), "effective_at": draw(stamps)}
+
+
+@st.composite
+def patient_docs(draw: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"patient_id": draw(ids), "region": draw(texts),
+                           "deprivation_quintile": draw(mostly(st.integers(1, 5), st.sampled_from(
+                               [0, 6, 2.0, True, "3", None, 10**20]))),
+                           "age_band": draw(texts)}
+    if draw(st.booleans()):
+        doc["conditions"] = draw(st.lists(texts, max_size=3) | st.just(["c"] * 33) | st.just(None))
+    if draw(st.booleans()):
+        doc["monitoring_plan"] = draw(st.dictionaries(enum_of(["glucose", "blood_pressure", "spo2"]), floats,
+                                                      max_size=3) | st.just(None))
+    if draw(st.booleans()):
+        rules = st.sampled_from(["glucose_low", "spo2_low", "heart_rate_high", "unknown", " glucose_low"])
+        limits = mostly(st.sampled_from([3.5, 4, 92, 130]), st.sampled_from([54, 0, 1e308, "4", None]))
+        doc["thresholds"] = draw(st.none() | st.dictionaries(rules, limits, max_size=2))
+    if draw(st.booleans()):
+        doc["registered_at"] = draw(st.none() | stamps)
+    return doc
+
+
+@st.composite
+def native_docs(draw: Any) -> tuple[dict[str, Any], str]:
+    kind = draw(st.sampled_from(["reading", "carer_activity", "care_link", "patient", "gateway_batch"]))
+    if kind == "gateway_batch":
+        doc: dict[str, Any] = {"gateway_id": draw(ids), "sent_at": draw(stamps),
+                               "readings": draw(st.lists(reading_docs(), min_size=0, max_size=3))}
+        for r in doc["readings"]:
+            r.pop("type", None)
+    else:
+        doc = draw({"reading": reading_docs(), "carer_activity": activity_docs(), "care_link": link_docs(),
+                    "patient": patient_docs()}[kind])
+    if draw(st.integers(0, 7)) == 0 and doc:
+        doc.pop(draw(st.sampled_from(sorted(doc))))
+    if draw(st.integers(0, 9)) == 0:
+        doc[draw(st.sampled_from(["extra", "Kind", "note"]))] = 1
+    return doc, kind
+
+
+@CHECK
+@given(native_docs(), EXPECTED, st.sampled_from(["own", "none", "other"]))
+@example(({"activity_id": "a", "patient_id": "P1", "carer_id": "c", "kind": "visit",
+           "started_at": "2026-10-30T08:00:00Z", "duration_minutes": 30}, "carer_activity"), None, "own")
+def test_documents_of_every_type_agree(doc_kind: tuple[dict[str, Any], str], expected: str | None,
+                                       declared: str) -> None:
+    doc, kind = doc_kind
+    if declared == "own":
+        doc = {"type": kind, **doc}
+    elif declared == "other":
+        doc = {**doc, "type": "patient" if kind != "patient" else "care_link"}
+    same_outcome(json.dumps(doc).encode(), expected)
+
+
+@CHECK
+@given(st.binary(max_size=80) | st.text(max_size=80).map(str.encode), EXPECTED)
+@example(b'{"type":"care_link","patient_id":"p","carer_id":"c","relationship":"friend","action":"join",'
+         b'"effective_at":"2026-10-30T08:00:00Z","type":"patient"}', None)
+@example(b'{"type":"patient","patient_id":"p","region":"\\ud800","deprivation_quintile":1,'
+         b'"age_band":"a"}', None)
+@example(b'\xef\xbb\xbf{"type":"care_link"}', None)
+def test_arbitrary_bytes_give_the_full_paths_outcome(raw: bytes, expected: str | None) -> None:
+    same_outcome(raw, expected)
+
+
+def test_fast_decode_takes_the_fast_path_for_clean_documents() -> None:
+    """Not vacuous: a clean document of every type is decided by msgspec."""
+    docs = [
+        {"type": "reading", **BASE},
+        {"type": "gateway_batch", "gateway_id": "g", "sent_at": "2026-10-30T12:00:00Z", "readings": [BASE]},
+        {"type": "carer_activity", "activity_id": "a", "patient_id": "P1", "carer_id": "c", "kind": "meal",
+         "started_at": "2026-10-30T08:00:00+01:00", "duration_minutes": 45.5},
+        {"type": "care_link", "patient_id": "P1", "carer_id": "c", "relationship": "child", "action": "leave",
+         "effective_at": "2026-10-30T08:00:00Z"},
+        {"type": "patient", "patient_id": "P1", "region": "North East", "deprivation_quintile": 1,
+         "age_band": "75+", "conditions": ["copd", "t2d"], "monitoring_plan": {"glucose": 2, "spo2": 0.5},
+         "thresholds": {"glucose_low": 3.5}, "registered_at": "2026-10-01T00:00:00Z"},
+        {"type": "patient", "patient_id": "P2", "region": "N", "deprivation_quintile": 5,
+         "age_band": "18-34"},
+    ]
+    for doc in docs:
+        raw = json.dumps(doc).encode()
+        assert _fast(raw, None, RECEIVED, LIMITS) is not None, doc
+        assert isinstance(same_outcome(raw, None), Decoded)
+        topic = "reading" if doc["type"] == "gateway_batch" else doc["type"]
+        untyped = json.dumps({k: v for k, v in doc.items() if k != "type"}).encode()
+        assert _fast(untyped, topic, RECEIVED, LIMITS) is not None
+    assert fast_decode(None, "reading", RECEIVED).reason == "empty_message"  # type: ignore[union-attr]
+    future = json.dumps({**docs[3], "effective_at": "2026-10-30T12:10:01Z"}).encode()
+    assert same_outcome(future, None).reason == "future_timestamp"  # type: ignore[union-attr]
+    bad = json.dumps({**docs[4], "thresholds": {"glucose_low": 54}}).encode()
+    assert same_outcome(bad, None).reason == "implausible_threshold"  # type: ignore[union-attr]
