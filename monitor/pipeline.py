@@ -1,60 +1,71 @@
-"""The driver-agnostic pipeline: raw records in, state updates, dead letters and flag events out.
+"""The driver-agnostic pipeline: raw records in, state updates, dead letters, flags and alerts out.
 
-Both drivers - the faust worker (``monitor.stream``) and offline tools - feed this class batches of
-raw records. It never touches Kafka or the network; it returns what must be published. Every input
-record ends in exactly one place: applied to the support state (``counts.processed``) or a
-:class:`~monitor.contract.models.DeadLetter` with a reason code (``counts.dead_letters``).
+Both drivers - the faust worker (:mod:`monitor.stream`) and the offline replay
+(:mod:`monitor.replay`) - feed this class batches of raw records and ticks. It never touches Kafka
+or the network; it returns what must be published. Every input record ends in exactly one place:
+applied (``counts.processed``) or a :class:`~monitor.contract.models.DeadLetter` with a reason
+code (``counts.dead_letters``).
+
+A batch travels one way: :func:`monitor.intake.fetch.decode_fetch` turns the records into one
+typed :class:`~monitor.intake.fetch.DecodedBatch`; per partition, events of unregistered patients
+are held (:mod:`monitor.pending`); the rest runs through the partition's operators
+(:mod:`monitor.operators`: support core, carers, alert engine) in arrival order, cut into runs
+at **event-time ticks**: whenever a partition's events cross a multiple of ``tick_every`` (UTC,
+epoch-aligned), the operators evaluate as of that instant (flags, missed readings, escalation)
+before the next event is applied. The ticks depend on the events only, never on how they were
+batched, so a replay and a live worker that read the same events give the same answer.
 
 State is kept **per input partition** (all input topics are co-partitioned by patient id): one
-:class:`PartitionState` per partition number, each with its own numba support state
-(:class:`monitor.core.state.SupportState`), the offsets it has applied and the flags it has
-published. A partition's state is what moves between workers on a rebalance and what is
-checkpointed, so the answer never depends on how many workers share the partitions.
+:class:`PartitionState` per partition number, what moves between workers on a rebalance and what
+is checkpointed, so the answer never depends on how many workers share the partitions.
 
-Time: ``clock`` returns the current timezone-aware UTC time and is used only for the receive time of
-dead letters. Flags are evaluated as of each partition's event-time watermark (the latest event time
-seen in that partition; UTC-day resolution, see :mod:`monitor.core.state`), so the same input gives
-the same flags whenever and wherever it is processed.
+Time: ``clock`` returns the current timezone-aware UTC time: the receive time of records without
+a Kafka timestamp, the expiry of held events, and the wall-clock timer's idle advance
+(:meth:`Pipeline.effective_time`). Everything else runs on event time.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from monitor.alerts.engine import AlertConfig, AlertEngine, AlertEvent
-from monitor.carers.state import CarersState
-from monitor.contract.models import (
-    DEAD_LETTER_PREFIX_BYTES,
-    DeadLetter,
-    FlagEvent,
-    GatewayBatch,
-    Patient,
-    Reading,
-    type_of,
-)
-from monitor.core.batch import batch_from_documents
+from monitor.alerts.engine import AlertConfig, AlertEvent
+from monitor.contract.models import CareLink, CarerActivity, DeadLetter, FlagEvent, Patient, type_of
 from monitor.core.state import SupportConfig, SupportState
-from monitor.core.summary import FLAG_NAMES, PartialSummary
-from monitor.core.timeutil import day_of
-from monitor.intake.canonical import CanonicalReading, canonical_items
-from monitor.intake.columnar import ReadingSlice, scan_readings
-from monitor.intake.fastpath import fast_canonical
-from monitor.intake.native import MAX_FUTURE, Rejection, decode, event_time_rejection
+from monitor.core.summary import PartialSummary
+from monitor.core.timeutil import day_of, epoch_seconds, from_us, to_us
+from monitor.intake.canonical import CanonicalReading
+from monitor.intake.columnar import ReadingSlice
+from monitor.intake.fetch import (
+    DecodedBatch,
+    Document,
+    RawRecord,
+    Record,
+    dead_letter,
+    decode_fetch,
+    receive_time,
+)
+from monitor.intake.rules import LATE_AFTER, MAX_FUTURE, Limits
 from monitor.latency import ALERT_DELAY_BUCKETS_S, LatencyHistogram
-from monitor.pending import Held, PendingEvents, detail_for, to_us
-
-log = logging.getLogger(__name__)
+from monitor.operators import (
+    FLAG_BITS,
+    AlertOperator,
+    CarersOperator,
+    Context,
+    Documents,
+    Operator,
+    SupportOperator,
+    flag_names,
+)
+from monitor.pending import Held, PendingEvents, detail_for
 
 Clock = Callable[[], datetime]
 
@@ -62,53 +73,6 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """The default clock: timezone-aware UTC now."""
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One input message: its bytes and where it came from (partition -1: not from Kafka).
-
-    ``timestamp`` is the Kafka record's timestamp (integer milliseconds since the epoch, UTC;
-    ``None``: unknown, the pipeline's clock is the receive time)."""
-
-    value: bytes | None
-    topic: str
-    partition: int = -1
-    offset: int = -1
-    timestamp: int | None = None
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def receive_time(rec: Any, now: datetime) -> datetime:
-    """When a record was received: its Kafka timestamp, but never later than ``now``.
-
-    The topics the project creates stamp records with the broker's clock (``LogAppendTime``), so
-    this is when the broker accepted the record, whatever the device's clock says, and it stays the
-    same when the record is processed again (a restart, a rebuild, a worker catching up after an
-    outage: late data is judged by when it arrived, not by when the worker got to it). A topic with
-    producer timestamps (``CreateTime``) could carry any time: a timestamp after ``now`` is cut to
-    ``now``, so no record can widen the clock-skew tolerance for itself."""
-    ts = getattr(rec, "timestamp", None)
-    if type(ts) is not int or ts <= 0:
-        return now
-    at = _EPOCH + timedelta(milliseconds=ts)
-    return at if at < now else now
-
-
-class Record(Protocol):
-    """What :meth:`Pipeline.ingest` reads of an input message: a :class:`RawRecord` or a faust
-    message (same attribute names)."""
-
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
 
 
 @dataclass
@@ -157,11 +121,13 @@ class Counts:
 
 @dataclass
 class BatchResult:
-    """What one ingested batch asks the driver to publish."""
+    """What one ingested batch asks the driver to publish: dead letters, alerts, and the flag
+    transitions of the event-time ticks the batch crossed."""
 
     dead_letters: list[DeadLetter]
     documents: int
     alerts: list[AlertEvent] = field(default_factory=list)
+    flags: list[FlagEvent] = field(default_factory=list)
 
 
 @dataclass
@@ -173,54 +139,51 @@ class TickResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-def dead_letter(raw: bytes | None, reason: str, detail: str, *, topic: str, partition: int,
-                offset: int, received_at: datetime) -> DeadLetter:
-    """A dead-letter record keeping a prefix of the original bytes (UTF-8 text, or base64 when the
-    prefix is not UTF-8), the original's length and its SHA-256: at most
-    :data:`~monitor.contract.models.DEAD_LETTER_PREFIX_BYTES` bytes of it, whatever its size."""
-    data = raw or b""
-    prefix = data[:DEAD_LETTER_PREFIX_BYTES]
-    try:
-        original, encoding = prefix.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError as exc:
-        if len(prefix) < len(data) and exc.start >= len(prefix) - 3:  # a character cut at the end
-            prefix = prefix[:exc.start]
-            original, encoding = prefix.decode("utf-8", errors="replace"), "utf-8"
-        else:
-            original, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
-    return DeadLetter(
-        reason=reason, detail=detail[:500], source="kafka", topic=topic, partition=partition,
-        offset=offset, received_at=received_at, encoding=encoding, original=original,  # type: ignore[arg-type]
-        original_bytes=len(data), original_sha256=hashlib.sha256(data).hexdigest(),
-    )
+class FlagView(Mapping[str, list[str]]):
+    """Patient id -> flag names of the latest evaluation (patients with any flag): a read-only view
+    of a partition's flag bits, so a batch that raises no alert never builds a dict of flags."""
 
+    def __init__(self, bits: np.ndarray, index: Mapping[str, int], ids: Sequence[str]) -> None:
+        self._bits, self._index, self._ids = bits, index, ids
 
-CARER_FLAG_BITS = {"network_lost": 8, "single_point_of_failure": 16}
-"""Flag bits from the carers' view (monitor.carers), above the support core's bits."""
-_FLAG_BITS = sorted([(np.uint8(bit), name) for bit, name in FLAG_NAMES]
-                    + [(np.uint8(bit), name) for name, bit in CARER_FLAG_BITS.items()],
-                    key=lambda b: b[1])
+    def __getitem__(self, patient_id: str) -> list[str]:
+        slot = self._index.get(patient_id)
+        if slot is None or slot >= self._bits.shape[0] or not self._bits[slot]:
+            raise KeyError(patient_id)
+        return flag_names(int(self._bits[slot]))
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._ids[s] for s in np.flatnonzero(self._bits).tolist())
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self._bits))
 
 
 class PartitionState:
-    """Everything one input partition contributes: support state, applied offsets, counts, flags.
+    """Everything one input partition contributes: its operators, applied offsets, counts, flags.
 
     ``offsets[topic]`` is the highest offset of ``topic`` (this partition) applied to the state.
-    ``published`` holds, per patient slot, the flag bits last published to the flags topic.
+    ``current`` holds, per patient slot of the support core, every flag bit of the latest
+    evaluation; ``published`` the bits last published to the flags topic. ``next_tick`` is the
+    next event-time tick (epoch s; ``None`` before the first event).
     """
 
-    MAGIC = b"CMPART1\n"
+    MAGIC = b"CMPART2\n"
+    """The checkpoint envelope, version 2: a JSON header and one section per operator. Version 1
+    (nested base64 in JSON) is refused, so an old checkpoint rebuilds its partition from input."""
 
     def __init__(self, partition: int, config: SupportConfig | None = None,
                  alert_config: AlertConfig | None = None) -> None:
         self.partition = partition
-        self.support = SupportState(config)
-        self.alerts = AlertEngine(alert_config)
-        self.carers = CarersState()
+        self.support_op = SupportOperator(config)
+        self.carers_op = CarersOperator(self.support_op)
+        self.alerts_op = AlertOperator(alert_config)
+        self.operators: tuple[Operator, ...] = (self.support_op, self.carers_op, self.alerts_op)
         self.offsets: dict[str, int] = {}
         self.counts = Counts()
         self.published = np.zeros(0, dtype=np.uint8)
-        self.current = np.zeros(0, dtype=np.uint8)  # every flag bit of the latest evaluation
+        self.current = np.zeros(0, dtype=np.uint8)
+        self.next_tick: int | None = None
         self.patients: dict[str, Patient] = {}
         self.last_arrival: datetime | None = None  # wall clock of the latest applied event
         self.checkpoint_seq = 0
@@ -231,26 +194,32 @@ class PartitionState:
         # events of patients not registered yet (monitor.pending): bounded, checkpointed
         self.pending = PendingEvents()
 
-    def refresh_flags(self, t: int) -> None:
-        """Evaluate every flag as of ``t`` (epoch s) into ``current``: the support core's bits and
-        the carers' view, registered patients only."""
+    # the operators' states, for the read side (metrics, views, merge)
+    @property
+    def support(self) -> SupportState:
+        return self.support_op.state
+
+    @property
+    def carers(self) -> Any:
+        return self.carers_op.state
+
+    @property
+    def alerts(self) -> Any:
+        return self.alerts_op.engine
+
+    def register(self, patient: Patient) -> None:
+        """A registry entry of this partition (before the batch's events are admitted)."""
+        self.patients[patient.patient_id] = patient
+        self.alerts_op.register(patient)
+
+    def context(self) -> Context:
+        """The operators' context, holding the flags of the latest evaluation."""
         sup = self.support
-        n = sup.n_patients
-        flags = sup.evaluate(t).flags[:n].astype(np.uint8)
-        if self.carers.latest_event is not None:
-            index = sup._patient_index
-            for pid, names in self.carers.patient_flags(datetime.fromtimestamp(t, UTC)).items():
-                slot = index.get(pid)
-                if slot is not None and slot < n:
-                    for name in names:
-                        flags[slot] |= np.uint8(CARER_FLAG_BITS[name])
-        self.current = flags * self.registered_mask()
+        return Context(self.current, FlagView(self.current, sup.patient_index, sup.patient_ids))
 
     def support_flags(self) -> dict[str, list[str]]:
-        """Patient id -> current support flags (latest evaluation) of patients with any flag."""
-        ids = self.support.patient_ids
-        return {ids[slot]: [n for b, n in _FLAG_BITS if int(self.current[slot]) & int(b)]
-                for slot in np.nonzero(self.current)[0].tolist()}
+        """Patient id -> flags of the latest evaluation, patients with any flag."""
+        return dict(self.context().flags)
 
     def snapshot(self) -> bytes:
         """Self-contained bytes (restore with :meth:`restore`)."""
@@ -258,70 +227,102 @@ class PartitionState:
             "partition": self.partition,
             "offsets": self.offsets,
             "counts": self.counts.to_dict(),
-            "published": base64.b64encode(self.published.tobytes()).decode(),
-            "current": base64.b64encode(self.current.tobytes()).decode(),
-            "patients": [p.model_dump_json() for p in self.patients.values()],
-            "alerts": base64.b64encode(self.alerts.snapshot()).decode(),
-            "carers": base64.b64encode(self.carers.snapshot()).decode(),
+            "published": self.published.tobytes().hex(),
+            "current": self.current.tobytes().hex(),
+            "next_tick": self.next_tick,
+            "patients": [p.model_dump(mode="json") for p in self.patients.values()],
             "last_arrival": self.last_arrival.isoformat() if self.last_arrival else None,
             "checkpoint_seq": self.checkpoint_seq,
             "output_offsets": self.output_offsets,
             "suppress": sorted(self.suppress),
             "pending": self.pending.snapshot(),
         }
-        head = json.dumps(header).encode()
-        return self.MAGIC + len(head).to_bytes(8, "little") + head + self.support.snapshot()
+        sections = [("header", json.dumps(header).encode())]
+        sections += [(op.name, op.snapshot()) for op in self.operators]
+        out = [self.MAGIC, len(sections).to_bytes(4, "little")]
+        for name, data in sections:
+            out += [len(name).to_bytes(2, "little"), name.encode(), len(data).to_bytes(8, "little"), data]
+        return b"".join(out)
 
     @classmethod
     def restore(cls, data: bytes) -> PartitionState:
-        if not data.startswith(cls.MAGIC):
-            raise ValueError("not a partition-state snapshot")
-        m = len(cls.MAGIC)
-        n = int.from_bytes(data[m:m + 8], "little")
-        header = json.loads(data[m + 8:m + 8 + n])
+        """A partition state from :meth:`snapshot` bytes; ``ValueError`` for anything else (an
+        older envelope, truncated or foreign bytes)."""
+        sections = _sections(data, cls.MAGIC)
+        header = json.loads(sections.pop("header"))
         st = cls(int(header["partition"]))
-        st.support = SupportState.restore(data[m + 8 + n:])
+        for op in st.operators:
+            op.restore(sections[op.name])
         st.offsets = {k: int(v) for k, v in header["offsets"].items()}
         st.counts = Counts.from_dict(header["counts"])
-        st.published = np.frombuffer(base64.b64decode(header["published"]), dtype=np.uint8).copy()
-        st.current = np.frombuffer(base64.b64decode(header["current"]), dtype=np.uint8).copy()
-        st.patients = {p.patient_id: p for p in (Patient.model_validate_json(s) for s in header["patients"])}
-        st.alerts.restore(base64.b64decode(header["alerts"]))
-        st.carers = CarersState.restore(base64.b64decode(header["carers"]))
+        st.published = np.frombuffer(bytes.fromhex(header["published"]), dtype=np.uint8).copy()
+        st.current = np.frombuffer(bytes.fromhex(header["current"]), dtype=np.uint8).copy()
+        st.next_tick = header["next_tick"]
+        for p in header["patients"]:
+            st.patients[p["patient_id"]] = Patient.model_validate(p)
         if header["last_arrival"]:
             st.last_arrival = datetime.fromisoformat(header["last_arrival"])
         st.checkpoint_seq = int(header["checkpoint_seq"])
         st.output_offsets = {k: int(v) for k, v in header["output_offsets"].items()}
-        st.suppress = set(header.get("suppress", []))
-        st.pending = PendingEvents.restore(header.get("pending", []))
+        st.suppress = set(header["suppress"])
+        st.pending = PendingEvents.restore(header["pending"])
         return st
 
     def registered_mask(self) -> np.ndarray:
-        n = self.support.n_patients
-        return np.asarray(self.support._arrays["registered"][:n], dtype=bool)
+        return self.support_op.registered_mask().astype(bool)
+
+
+def _sections(data: bytes, magic: bytes) -> dict[str, bytes]:
+    """The named sections of a checkpoint envelope (``ValueError`` when malformed)."""
+    if not data.startswith(magic):
+        raise ValueError("not a partition-state snapshot of this version")
+    pos = len(magic)
+    count = int.from_bytes(data[pos:pos + 4], "little")
+    pos += 4
+    out: dict[str, bytes] = {}
+    for _ in range(count):
+        n = int.from_bytes(data[pos:pos + 2], "little")
+        name = data[pos + 2:pos + 2 + n].decode("ascii")
+        pos += 2 + n
+        size = int.from_bytes(data[pos:pos + 8], "little")
+        out[name] = data[pos + 8:pos + 8 + size]
+        pos += 8 + size
+        if pos > len(data):
+            raise ValueError("truncated partition-state snapshot")
+    if pos != len(data) or "header" not in out:
+        raise ValueError("malformed partition-state snapshot")
+    return out
+
+
+MAX_TICKS_PER_STEP = 24
+"""At most this many event-time ticks between two consecutive events of a partition (a day of
+hourly ticks); a longer silence evaluates the last 24 grid points only (each evaluation visits
+every open episode, so a backlog of months must not cost thousands of them)."""
 
 
 class Pipeline:
-    """Decode, validate and apply batches of raw records; emit flag transitions.
+    """Decode, validate and apply batches of raw records; evaluate at event-time ticks and timers.
 
     ``reported_flags`` are the support flags published as coordinator notifications.
     ``oldest_reading`` is the oldest-accepted horizon of readings (relative to the receive time).
-    ``idle_after``: when a partition has received no event for this long (wall clock), its
+    ``tick_every`` is the event-time grid of evaluations (both drivers set it, the worker from
+    ``MONITOR_TICK_EVERY_S``; ``None``: only :meth:`tick` evaluates).
+    ``idle_after``: when a partition has received no event for this long (wall clock), the timer's
     evaluation time advances with the clock (event-time watermark + idle time), so time-based
-    conditions (missed readings, lapsed support) fire with no new input; while data flows, only
-    event time counts, so a replay and a live run of the same events agree.
+    conditions (missed readings, lapsed support) fire with no new input.
     ``columnar``: clean readings of a batch are scanned together into columns
-    (:mod:`monitor.intake.columnar`) rather than decoded message by message; the results are the
-    same (``False`` keeps the per-message path, the tests' oracle).
-    ``max_future`` is the clock-skew tolerance: an event time (``measured_at``, ``started_at``,
-    ``effective_at``, ``registered_at``, ``sent_at``) more than this after its record's receive time
-    (:func:`receive_time`) is dead-lettered ``future_timestamp``, so no event moves a watermark
-    beyond receive time + tolerance. ``late_after`` is the late window: a reading received more than
-    this after it was measured is backfill (recorded, never paged: :mod:`monitor.alerts.engine`).
+    (:mod:`monitor.intake.columnar`); the results are the same (``False``: the per-message path,
+    the tests' oracle).
+    ``max_future`` is the clock-skew tolerance: an event time more than this after its record's
+    receive time (:func:`~monitor.intake.fetch.receive_time`) is dead-lettered
+    ``future_timestamp``, so no event moves a watermark beyond receive time + tolerance.
+    ``late_after`` is the late window: a reading received more than this after it was measured is
+    backfill (recorded, never paged: :mod:`monitor.alerts.engine`).
     ``unknown_grace`` and ``unknown_cap``: an event of a patient not registered in its partition is
     held (:mod:`monitor.pending`) until the registration arrives, at most ``unknown_grace`` (then,
-    at a tick, it is dead-lettered ``unknown_patient``) and at most ``unknown_cap`` events per
+    at a timer tick, it is dead-lettered ``unknown_patient``) and at most ``unknown_cap`` events per
     partition (beyond, the patients held longest are dead-lettered at once).
+    ``until`` (offline only): events on a UTC day after its day are counted but not applied.
     """
 
     def __init__(self, *, clock: Clock = utc_now, config: SupportConfig | None = None,
@@ -330,10 +331,13 @@ class Pipeline:
                                                   "network_lost", "single_point_of_failure"),
                  oldest_reading: timedelta = timedelta(days=30),
                  idle_after: timedelta = timedelta(seconds=60), columnar: bool = True,
-                 max_future: timedelta = MAX_FUTURE, late_after: timedelta = timedelta(hours=1),
-                 unknown_grace: timedelta = timedelta(days=1), unknown_cap: int = 10_000) -> None:
+                 max_future: timedelta = MAX_FUTURE, late_after: timedelta = LATE_AFTER,
+                 unknown_grace: timedelta = timedelta(days=1), unknown_cap: int = 10_000,
+                 tick_every: timedelta | None = None, until: datetime | None = None) -> None:
         if unknown_grace < timedelta(0) or unknown_cap < 0:
             raise ValueError("unknown_grace and unknown_cap must not be negative")
+        if tick_every is not None and tick_every < timedelta(seconds=1):
+            raise ValueError("tick_every must be at least one second")
         self.clock = clock
         self.unknown_grace = unknown_grace
         self.unknown_cap = unknown_cap
@@ -344,10 +348,16 @@ class Pipeline:
         self.alert_config = alert_config
         self.oldest_reading = oldest_reading
         self.idle_after = idle_after
+        self.tick_s = None if tick_every is None else int(tick_every.total_seconds())
+        self.until_day = None if until is None else day_of(epoch_seconds(until))
         self.partitions: dict[int, PartitionState] = {}
         self.batch_seconds = LatencyHistogram()
         self.alert_delay_seconds = LatencyHistogram(ALERT_DELAY_BUCKETS_S)
-        self.reported_bits = np.uint8(sum(int(b) for b, n in _FLAG_BITS if n in set(reported_flags)))
+        self.reported_bits = np.uint8(sum(bit for bit, n in FLAG_BITS if n in set(reported_flags)))
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.oldest_reading, self.max_future, self.late_after)
 
     # -- partitions --------------------------------------------------------------------------
 
@@ -367,67 +377,135 @@ class Pipeline:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    def ingest(self, records: Sequence[Record], expected: dict[str, str]) -> BatchResult:
-        """Apply a batch. ``expected`` maps each topic to the document type it carries.
+    def ingest(self, records: Sequence[Record], expected: Mapping[str, str | None]) -> BatchResult:
+        """Apply a batch. ``expected`` maps each topic to the document type it carries (``None``:
+        any, named by each document's ``"type"``).
 
         Records at or below a partition's applied offset are skipped (already in the state after
-        a restore). Returns the dead letters to publish. Never raises on bad input.
+        a restore). Returns what to publish. Never raises on bad input.
         """
         t0 = time.perf_counter()
         received_at = self.clock()
-        dead: list[DeadLetter] = []
-        by_partition: dict[int, list[Any]] = {}
-        docs = 0
-        spans: list[tuple[str, int, int] | None] = []
-        cols = None
-        if self.columnar and all(rec.partition >= 0 and rec.offset >= 0 for rec in records):
-            # every clean reading of the fetch in one scan (the others: message by message)
-            values = [rec.value if expected.get(rec.topic) == "reading" else None for rec in records]
-            if any(v is not None for v in values):
-                spans, cols = self._scan(records, values, received_at)
-            docs = self._ingest_runs(records, expected, spans, cols, received_at, dead, by_partition)
-        else:
-            for rec in records:
-                st = self.partition(max(rec.partition, 0))
-                if rec.offset >= 0 and rec.partition >= 0 and rec.offset <= st.offsets.get(rec.topic, -1):
-                    continue
-                if rec.offset >= 0 and rec.partition >= 0:
-                    st.offsets[rec.topic] = rec.offset
-                st.counts.messages += 1
-                docs += self._decode_one(rec, st, expected.get(rec.topic), received_at, dead, by_partition)
-        alerts: list[AlertEvent] = []
-        topic_of = {v: k for k, v in expected.items()}
-        for p in sorted(set(by_partition) | {q for q, s in self.partitions.items() if s.pending.count}):
-            st = self.partitions[p]
-            items, readings = self._admit(st, by_partition.get(p, []), topic_of, received_at, dead)
-            if not items:
-                continue
-            outcome = st.support.apply(batch_from_documents(st.support, items))
-            st.carers.apply(d for d in items if not isinstance(d, CanonicalReading | ReadingSlice))
-            st.counts.duplicates += int(outcome.get("duplicates", 0))
-            st.last_arrival = received_at
-            st.counts.readings += sum(len(r) if type(r) is ReadingSlice else 1 for r in readings)
-            if readings:
-                # compound risk from the flags of the latest timer evaluation, not re-evaluated for
-                # this batch: a batch's alerts must not depend on which later events share the batch
-                events = st.alerts.on_readings(readings, LazyFlags(st.support_flags))
-                for e in events:
-                    st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
-                alerts.extend(events)
-        self.alert_delay_seconds.observe_many((received_at - e.event_at).total_seconds()
-                                              for e in alerts if e.notification == "firing")
+        batch = decode_fetch(self._fresh(records), dict(expected), now=received_at, limits=self.limits,
+                             columnar=self.columnar)
+        out = BatchResult([], batch.documents)
+        topic_of = {v: k for k, v in expected.items() if v is not None}
+        held = {q for q, s in self.partitions.items() if s.pending.count}
+        for p in sorted(set(batch.partitions) | held):
+            self._apply(self.partition(p), batch, topic_of, out)
         self.batch_seconds.observe(time.perf_counter() - t0)
-        return BatchResult(dead_letters=dead, documents=docs, alerts=alerts)
+        return out
 
-    def _admit(self, st: PartitionState, items: list[Any], topic_of: dict[str, str], now: datetime,
-               dead: list[DeadLetter]) -> tuple[list[Any], list[Any]]:
-        """``(documents, readings)`` of a partition's batch to apply: the held events whose patient
-        is now registered first (they arrived earlier), then the batch's documents of registered
-        patients in order; the others are held (:mod:`monitor.pending`), and the events beyond the
-        cap dead-lettered ``unknown_patient``. ``readings`` are the canonical readings and reading
-        slices among the documents, in order."""
+    def _fresh(self, records: Sequence[Record]) -> list[Record]:
+        """The records not applied yet; advances each partition's applied offsets over them."""
+        fresh: list[Record] = []
+        key: tuple[str, int] | None = None
+        offsets: dict[str, int] = {}
+        for rec in records:
+            p, off = rec.partition, rec.offset
+            if p >= 0 and off >= 0:
+                if key != (rec.topic, p):
+                    key, offsets = (rec.topic, p), self.partition(p).offsets
+                if off <= offsets.get(rec.topic, -1):
+                    continue  # already in the state (re-delivered after a restore)
+                offsets[rec.topic] = off
+            fresh.append(rec)
+        return fresh
+
+    def _apply(self, st: PartitionState, batch: DecodedBatch, topic_of: dict[str, str],
+               out: BatchResult) -> None:
+        """One partition's share of a batch: account for it, hold what must wait, apply the rest
+        run by run with the event-time ticks between the runs."""
+        pf = batch.partitions.get(st.partition)
+        counts = st.counts
+        items: list[Document] = []
+        if pf is not None:
+            counts.messages += pf.messages
+            counts.rejected_messages += pf.rejected_messages
+            counts.processed.update(pf.processed)
+            for d in pf.dead:
+                counts.dead_letters[d.reason] += 1
+            out.dead_letters.extend(pf.dead)
+            for d in pf.documents:
+                if type(d) is Patient:
+                    st.register(d)
+            items = pf.documents
+        admitted = self._admit(st, items, topic_of, batch.received_at, out.dead_letters)
+        if self.until_day is not None:
+            admitted = list(_until(admitted, self.until_day))
+        if not admitted:
+            return
+        st.last_arrival = batch.received_at
+        for run, ticks in self._runs(st, admitted):
+            if run:
+                docs = Documents(run)
+                ctx = st.context()
+                for op in st.operators:
+                    op.on_batch(docs, ctx)
+                counts.duplicates += ctx.duplicates
+                counts.readings += docs.n_readings
+                self._count_alerts(st, ctx.alerts)
+                self.alert_delay_seconds.observe_many((batch.received_at - e.event_at).total_seconds()
+                                                      for e in ctx.alerts if e.notification == "firing")
+                out.alerts.extend(ctx.alerts)
+            for t in ticks:
+                flags, alerts = self._evaluate(st, t)
+                out.flags.extend(flags)
+                out.alerts.extend(alerts)
+
+    def _runs(self, st: PartitionState, items: list[Document]) -> Iterator[tuple[list[Document], list[int]]]:
+        """The partition's documents cut at event-time ticks: ``(run, ticks after it)`` pairs, in
+        order. A tick at ``g`` (a multiple of ``tick_every``) falls before the first event at or
+        after ``g``; a jump over several grid points ticks at each (at most
+        :data:`MAX_TICKS_PER_STEP`). Registry entries carry no event time and never tick."""
+        grid = self.tick_s
+        if grid is None:
+            yield items, []
+            return
+        run: list[Document] = []
+        for d in items:
+            if type(d) is ReadingSlice:
+                ts = d.event_seconds()
+                i, n = 0, len(ts)
+                while i < n:
+                    if st.next_tick is None:
+                        st.next_tick = (int(ts[i]) // grid + 1) * grid
+                    due = np.flatnonzero(ts[i:] >= st.next_tick)
+                    j = n if due.size == 0 else i + int(due[0])
+                    if j > i:
+                        run.append(d if j - i == n else ReadingSlice(d.columns, d.start + i, d.start + j))
+                    if j < n:
+                        yield run, self._ticks_before(st, int(ts[j]))
+                        run = []
+                    i = j
+                continue
+            t = _event_s(d)
+            if t is not None:
+                if st.next_tick is None:
+                    st.next_tick = (t // grid + 1) * grid
+                elif t >= st.next_tick:
+                    yield run, self._ticks_before(st, t)
+                    run = []
+            run.append(d)
+        yield run, []
+
+    def _ticks_before(self, st: PartitionState, t: int) -> list[int]:
+        """The grid points due before an event at ``t`` (>= ``st.next_tick``); advances it."""
+        grid = self.tick_s
+        assert grid is not None and st.next_tick is not None
+        last = t // grid * grid
+        first = max(st.next_tick, last - (MAX_TICKS_PER_STEP - 1) * grid)
+        st.next_tick = last + grid
+        return list(range(first, last + 1, grid))
+
+    def _admit(self, st: PartitionState, items: list[Document], topic_of: dict[str, str], now: datetime,
+               dead: list[DeadLetter]) -> list[Document]:
+        """The partition's documents to apply: the held events whose patient is now registered
+        first (they arrived earlier), then the batch's documents of registered patients in order;
+        the others are held (:mod:`monitor.pending`), and the events beyond the cap dead-lettered
+        ``unknown_patient``."""
         known = st.patients
-        admitted: list[Any] = [h.doc for h in st.pending.release(known)]
+        admitted: list[Document] = [h.doc for h in st.pending.release(known)]
         received_us = to_us(now)
         held = 0
         for d in items:
@@ -443,7 +521,7 @@ class Pipeline:
                         st.pending.hold(r.patient_id, Held(r, received_us, topic_of.get("reading", ""), -1))
                         held += 1
                 continue
-            if isinstance(d, Patient) or d.patient_id in known:
+            if type(d) is Patient or d.patient_id in known:
                 admitted.append(d)
                 continue
             name = "reading" if type(d) is CanonicalReading else type_of(d)
@@ -452,8 +530,7 @@ class Pipeline:
         if held and st.pending.count > self.unknown_cap:
             self._dead_letter_held(st, st.pending.evict(self.unknown_cap),
                                    f"more than {self.unknown_cap} events of unregistered patients", dead)
-        readings = [d for d in admitted if type(d) is CanonicalReading or type(d) is ReadingSlice]
-        return admitted, readings
+        return admitted
 
     def _dead_letter_held(self, st: PartitionState, held: list[Held], why: str,
                           dead: list[DeadLetter]) -> None:
@@ -462,130 +539,18 @@ class Pipeline:
             st.counts.dead_letters["unknown_patient"] += 1
             dead.append(dead_letter(h.original(), "unknown_patient", detail_for(h, why), topic=h.topic,
                                     partition=st.partition, offset=h.offset,
-                                    received_at=_EPOCH + timedelta(microseconds=h.received_us)))
+                                    received_at=from_us(h.received_us)))
 
-    def _ingest_runs(self, records: Sequence[Record], expected: dict[str, str],
-                     spans: list[tuple[str, int, int] | None], cols: Any, received_at: datetime,
-                     dead: list[DeadLetter], by_partition: dict[int, list[Any]]) -> int:
-        """The loop of :meth:`ingest` for Kafka records (partition and offset known), run by run
-        of one topic and partition (a fetch comes that way): the messages the columnar scan
-        accepted become one :class:`ReadingSlice` per stretch of consecutive messages; the others
-        are decoded in place (:meth:`_decode_one`), so the order of documents is kept."""
-        docs = 0
-        n = len(records)
-        k = 0
-        while k < n:
-            first = records[k]
-            topic, part = first.topic, first.partition
-            j = k + 1
-            while j < n and records[j].partition == part and records[j].topic == topic:
-                j += 1
-            st = self.partition(part)
-            applied = st.offsets.get(topic, -1)
-            exp = expected.get(topic)
-            counts = st.counts
-            processed = counts.processed
-            current: ReadingSlice | None = None  # the slice the next accepted message extends
-            for i in range(k, j):
-                rec = records[i]
-                if rec.offset <= applied:
-                    continue  # already in the state (re-delivered after a restore)
-                applied = rec.offset
-                counts.messages += 1
-                span = spans[i] if cols is not None else None
-                if span is not None:
-                    processed[span[0]] += 1
-                    docs += 1
-                    if current is not None and current.stop == span[1]:
-                        current.stop = span[2]
-                    else:
-                        current = ReadingSlice(cols, span[1], span[2])
-                        by_partition.setdefault(part, []).append(current)
-                    continue
-                current = None
-                docs += self._decode_one(rec, st, exp, received_at, dead, by_partition)
-            st.offsets[topic] = applied
-            k = j
-        return docs
+    def expire_held(self, st: PartitionState, before: datetime | None = None) -> list[DeadLetter]:
+        """Dead-letter the held events of ``st`` received before ``before`` (all: ``None``)."""
+        dead: list[DeadLetter] = []
+        if st.pending.count:
+            cutoff = to_us(before) if before is not None else 2**63 - 1
+            self._dead_letter_held(st, st.pending.expire(cutoff),
+                                   f"patient not registered within {self.unknown_grace}", dead)
+        return dead
 
-    def _scan(self, records: Sequence[Record], values: list[bytes | None],
-              now: datetime) -> tuple[list[tuple[str, int, int] | None], Any]:
-        """The columnar scan of a fetch's readings, each judged against its own receive time. A
-        failure of the scan itself (never seen; a guard for a kernel bug) leaves every message to
-        the per-message decoders, which never raise."""
-        now_ms = int((now - _EPOCH) / timedelta(milliseconds=1))
-        stamps = np.fromiter((ts if type(ts := getattr(r, "timestamp", None)) is int and ts > 0 else now_ms
-                              for r in records), dtype=np.int64, count=len(records))
-        received_us = np.minimum(stamps, now_ms) * 1000
-        try:
-            return scan_readings(values, received_at=now, oldest=self.oldest_reading,
-                                 max_future=self.max_future, late_after=self.late_after,
-                                 received_us=received_us)
-        except Exception:  # noqa: BLE001 - bad input must never stop the pipeline
-            log.exception("the columnar scan failed; decoding the fetch message by message")
-            return [None] * len(records), None
-
-    def _decode_one(self, rec: Record, st: PartitionState, exp: str | None, now: datetime,
-                    dead: list[DeadLetter], by_partition: dict[int, list[Any]]) -> int:
-        """Decode one message into the partition's documents (or a dead letter); 1 if a document
-        was accepted. Never raises: whatever the bytes, the message is accepted or dead-lettered
-        (an exception of a decoder is a dead letter ``invalid_value`` naming only its type)."""
-        received_at = receive_time(rec, now)
-        limits = {"oldest": self.oldest_reading, "max_future": self.max_future, "late_after": self.late_after}
-        try:
-            result, items = self._decode_pure(rec, exp, received_at, limits)
-        except Exception as exc:  # noqa: BLE001 - no input may stop the pipeline
-            result, items = Rejection("invalid_value", f"undecodable input ({type(exc).__name__})"), []
-
-        if isinstance(result, Rejection):
-            st.counts.dead_letters[result.reason] += 1
-            st.counts.rejected_messages += 1
-            dead.append(dead_letter(rec.value, result.reason, result.detail, topic=rec.topic,
-                                    partition=rec.partition, offset=rec.offset, received_at=received_at))
-            return 0
-        if isinstance(result, str):  # the fast path: a clean native reading or batch
-            st.counts.processed[result] += 1
-            by_partition.setdefault(st.partition, []).extend(items)
-            return 1
-        st.counts.processed[type(result).__name__] += 1
-        if isinstance(result, Reading | GatewayBatch):
-            accepted = by_partition.setdefault(st.partition, [])
-            for r, c in items:
-                if isinstance(c, Rejection):
-                    st.counts.dead_letters[c.reason] += 1
-                    dead.append(dead_letter(r.model_dump_json().encode(), c.reason, c.detail,
-                                            topic=rec.topic, partition=rec.partition,
-                                            offset=rec.offset, received_at=received_at))
-                    continue
-                accepted.append(c)
-            return 1
-        if isinstance(result, Patient):
-            st.patients[result.patient_id] = result
-            st.alerts.on_patient(result)
-        by_partition.setdefault(st.partition, []).append(result)
-        return 1
-
-    @staticmethod
-    def _decode_pure(rec: Record, exp: str | None, received_at: datetime,
-                     limits: dict[str, timedelta]) -> tuple[Any, list[Any]]:
-        """``(outcome, items)`` of one message, touching no state: ``(type name, canonical
-        readings)`` from the fast path, ``(Rejection, [])``, ``(Reading or GatewayBatch, [(reading,
-        canonical or Rejection)])`` or ``(other document, [])``."""
-        if rec.value is None:
-            return Rejection("empty_message", "the message has no value"), []
-        if exp == "reading":
-            fast = fast_canonical(rec.value, received_at=received_at, **limits)
-            if fast is not None:  # a clean native reading or batch: same result, no pydantic
-                return fast
-        result = decode(rec.value, exp)
-        if isinstance(result, Rejection):
-            return result, []
-        future = event_time_rejection(result, received_at, limits["max_future"])
-        if future is not None:
-            return future, []
-        if isinstance(result, Reading | GatewayBatch):
-            return result, canonical_items(result, received_at=received_at, **limits)
-        return result, []
+    # -- evaluation --------------------------------------------------------------------------
 
     def effective_time(self, st: PartitionState) -> int | None:
         """Evaluation time of a partition (epoch s): its watermark, advanced by idle wall time."""
@@ -598,14 +563,30 @@ class Pipeline:
                 return wm + int(idle.total_seconds())
         return wm
 
-    def _current_flags(self, st: PartitionState) -> dict[str, list[str]]:
-        t = self.effective_time(st)
-        if t is not None:
-            st.refresh_flags(t)
-        return st.support_flags()
+    def _refresh(self, st: PartitionState, t: int) -> Context:
+        """Evaluate the flag operators as of ``t`` into ``st.current``."""
+        ctx = st.context()
+        st.support_op.on_tick(t, ctx)
+        st.carers_op.on_tick(t, ctx)
+        st.current = ctx.bits
+        return st.context()
+
+    def _evaluate(self, st: PartitionState, t: int) -> tuple[list[FlagEvent], list[AlertEvent]]:
+        """One evaluation of a partition as of ``t`` (epoch s): flag transitions, then the alert
+        timers with the new flags."""
+        ctx = self._refresh(st, t)
+        flags = self._transitions(st, t)
+        st.alerts_op.on_tick(t, ctx)
+        self._count_alerts(st, ctx.alerts)
+        return flags, ctx.alerts
+
+    @staticmethod
+    def _count_alerts(st: PartitionState, events: list[AlertEvent]) -> None:
+        for e in events:
+            st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
 
     def tick(self) -> TickResult:
-        """The timer: flag transitions and alert timers (missed readings, re-notify) per partition."""
+        """The timer: held events expired, flag transitions and alert timers, per partition."""
         out = TickResult([], [], [])
         for p in sorted(self.partitions):
             one = self.tick_partition(self.partitions[p])
@@ -614,25 +595,20 @@ class Pipeline:
             out.dead_letters.extend(one.dead_letters)
         return out
 
-    def tick_partition(self, st: PartitionState) -> TickResult:
-        """:meth:`tick` for one partition (the worker ticks partitions one at a time)."""
-        dead: list[DeadLetter] = []
-        if st.pending.count:
-            expired = st.pending.expire(to_us(self.clock() - self.unknown_grace))
-            self._dead_letter_held(st, expired, f"patient not registered within {self.unknown_grace}", dead)
-        flags = self._partition_transitions(st)
-        t = self.effective_time(st)
+    def tick_partition(self, st: PartitionState, at: int | None = None) -> TickResult:
+        """:meth:`tick` for one partition (the worker ticks partitions one at a time), as of its
+        :meth:`effective_time`, or of ``at`` (epoch s; offline: the end of a replay)."""
+        dead = self.expire_held(st, self.clock() - self.unknown_grace)
+        t = self.effective_time(st) if at is None else at
         if t is None:
-            return TickResult(flags, [], dead)
-        events = st.alerts.tick(datetime.fromtimestamp(t, UTC), st.support_flags())
-        for e in events:
-            st.counts.alerts_published[f"{e.rule}:{e.severity}:{e.notification}"] += 1
-        return TickResult(flags, events, dead)
+            return TickResult([], [], dead)
+        flags, alerts = self._evaluate(st, t)
+        return TickResult(flags, alerts, dead)
 
     # -- flags -------------------------------------------------------------------------------
 
     def flag_transitions(self) -> list[FlagEvent]:
-        """Flags raised or cleared since the last call, per partition as of its watermark.
+        """Flags raised or cleared since the last call, per partition as of its effective time.
 
         Only registered patients are flagged. Nothing is evaluated in a partition before its first
         timed event (a registry alone says nothing about carers). A flag raised on partial input
@@ -640,15 +616,15 @@ class Pipeline:
         """
         events: list[FlagEvent] = []
         for p in sorted(self.partitions):
-            events.extend(self._partition_transitions(self.partitions[p]))
+            st = self.partitions[p]
+            t = self.effective_time(st)
+            if t is not None:
+                self._refresh(st, t)
+                events.extend(self._transitions(st, t))
         return events
 
-    def _partition_transitions(self, st: PartitionState) -> list[FlagEvent]:
+    def _transitions(self, st: PartitionState, t: int) -> list[FlagEvent]:
         sup = st.support
-        t = self.effective_time(st)
-        if t is None:
-            return []
-        st.refresh_flags(t)
         n = sup.n_patients
         as_of_day = day_of(t)
         current = st.current & self.reported_bits
@@ -661,11 +637,10 @@ class Pipeline:
             pid = sup.patient_ids[slot]
             now, before = int(current[slot]), int(st.published[slot])
             patient = st.patients.get(pid)
-            for bit, name in _FLAG_BITS:
-                b = int(bit)
-                if (now & b) == (before & b):
+            for bit, name in FLAG_BITS:
+                if (now & bit) == (before & bit):
                     continue
-                status = "raised" if now & b else "cleared"
+                status = "raised" if now & bit else "cleared"
                 events.append(FlagEvent(
                     flag_id=flag_id(pid, name, status, as_of_day), patient_id=pid, flag=name,
                     status=status, as_of=as_of,  # type: ignore[arg-type]
@@ -708,7 +683,7 @@ class Pipeline:
     def unsupported_by_quintile(self) -> dict[int, int]:
         """Registered patients whose published flags include no_support_network, per quintile."""
         out = {q: 0 for q in range(1, 6)}
-        bit = next(int(b) for b, n in _FLAG_BITS if n == "no_support_network")
+        bit = next(b for b, n in FLAG_BITS if n == "no_support_network")
         for st in self.partitions.values():
             ids = st.support.patient_ids
             for slot in np.nonzero(st.published & bit)[0].tolist():
@@ -727,7 +702,7 @@ class Pipeline:
                 p = st.patients.get(pid)
                 rows.append({
                     "patient_id": pid,
-                    "flags": [n for b, n in _FLAG_BITS if int(st.published[slot]) & int(b)],
+                    "flags": flag_names(int(st.published[slot])),
                     "region": p.region if p else None,
                     "deprivation_quintile": p.deprivation_quintile if p else None,
                 })
@@ -754,33 +729,30 @@ class Pipeline:
         return dict(sorted(out.items()))
 
 
-class LazyFlags(Mapping[str, list[str]]):
-    """Patient id -> support flags, computed by ``load`` on first access only.
+def _event_s(d: Document) -> int | None:
+    """The event time of a single document (epoch s, UTC); ``None`` for a registry entry."""
+    tp = type(d)
+    if tp is CanonicalReading:
+        return epoch_seconds(d.measured_at)  # type: ignore[union-attr]
+    if tp is CarerActivity:
+        return epoch_seconds(d.started_at)  # type: ignore[union-attr]
+    if tp is CareLink:
+        return epoch_seconds(d.effective_at)  # type: ignore[union-attr]
+    return None
 
-    The alert engine needs a patient's flags only when a rule fires (compound risk), so a batch
-    without alerts never pays for an evaluation.
-    """
 
-    def __init__(self, load: Callable[[], dict[str, list[str]]]) -> None:
-        self._load_fn = load
-        self._flags: dict[str, list[str]] | None = None
-
-    def _load(self) -> dict[str, list[str]]:
-        if self._flags is None:
-            self._flags = self._load_fn()
-        return self._flags
-
-    def __getitem__(self, key: str) -> list[str]:
-        return self._load()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._load().get(key, default)
-
-    def __iter__(self) -> Any:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
+def _until(items: list[Document], until_day: int) -> Iterator[Document]:
+    """The documents on or before UTC day ``until_day`` (slices cut to their rows that are)."""
+    for d in items:
+        if type(d) is ReadingSlice:
+            keep = np.concatenate([[False], d.event_seconds() // 86_400 <= until_day, [False]])
+            edges = np.flatnonzero(np.diff(keep.astype(np.int8)))
+            for a, b in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+                yield ReadingSlice(d.columns, d.start + a, d.start + b)
+            continue
+        t = _event_s(d)
+        if t is None or day_of(t) <= until_day:
+            yield d
 
 
 def warm_up() -> None:
@@ -829,5 +801,5 @@ def iter_records(values: Iterable[bytes], topic: str) -> list[RawRecord]:
     return [RawRecord(v, topic, -1, -1) for v in values]
 
 
-__all__ = ["BatchResult", "Counts", "PartitionState", "Pipeline", "RawRecord", "TickResult",
-           "LazyFlags", "dead_letter", "flag_id", "iter_records", "utc_now", "warm_up"]
+__all__ = ["BatchResult", "Counts", "FlagView", "PartitionState", "Pipeline", "RawRecord", "Record",
+           "TickResult", "dead_letter", "flag_id", "iter_records", "receive_time", "utc_now", "warm_up"]

@@ -1,179 +1,117 @@
 """The offline driver: NDJSON contract documents in, per-patient flags, group indicators and equity out.
 
-``replay`` feeds the same pure core as the live worker (``monitor.core.state``) with the same kind
-of batches, so a file replayed gives what the stream would have computed from the same events.
-It never logs payloads or patient ids.
+``replay`` drives the same :class:`~monitor.pipeline.Pipeline` as the live worker, with the same
+batches of records and the same event-time ticks, so a file replayed gives what the stream computes
+from the same events: one answer from one code path. The lines are the records of one input
+partition, in file order (offset = line number); each line names its document type (``"type"``).
+
+Offline there is no receive time: every event is judged as if received when it happened (no
+clock-skew, age or late-window limit), while units, plausibility and duplicates are checked exactly
+as live. Events of patients never registered in the file are held as live and dead-lettered
+``unknown_patient`` at the end. It never logs payloads or patient ids.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import dataclasses
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from monitor.alerts.engine import AlertConfig, AlertEngine
-from monitor.carers.state import CarersState
-from monitor.core.batch import batch_from_documents
+from monitor.alerts.engine import AlertConfig
 from monitor.core.state import SupportConfig, SupportState
-from monitor.core.timeutil import epoch_seconds
-from monitor.core.timeutil import iso_utc_s as iso_utc
+from monitor.core.summary import PartialSummary
+from monitor.core.timeutil import epoch_seconds, iso_utc_s
 from monitor.equity import equity_from_summary
-from monitor.intake.canonical import CanonicalReading, canonicalize
-from monitor.intake.native import Rejection, decode
-from monitor.pipeline import LazyFlags
+from monitor.pipeline import Pipeline, RawRecord
+from monitor.settings import Settings
 
-__all__ = ["DEFAULT_BATCH_LINES", "replay", "replay_state"]
-
-_NO_HORIZON = timedelta(days=365_000)
-
-
-def _canonical_readings(doc: Any, rejected: Counter[str]) -> list[CanonicalReading]:
-    """The canonical readings of a Reading or GatewayBatch; rejected ones are counted.
-
-    Offline there is no receive time: each reading is checked as if received when measured (no
-    future or age horizon), but units and plausibility are checked exactly as live.
-    """
-    items = doc.readings if hasattr(doc, "readings") else [doc]
-    out = []
-    for r in items:
-        c = canonicalize(r, received_at=r.measured_at, oldest=_NO_HORIZON)
-        if isinstance(c, Rejection):
-            rejected[c.reason] += 1
-        else:
-            out.append(c)
-    return out
-
-
-def _before(doc: Any, as_of: datetime | None) -> bool:
-    """Whether a document's event day is on or before the as-of day (registry entries always)."""
-    if as_of is None:
-        return True
-    t = getattr(doc, "started_at", None) or getattr(doc, "effective_at", None)
-    return t is None or t.date() <= as_of.astimezone(UTC).date()
-
-
-def _flags_of(state: SupportState) -> LazyFlags:
-    """Support flags of the replay state as of its watermark, evaluated on first use."""
-
-    def load() -> dict[str, list[str]]:
-        ev = state.evaluate()
-        return {pid: ev.flag_names(i) for i, pid in enumerate(ev.patient_ids) if int(ev.flags[i])}
-
-    return LazyFlags(load)
-
+__all__ = ["DEFAULT_BATCH_LINES", "TICK_EVERY", "replay", "replay_pipeline"]
 
 DEFAULT_BATCH_LINES = 10_000
-TICK_EVERY = timedelta(hours=1)
-"""Event-time interval of the replay's timer evaluations (the live worker's timer runs every few
-seconds of wall time; hourly event time keeps a replay of a fortnight at ~340 evaluations)."""
+TICK_EVERY = timedelta(seconds=Settings.model_fields["tick_every_s"].default)
+"""Event-time grid of evaluations: the worker's default (``MONITOR_TICK_EVERY_S``, one hour)."""
+TOPIC = "documents"
+"""The one input topic of a replay; its documents name their own type."""
+
+_UNBOUNDED = timedelta(days=1_000 * 366)  # no time limit at intake offline
+_RECEIVED = datetime(2200, 1, 1, tzinfo=UTC)  # the receive time of every line: after any event
 
 
-def _event_time_s(doc: Any, canon: list[CanonicalReading]) -> int | None:
-    """The latest event time of a document (epoch seconds, UTC; ``None`` for a registry entry)."""
-    if canon:
-        return max(epoch_seconds(c.measured_at) for c in canon)
-    t = getattr(doc, "started_at", None) or getattr(doc, "effective_at", None)
-    return None if t is None else epoch_seconds(t)
-
-
-def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[bytes | str]]:
+def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[RawRecord]]:
+    """Records of ``size`` non-blank lines each, offsets counting non-blank lines from 0."""
+    offset = 0
     it = iter(lines)
     while chunk := list(islice(it, size)):
-        yield chunk
-
-
-def replay_state(
-    lines: Iterable[bytes | str], *, as_of: datetime | None = None,
-    config: SupportConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
-    alerts: AlertEngine | None = None, carers: CarersState | None = None,
-) -> tuple[SupportState, dict[str, Any]]:
-    """Decode and apply NDJSON lines; returns the state and ``{"processed": n, "rejected": {...}}``.
-
-    Each non-blank line is one contract document with a ``"type"`` (decoded by
-    :func:`monitor.intake.native.decode` with ``expected=None``); a line that does not decode is
-    counted under its rejection reason and otherwise ignored. Blank lines are skipped and not
-    counted. With ``as_of``, events on a UTC day after the as-of day are left out of the state
-    (they still count as processed). Lines are applied in batches of ``batch_lines``.
-
-    Readings are canonicalised and validated as live (an implausible one is counted under its
-    reason and not applied). With ``alerts``, readings go through the alert engine with the support
-    flags of the latest timer evaluation, and the timers (missed readings, re-notification,
-    escalation) tick whenever the event time of a line crosses a multiple of :data:`TICK_EVERY`
-    (UTC, epoch-aligned), at the watermark, and once at the end. Ticks never fall at batch ends, so
-    the result does not depend on ``batch_lines`` (1 or 10,000 lines per batch give the same
-    alerts; a tick's timing decides which short gaps of missed readings are seen, as the wall-clock
-    timer does live).
-    """
-    if as_of is not None:
-        epoch_seconds(as_of)  # fail early on a naive datetime
-    state = SupportState(config)
-    processed = 0
-    rejected: Counter[str] = Counter()
-    docs: list[Any] = []
-    readings: list[CanonicalReading] = []
-    flags: dict[str, list[str]] = {}  # as of the latest tick (compound risk between ticks)
-    grid = int(TICK_EVERY.total_seconds())
-    next_tick: int | None = None
-
-    def flush() -> None:
-        if docs:
-            state.apply(batch_from_documents(state, docs, until=as_of))
-            if carers is not None:
-                carers.apply(d for d in docs if not isinstance(d, CanonicalReading) and _before(d, as_of))
-        if alerts is not None and readings:
-            alerts.on_readings(readings, flags)
-        docs.clear()
-        readings.clear()
-
-    def tick() -> None:
-        nonlocal flags
-        flush()
-        if alerts is not None and state.watermark is not None:
-            flags = dict(_flags_of(state))
-            alerts.tick(state.watermark, flags)
-
-    for chunk in _chunks(lines, batch_lines):
+        out = []
         for line in chunk:
             raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
-            if not raw.strip():
-                continue
-            result = decode(raw, expected=None)
-            if isinstance(result, Rejection):
-                rejected[result.reason] += 1
-                continue
-            processed += 1
-            canon: list[CanonicalReading] = []
-            if hasattr(result, "reading_id") or hasattr(result, "readings"):
-                canon = _canonical_readings(result, rejected)
-                if as_of is not None:
-                    canon = [c for c in canon if c.measured_at.date() <= as_of.astimezone(UTC).date()]
-            t = _event_time_s(result, canon)
-            if alerts is not None and t is not None:
-                # the timers tick on a fixed grid of event time, never at batch ends, so the alerts
-                # do not depend on batch_lines
-                if next_tick is None:
-                    next_tick = (t // grid + 1) * grid
-                elif t >= next_tick:
-                    tick()
-                    next_tick = (t // grid + 1) * grid
-            if canon:
-                docs.extend(canon)
-                readings.extend(canon)
-            elif not (hasattr(result, "reading_id") or hasattr(result, "readings")):
-                if alerts is not None and hasattr(result, "deprivation_quintile"):
-                    alerts.on_patient(result)
-                docs.append(result)
-        flush()
-    tick()
-    return state, {"processed": processed, "rejected": dict(sorted(rejected.items()))}
+            if raw.strip():
+                out.append(RawRecord(raw, TOPIC, 0, offset))
+                offset += 1
+        yield out
+
+
+def _bar(progress: bool, total: int | None) -> Any:
+    """A progress bar on a terminal (tqdm, to stderr), or nothing."""
+    if not progress or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" lines", unit_scale=True, desc="replay", file=sys.stderr)
+
+
+def replay_pipeline(
+    lines: Iterable[bytes | str], *, as_of: datetime | None = None, config: SupportConfig | None = None,
+    alert_config: AlertConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
+    tick_every: timedelta | None = TICK_EVERY, final_tick: bool = True, progress: bool = False,
+    total: int | None = None,
+) -> tuple[Pipeline, int | None]:
+    """Feed NDJSON lines to a :class:`~monitor.pipeline.Pipeline` in batches of ``batch_lines``;
+    returns it and the evaluation time (epoch s, UTC: ``as_of``, else the latest event time;
+    ``None`` when there is neither).
+
+    With ``as_of`` (timezone-aware; ``ValueError`` if naive), events on a UTC day after the as-of
+    day are counted but not applied. Every episode of the span stays listed (``retain_resolved``
+    is ``None``). With ``final_tick`` (the default), each partition is evaluated once more at the
+    end, as a live worker's timer does once the input stops, and held events of patients never
+    registered are dead-lettered ``unknown_patient``. Blank lines are skipped and not counted.
+    ``progress`` shows a bar on a terminal (``total``: the expected number of lines).
+    """
+    as_of_s = epoch_seconds(as_of) if as_of is not None else None  # fails early on a naive datetime
+    alerts = dataclasses.replace(alert_config or AlertConfig(), retain_resolved=None)
+    pipe = Pipeline(clock=lambda: _RECEIVED, config=config, alert_config=alerts, oldest_reading=_UNBOUNDED,
+                    max_future=_UNBOUNDED, late_after=_UNBOUNDED, idle_after=_UNBOUNDED,
+                    unknown_grace=_UNBOUNDED, unknown_cap=2**62, tick_every=tick_every, until=as_of)
+    expected = {TOPIC: None}
+    bar = _bar(progress, total)
+    for records in _chunks(lines, batch_lines):
+        pipe.ingest(records, expected)
+        if bar is not None:
+            bar.update(len(records))
+    if bar is not None:
+        bar.close()
+    if as_of_s is None and pipe.watermark is not None:
+        as_of_s = epoch_seconds(pipe.watermark)
+    if final_tick:
+        for p in sorted(pipe.partitions):
+            st = pipe.partitions[p]
+            pipe.expire_held(st)
+            if as_of_s is not None and st.support.watermark_s is not None:
+                pipe.tick_partition(st, at=max(as_of_s, st.support.watermark_s))
+    return pipe, as_of_s
+
+
+ALERT_KEYS = ("alert_id", "patient_id", "rule", "kind", "severity", "status", "unsupported", "value",
+              "threshold", "opened_at", "resolved_at")
 
 
 def replay(
     lines: Iterable[bytes | str], *, as_of: datetime | None = None,
     config: SupportConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
-    alert_config: AlertConfig | None = None,
+    alert_config: AlertConfig | None = None, progress: bool = False, total: int | None = None,
 ) -> dict[str, Any]:
     """Replay NDJSON contract documents and evaluate the support state as of ``as_of``.
 
@@ -195,47 +133,43 @@ def replay(
                                "flags": ["overloaded:YYYY-Www", ...]}},
          "counts": {"processed": n, "rejected": {reason: count}}}
 
-    Patients never registered are in the ``"unknown"`` group and left out of the equity measures.
-    Patient flags include the carers' view (``network_lost``, ``single_point_of_failure``;
-    :mod:`monitor.carers`).
+    ``alerts`` lists every episode of the replayed span with its status at the end. Patient flags
+    include the carers' view (``network_lost``, ``single_point_of_failure``; :mod:`monitor.carers`).
+    Events of patients never registered are left out and counted as ``unknown_patient``.
     """
-    engine = AlertEngine(alert_config, clock=lambda: as_of or datetime.now(UTC))
-    carers = CarersState()
-    state, counts = replay_state(lines, as_of=as_of, config=config, batch_lines=batch_lines,
-                                 alerts=engine, carers=carers)
-    if as_of is not None:
-        as_of_s: int | None = epoch_seconds(as_of)
-    else:
-        as_of_s = state.watermark_s
-    ev = state.evaluate(as_of_s if as_of_s is not None else 0)
-    summary = state.partial_summary(ev)
-    patients = dict(sorted(ev.patients().items()))
-    carers_out: dict[str, Any] = {}
-    if as_of_s is not None:
+    pipe, as_of_s = replay_pipeline(lines, as_of=as_of, config=config, alert_config=alert_config,
+                                    batch_lines=batch_lines, progress=progress, total=total)
+    counts = pipe.counts
+    out: dict[str, Any] = {
+        "as_of": iso_utc_s(as_of_s) if as_of_s is not None else None,
+        "patients": {}, "groups": {}, "equity": {}, "alerts": [], "carers": {},
+        "counts": {"processed": sum(counts.processed.values()),
+                   "rejected": dict(sorted(counts.dead_letters.items()))},
+    }
+    summary: PartialSummary | None = None
+    patients: dict[str, dict[str, Any]] = {}
+    alerts: list[dict[str, Any]] = []
+    for p in sorted(pipe.partitions):
+        st = pipe.partitions[p]
+        alerts.extend({k: e.get(k) for k in ALERT_KEYS} for e in st.alerts.episodes())
+        if as_of_s is None:
+            continue
+        ev = st.support.evaluate(as_of_s)
+        patients.update(ev.patients())
         at = datetime.fromtimestamp(as_of_s, UTC)
-        for pid, extra in carers.patient_flags(at).items():
+        for pid, extra in st.carers.patient_flags(at).items():
             if pid in patients:
                 patients[pid]["flags"] = sorted(set(patients[pid]["flags"]) | set(extra))
-        carers_out = carers.carer_report(at)
-    return {
-        "as_of": iso_utc(as_of_s) if as_of_s is not None else None,
-        "patients": patients,
-        "groups": {
-            dim: {g: c.indicators() for g, c in groups.items()}
-            for dim, groups in summary.groups.items()
-        },
-        "equity": equity_from_summary(summary, state.config),
-        "alerts": _alerts_as_of(engine, state, as_of_s),
-        "carers": carers_out,
-        "counts": counts,
-    }
-
-
-def _alerts_as_of(engine: AlertEngine, state: SupportState, as_of_s: int | None) -> list[dict[str, Any]]:
-    """Every episode with its status as of the end of the replay (timers evaluated at as-of)."""
-    if as_of_s is not None:
-        engine.tick(datetime.fromtimestamp(as_of_s, UTC), _flags_of(state))
-    keys = ("alert_id", "patient_id", "rule", "kind", "severity", "status", "unsupported", "value",
-            "threshold", "opened_at", "resolved_at")
-    return sorted(({k: e.get(k) for k in keys} for e in engine.episodes()),
-                  key=lambda e: (e["patient_id"], e["opened_at"] or "", e["rule"]))
+        out["carers"].update(st.carers.carer_report(at))
+        part = st.support.partial_summary(ev)
+        summary = part if summary is None else PartialSummary.merge(summary, part)
+    out["patients"] = dict(sorted(patients.items()))
+    out["alerts"] = sorted(alerts, key=lambda e: (e["patient_id"], e["opened_at"] or "", e["rule"]))
+    if summary is None:  # no event: the indicators and measures of an empty population
+        empty = SupportState(config)
+        summary = empty.partial_summary(empty.evaluate(0))
+    if summary is not None:
+        out["groups"] = {dim: {g: c.indicators() for g, c in groups.items()}
+                         for dim, groups in summary.groups.items()}
+        out["equity"] = equity_from_summary(summary, config)
+    return out

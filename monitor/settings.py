@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     local_kafka_home: Path = Path(".kafka")
     local_kafka_port: int = Field(default=9092, ge=1, le=65535)
     flag_interval_s: float = Field(default=5.0, gt=0)
+    # the event-time grid of evaluations: flags and alert timers are also evaluated whenever a
+    # partition's events cross a multiple of it (UTC), as the offline replay does (one answer)
+    tick_every_s: int = Field(default=3600, ge=60, le=86_400)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
     max_poll_records: int = Field(default=10_000, ge=1, le=1_000_000)
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)

@@ -13,6 +13,7 @@ logged.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -216,6 +217,26 @@ def patient_record(slot: int, doc: Any) -> PatientRecord:
                          int(expected), version)
 
 
+class ReadingColumnsView(ABC):
+    """Rows of readings held as columns (intake's :class:`monitor.intake.columnar.ReadingSlice`
+    subclasses this): event times in epoch seconds (UTC), patient ids, kind names and reading-id
+    hashes (``id_hash("r", reading_id)``), row for row."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def event_seconds(self) -> np.ndarray: ...
+
+    @abstractmethod
+    def patient_ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def kind_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def reading_hashes(self) -> np.ndarray: ...
+
+
 def batch_from_documents(
     state: SlotAssigner, docs: Iterable[Any], *, until: datetime | None = None
 ) -> EventBatch:
@@ -224,8 +245,8 @@ def batch_from_documents(
 
     Documents are recognised by their fields (``core`` does not import the pydantic models):
     ``Reading``, ``GatewayBatch`` (its readings), ``CarerActivity``, ``CareLink``, ``Patient``, and
-    columnar slices of readings (anything with ``event_seconds()``, ``patient_ids()``,
-    ``kind_names()`` and ``reading_ids()``, see :class:`monitor.intake.columnar.ReadingSlice`).
+    intake's canonical readings; and readings held as columns (a :class:`ReadingColumnsView`).
+    Slots are assigned in document order.
     With ``until``, events on a UTC day after ``until``'s day are left out (counted in
     ``skipped_after_until``; no slot is assigned for them) - replay uses this for an as-of in the
     past. Raises ``TypeError`` for an object that is not a contract document. Never logs ids.
@@ -258,7 +279,7 @@ def batch_from_documents(
         r_t.append(t)
         r_h.append(id_hash("r", r.reading_id))
 
-    def add_columns(sl: Any) -> None:
+    def add_columns(sl: ReadingColumnsView) -> None:
         nonlocal skipped
         t = sl.event_seconds()
         patients, kinds = sl.patient_ids(), sl.kind_names()
@@ -283,7 +304,7 @@ def batch_from_documents(
         r_h.extend(hashes)  # id_hash("r", reading_id), computed in numba
 
     for doc in docs:
-        if hasattr(doc, "event_seconds"):  # a columnar slice of readings (monitor.intake.columnar)
+        if isinstance(doc, ReadingColumnsView):
             add_columns(doc)
         elif hasattr(doc, "readings"):
             for r in doc.readings:

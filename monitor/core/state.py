@@ -302,6 +302,16 @@ class SupportState:
     # -- slots ------------------------------------------------------------------------------
 
     @property
+    def patient_index(self) -> Mapping[str, int]:
+        """Patient id -> slot (read-only view; slots are assigned on first sight)."""
+        return self._patient_index
+
+    @property
+    def registered(self) -> np.ndarray:
+        """Per patient slot, 1 if the patient's registry entry has been applied (uint8 view)."""
+        return self._arrays["registered"][: self.n_patients]
+
+    @property
     def n_patients(self) -> int:
         return len(self.patient_ids)
 

@@ -20,7 +20,7 @@ from monitor.carers.ledger import CarerLedger
 from monitor.carers.state import CarersState
 from monitor.contract.models import CarerActivity, Reading
 from monitor.core import support as k
-from monitor.core.batch import READING_KINDS, EventBatch, batch_from_documents
+from monitor.core.batch import READING_KINDS, EventBatch, ReadingColumnsView, batch_from_documents
 from monitor.core.idhash import id_hash
 from monitor.core.reference import ReferenceSupport
 from monitor.core.state import SnapshotError, SupportState
@@ -141,8 +141,8 @@ def test_exact_reading_redelivery_is_still_a_duplicate():
     assert (m["p1"]["readings_received_7d"], m["p2"]["readings_received_7d"]) == (2, 1)
 
 
-class _Slice:
-    """A columnar slice of readings as :func:`batch_from_documents` reads it (the duck type of
+class _Slice(ReadingColumnsView):
+    """A columnar slice of readings as :func:`batch_from_documents` reads it (as
     ``monitor.intake.columnar.ReadingSlice``): the id hashes are ``id_hash("r", reading_id)``,
     as the intake computes them in numba, without the patient or the kind."""
 
