@@ -91,7 +91,8 @@ def test_replay_is_independent_of_line_order_batching_and_bytes_or_str():
         shuffled = list(lines)
         random.Random(seed).shuffle(shuffled)
         got = replay(shuffled, batch_lines=2)
-        assert {k: v for k, v in got.items() if k != "alerts"} == {k: v for k, v in base.items() if k != "alerts"}
+        got.pop("alerts")
+        assert got == {k: v for k, v in base.items() if k != "alerts"}
     assert replay([line.encode() for line in lines], batch_lines=1) == base
     assert replay(lines, batch_lines=3) == base
 
