@@ -14,8 +14,10 @@ as live. Events of patients never registered in the file are held as live and de
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -25,7 +27,8 @@ from monitor.core.state import SupportConfig, SupportState
 from monitor.core.summary import PartialSummary
 from monitor.core.timeutil import epoch_seconds, iso_utc_s
 from monitor.equity import equity_from_summary
-from monitor.pipeline import Pipeline, RawRecord
+from monitor.kafka.partitioning import partition_for
+from monitor.pipeline import BatchResult, Pipeline, RawRecord
 from monitor.settings import Settings
 
 __all__ = ["DEFAULT_BATCH_LINES", "TICK_EVERY", "replay", "replay_pipeline"]
@@ -40,17 +43,38 @@ _UNBOUNDED = timedelta(days=1_000 * 366)  # no time limit at intake offline
 _RECEIVED = datetime(2200, 1, 1, tzinfo=UTC)  # the receive time of every line: after any event
 
 
-def _chunks(lines: Iterable[bytes | str], size: int) -> Iterator[list[RawRecord]]:
-    """Records of ``size`` non-blank lines each, offsets counting non-blank lines from 0."""
-    offset = 0
+_PATIENT_ID = re.compile(rb'"patient_id"\s*:\s*"([^"\\]*)"')
+
+
+def _partition_of(raw: bytes, partitions: int) -> int:
+    """The input partition of a line, as the gateways' and carers' producers choose it: Kafka's
+    default partitioner on the document's (first) patient id (:mod:`monitor.kafka.partitioning`).
+    A line without a readable patient id goes to partition 0 (it is dead-lettered there)."""
+    if partitions == 1:
+        return 0
+    m = _PATIENT_ID.search(raw)
+    if m is None:
+        try:
+            doc = json.loads(raw)
+            pid = doc.get("patient_id") or doc["readings"][0]["patient_id"]
+        except Exception:  # noqa: BLE001 - any malformed line: decided (dead-lettered) by intake
+            return 0
+        return partition_for(pid, partitions) if isinstance(pid, str) else 0
+    return partition_for(m.group(1).decode("utf-8", "replace"), partitions)
+
+
+def _chunks(lines: Iterable[bytes | str], size: int, partitions: int) -> Iterator[list[RawRecord]]:
+    """Records of ``size`` non-blank lines each, offsets counting each partition's lines from 0."""
+    offsets = [0] * partitions
     it = iter(lines)
     while chunk := list(islice(it, size)):
         out = []
         for line in chunk:
             raw = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
             if raw.strip():
-                out.append(RawRecord(raw, TOPIC, 0, offset))
-                offset += 1
+                p = _partition_of(raw, partitions)
+                out.append(RawRecord(raw, TOPIC, p, offsets[p]))
+                offsets[p] += 1
         yield out
 
 
@@ -67,7 +91,7 @@ def replay_pipeline(
     lines: Iterable[bytes | str], *, as_of: datetime | None = None, config: SupportConfig | None = None,
     alert_config: AlertConfig | None = None, batch_lines: int = DEFAULT_BATCH_LINES,
     tick_every: timedelta | None = TICK_EVERY, final_tick: bool = True, progress: bool = False,
-    total: int | None = None,
+    total: int | None = None, partitions: int = 1, on_result: Callable[[BatchResult], None] | None = None,
 ) -> tuple[Pipeline, int | None]:
     """Feed NDJSON lines to a :class:`~monitor.pipeline.Pipeline` in batches of ``batch_lines``;
     returns it and the evaluation time (epoch s, UTC: ``as_of``, else the latest event time;
@@ -79,7 +103,13 @@ def replay_pipeline(
     end, as a live worker's timer does once the input stops, and held events of patients never
     registered are dead-lettered ``unknown_patient``. Blank lines are skipped and not counted.
     ``progress`` shows a bar on a terminal (``total``: the expected number of lines).
+    ``partitions``: the lines are spread over this many input partitions as the producers spread
+    them over the worker's (one partition is fastest: the evaluation times of a partition follow
+    its own events, so per-partition results equal the worker's only with its partition count).
+    ``on_result`` receives what each batch asks to publish (flags, alerts, dead letters).
     """
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
     as_of_s = epoch_seconds(as_of) if as_of is not None else None  # fails early on a naive datetime
     alerts = dataclasses.replace(alert_config or AlertConfig(), retain_resolved=None)
     pipe = Pipeline(clock=lambda: _RECEIVED, config=config, alert_config=alerts, oldest_reading=_UNBOUNDED,
@@ -87,8 +117,10 @@ def replay_pipeline(
                     unknown_grace=_UNBOUNDED, unknown_cap=2**62, tick_every=tick_every, until=as_of)
     expected = {TOPIC: None}
     bar = _bar(progress, total)
-    for records in _chunks(lines, batch_lines):
-        pipe.ingest(records, expected)
+    for records in _chunks(lines, batch_lines, partitions):
+        result = pipe.ingest(records, expected)
+        if on_result is not None:
+            on_result(result)
         if bar is not None:
             bar.update(len(records))
     if bar is not None:

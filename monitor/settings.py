@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     local_kafka_home: Path = Path(".kafka")
     local_kafka_port: int = Field(default=9092, ge=1, le=65535)
     flag_interval_s: float = Field(default=5.0, gt=0)
+    # how often each partition's partial summary goes to the merge point (the equity snapshot)
+    equity_interval_s: float = Field(default=5.0, gt=0)
     # the event-time grid of evaluations: flags and alert timers are also evaluated whenever a
     # partition's events cross a multiple of it (UTC), as the offline replay does (one answer)
     tick_every_s: int = Field(default=3600, ge=60, le=86_400)

@@ -131,16 +131,23 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     app.batch_handler = ingest
 
     async def tick(p: int, st: PartitionState) -> bool:
-        produced = await outputs.publish_tick(p, pipe.tick_partition(st))
+        return await outputs.publish_tick(p, pipe.tick_partition(st))
+
+    async def partial(p: int, st: PartitionState) -> bool:
         doc = partial_doc(pipe, p, st)
         if doc is not None:
             await partials_topic.send(key=str(p).encode(), partition=0, value=dumps(doc))
-        return produced
+        return False  # nothing for the output ledger: the merge point rebuilds from the topic
 
     @app.timer(settings.flag_interval_s)
     async def evaluate_timers() -> None:
-        """Flags, alert timers and the partial summary, one partition at a time."""
+        """Flags and alert timers (held events expired), one partition at a time."""
         await mgr.each_owned(tick)
+
+    @app.timer(settings.equity_interval_s)
+    async def send_partials() -> None:
+        """Each partition's partial summary to the merge point (the population's equity)."""
+        await mgr.each_owned(partial)
 
     @app.timer(0.25)
     async def checkpoints() -> None:
