@@ -202,8 +202,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from monitor.replay import replay
 
     with open(args.file, "rb") as fh:
-        _print_json(replay(fh, as_of=args.as_of))
+        _print_json(replay(fh, as_of=args.as_of, progress=True, total=_line_count(args.file)))
     return 0
+
+
+def _line_count(path: str) -> int:
+    """Lines of a file (the progress bar's total), counted in 1 MiB blocks."""
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
 
 
 def cmd_equity(args: argparse.Namespace) -> int:

@@ -257,29 +257,27 @@ def write_ndjson(cfg: SimConfig, out: TextIO) -> int:
 
 
 class _Progress:
+    """Simulated days published so far, as a tqdm bar on stderr (``enabled``; off: nothing)."""
+
     def __init__(self, total_days: int, stream: TextIO, enabled: bool) -> None:
-        self.total, self.stream, self.enabled = total_days, stream, enabled
-        self.started = time.monotonic()
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_days, unit=" days", desc="simulate", file=stream,
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total} days [{elapsed}<{remaining}{postfix}]")
 
     def update(self, sent: int, day: float) -> None:
-        if not self.enabled:
+        if self.bar is None:
             return
-        frac = min(max(day, 0.0) / max(self.total, 1), 1.0)
-        if not self.stream.isatty():  # logs and CI: one line per tenth, no carriage returns
-            tenth = int(frac * 10)
-            if tenth == getattr(self, "_tenth", -1):
-                return
-            self._tenth = tenth
-            self.stream.write(f"simulated {frac:6.1%}: {sent:,} messages\n")
-            return
-        bar = "#" * int(frac * 30)
-        rate = sent / max(time.monotonic() - self.started, 1e-9)
-        self.stream.write(f"\r[{bar:<30}] {frac:6.1%} {sent:>9,} msgs {rate:>9,.0f}/s")
-        self.stream.flush()
+        day = min(max(day, 0.0), float(self.bar.total))
+        if day > self.bar.n:
+            self.bar.postfix = f"{sent:,} messages"  # shown at the next refresh (throttled)
+            self.bar.update(day - self.bar.n)
 
     def done(self) -> None:
-        if self.enabled and self.stream.isatty():
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 TOPIC_OF = {"reading": "readings", "gateway_batch": "readings", "carer_activity": "carer_activity",

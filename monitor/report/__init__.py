@@ -194,7 +194,7 @@ def from_file(path: Path | str, out_dir: Path | str, *, as_of: datetime | None =
     from monitor.replay import replay
 
     with open(path, "rb") as fh:
-        result = replay(fh, as_of=as_of)
+        result = replay(fh, as_of=as_of, progress=True)
     return build_report(Path(out_dir), replay_result=result)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -121,3 +123,19 @@ def test_replay_rejects_a_naive_as_of_and_handles_an_empty_input():
     assert out["patients"] == {}
     assert out["counts"] == {"processed": 0, "rejected": {}}
     assert out["equity"]["individual"]["care_minutes_7d"]["gini"] is None
+
+
+def test_replay_shows_progress_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    lines = [line for line in ndjson() if line.strip()]
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    replay(lines, progress=True, total=len(lines))
+    assert "replay: 100%" in err.getvalue()  # the bar ends at every line
+    log = io.StringIO()  # not a terminal (a log, CI): no bar
+    monkeypatch.setattr(sys, "stderr", log)
+    replay(lines, progress=True, total=len(lines))
+    assert log.getvalue() == ""
