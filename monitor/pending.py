@@ -22,14 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from monitor.contract.models import DOCUMENT_TYPES, type_of
 from monitor.intake.canonical import CanonicalReading
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 @dataclass(slots=True)
@@ -151,8 +148,3 @@ def detail_for(held: Held, why: str) -> str:
     """The dead letter's detail: why, and a hash of the event (which tells apart the dead letters
     of several events of one record, e.g. a gateway batch); never the patient id."""
     return f"{why}; event {hashlib.sha256(held.original()).hexdigest()[:16]}"
-
-
-def to_us(t: datetime) -> int:
-    """Microseconds since the Unix epoch (UTC) of an aware datetime."""
-    return (t - _EPOCH) // _US

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from monitor.contract.units import CANONICAL_UNIT
 from monitor.core.batch import ReadingColumnsView
 from monitor.core.idhash import id_hashes
+from monitor.core.timeutil import EPOCH
 from monitor.intake.canonical import CanonicalReading, checked_reading
 from monitor.intake.rules import (
     ALLOWED,
@@ -42,7 +43,6 @@ from monitor.intake.scan_kernel import STATUS_DECLINED, Rows, same_as_previous, 
 _TABLES = tables(KINDS, UNITS, ALLOWED)
 _SYS, _DIA = PLAUSIBLE_RANGES["systolic"], PLAUSIBLE_RANGES["diastolic"]
 _US = timedelta(microseconds=1)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_READING_BYTES = 70  # no reading object is shorter: bounds the rows of a fetch
 READING_ID, PATIENT_ID, DEVICE_ID, GATEWAY_ID = range(4)
 
@@ -160,7 +160,7 @@ def datetime_from_s(t: int) -> datetime:
     if dt is None:
         if len(_DT_CACHE) >= 100_000:
             _DT_CACHE.clear()
-        dt = _DT_CACHE[t] = _EPOCH + timedelta(seconds=t)
+        dt = _DT_CACHE[t] = EPOCH + timedelta(seconds=t)
     return dt
 
 
@@ -204,7 +204,7 @@ def scan_readings(
                       np.isfinite(value) & (LOW[kind] <= value) & (value <= HIGH[kind]))
     counts = row_end - row_start
     if received_us is None:
-        received = (received_at - _EPOCH) // _US
+        received = (received_at - EPOCH) // _US
     else:
         received = np.repeat(np.asarray(received_us, dtype=np.int64), counts)
     age_us = received - t_s * 1_000_000

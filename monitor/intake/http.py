@@ -102,6 +102,7 @@ from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
 from monitor.intake.native import Rejection, event_time_rejection, validate_document
+from monitor.intake.rules import MAX_FUTURE
 from monitor.kafka.partitioning import partition_for
 from monitor.kafka.publisher import OutgoingRecord, Publisher
 from monitor.settings import Settings
@@ -113,7 +114,6 @@ Clock = Callable[[], datetime]
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_ITEMS = 10_000
 """Most items one request may hold (see :func:`count_items`); more is answered 413."""
-DEFAULT_MAX_FUTURE = timedelta(minutes=10)
 """How far after the receive time a carer activity or care link may be dated (clock skew)."""
 ANSWER_MAX_ITEMS = 100
 """Most per-item entries an answer lists; ``reasons`` and ``items_omitted`` account for the rest."""
@@ -314,7 +314,7 @@ def decode_documents(
     topic: str,
     partitions: int,
     received_at: datetime,
-    max_future: timedelta = DEFAULT_MAX_FUTURE,
+    max_future: timedelta = MAX_FUTURE,
     max_items: int = DEFAULT_MAX_ITEMS,
 ) -> list[Outcome] | TooManyItems:
     """A carer-activity or care-link request body (one document or an array) -> outcomes, or
@@ -711,7 +711,7 @@ def create_intake_app(
     clock: Clock = _utc_now,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_items: int = DEFAULT_MAX_ITEMS,
-    max_future: timedelta = DEFAULT_MAX_FUTURE,
+    max_future: timedelta = MAX_FUTURE,
     publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ready_interval_s: float = READY_INTERVAL_S,
     ready_timeout_s: float = READY_TIMEOUT_S,

@@ -102,7 +102,7 @@ def registry_for(pipeline: Pipeline, *,
     """A fresh registry holding this pipeline's collectors.
 
     ``equity_snapshot`` returns the latest population equity snapshot when this worker is the merge
-    point (``monitor.stream.app.population_snapshot`` shape), else None. ``highwater`` (optional)
+    point (``monitor.stream.merge.population_snapshot`` shape), else None. ``highwater`` (optional)
     gives the input partitions' high-water offsets for ``monitor_consumer_lag_messages``.
     ``clock`` is the wall clock of the lag gauges (default: the pipeline's); the per-group support
     evaluation is shared by scrapes less than ``max_evaluation_age_s`` apart.

@@ -4,7 +4,7 @@ Sources (aggregates only - the report never contains a patient or carer identifi
 
 * a replay result (:func:`monitor.replay.replay`; :func:`from_file` runs it on an NDJSON file), or
 * the live population snapshot of the merge-point worker (``GET /equity``, the
-  ``monitor.stream.app.population_snapshot`` shape; :func:`from_url` fetches it).
+  ``monitor.stream.merge.population_snapshot`` shape; :func:`from_url` fetches it).
 
 Charts: the Lorenz curve of care minutes (7 days), coverage by deprivation quintile with the slope
 index of inequality, and patients without a support network by region. ``build_report`` writes

@@ -40,13 +40,13 @@ from monitor.pipeline import PartitionState, Pipeline
 from monitor.settings import Settings
 from monitor.stream.consumer import MonitorApp
 from monitor.stream.health import add_readiness
-from monitor.stream.merge import MergePoint, partial_doc, population_snapshot
+from monitor.stream.merge import MergePoint, partial_doc
 from monitor.stream.outputs import OutputLedger
-from monitor.stream.partitions import PartitionManager, kafka_partition_manager
+from monitor.stream.partitions import kafka_partition_manager
 from monitor.stream.publish import Outputs, dumps
 from monitor.stream.views import add_views
 
-__all__ = ["PartitionManager", "create_app", "pipeline_for", "population_snapshot", "run_worker"]
+__all__ = ["create_app", "pipeline_for", "run_worker"]
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Worker readiness (``GET /readyz``), next to the liveness endpoint ``GET /health``.
 
-Liveness (``/health``, in :mod:`monitor.stream.app`, unchanged): 200 whenever the worker's web server
+Liveness (``/health``, in :mod:`monitor.stream.views`, unchanged): 200 whenever the worker's web server
 answers, with counts; it never depends on Kafka, so an orchestrator does not restart a worker that
 is only waiting for the broker.
 
@@ -213,7 +213,7 @@ def add_readiness(app: Any, mgr: Any, settings: Settings, *, max_lag: int | None
     """Register ``GET /readyz`` on the faust ``app`` (see the module docstring); returns the
     :class:`WorkerReadiness` behind it.
 
-    ``mgr`` is the app's ``monitor.stream.app.PartitionManager``. ``max_lag`` (messages, summed over
+    ``mgr`` is the app's ``monitor.stream.partitions.PartitionManager``. ``max_lag`` (messages, summed over
     the worker's input partitions) defaults to :data:`DEFAULT_LAG_FETCHES` x
     ``settings.max_poll_records``. Call it in ``create_app`` before the worker starts. Idempotent:
     on an app that has it already, it returns the existing one (arguments ignored).

@@ -52,7 +52,7 @@ def partitions_of(pipe: Pipeline, ids: Iterable[str]) -> dict[str, int]:
     wanted = set(ids)
     out: dict[str, int] = {}
     for p, st in pipe.partitions.items():
-        index = st.support._patient_index
+        index = st.support.patient_index
         for pid in wanted:
             if pid in index:
                 out[pid] = p
