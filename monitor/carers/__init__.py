@@ -13,6 +13,10 @@ with versioned snapshots, so a pipeline partition can keep it next to its suppor
   across carers; integer summaries that merge exactly;
 * :mod:`monitor.carers.state` - :class:`CarersState` (all of it for one partition), the replay
   helpers and :func:`ledger_from_file` for the CLI.
+
+It may import :mod:`monitor.contract`, :mod:`monitor.core` (time helpers, id hashing, the support
+core's patient records and snapshot errors) and :mod:`monitor.errors`; never the pipeline, the
+operators, the stream worker or Kafka (the pipeline's ``CarersOperator`` drives it).
 """
 
 from monitor.carers._common import CarersInputError, parse_week, week_label
