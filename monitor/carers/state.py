@@ -104,7 +104,10 @@ class CarersState:
         return out
 
     def patient_flags(self, as_of: datetime) -> dict[str, list[str]]:
-        """``{patient_id: ["network_lost", "single_point_of_failure"] (subset, sorted)}``."""
+        """``{patient_id: ["network_lost", "single_point_of_failure"] (subset, sorted)}``.
+
+        Incremental (:meth:`~monitor.carers.fragility.FragilityState.flags`): cheap enough to ask
+        at every tick; the cost follows the changes since the last call, not the patients."""
         return self.fragility.flags(as_of)
 
     def overloaded_carers(self, as_of: datetime) -> list[CarerNotification]:
