@@ -168,9 +168,10 @@ class PartitionState:
     next event-time tick (epoch s; ``None`` before the first event).
     """
 
-    MAGIC = b"CMPART2\n"
-    """The checkpoint envelope, version 2: a JSON header and one section per operator. Version 1
-    (nested base64 in JSON) is refused, so an old checkpoint rebuilds its partition from input."""
+    MAGIC = b"CMPART3\n"
+    """The checkpoint envelope, version 3: a JSON header, the flag transition counts and one
+    section per operator. Older versions are refused (version 1: nested base64 in JSON; version
+    2: no transition counts), so an old checkpoint rebuilds its partition from input."""
 
     def __init__(self, partition: int, config: SupportConfig | None = None,
                  alert_config: AlertConfig | None = None) -> None:
@@ -183,6 +184,9 @@ class PartitionState:
         self.counts = Counts()
         self.published = np.zeros(0, dtype=np.uint8)
         self.current = np.zeros(0, dtype=np.uint8)
+        # per patient slot and flag (FLAG_BITS order): transitions published so far; the ordinal
+        # of a transition names it (flag_id), so two transitions never share an id
+        self.transitions = np.zeros((0, len(FLAG_BITS)), dtype=np.uint32)
         self.next_tick: int | None = None
         self.patients: dict[str, Patient] = {}
         self.last_arrival: datetime | None = None  # wall clock of the latest applied event
@@ -237,7 +241,8 @@ class PartitionState:
             "suppress": sorted(self.suppress),
             "pending": self.pending.snapshot(),
         }
-        sections = [("header", json.dumps(header).encode())]
+        sections = [("header", json.dumps(header).encode()),
+                    ("transitions", self.transitions.astype("<u4").tobytes())]
         sections += [(op.name, op.snapshot()) for op in self.operators]
         out = [self.MAGIC, len(sections).to_bytes(4, "little")]
         for name, data in sections:
@@ -257,6 +262,8 @@ class PartitionState:
         st.counts = Counts.from_dict(header["counts"])
         st.published = np.frombuffer(bytes.fromhex(header["published"]), dtype=np.uint8).copy()
         st.current = np.frombuffer(bytes.fromhex(header["current"]), dtype=np.uint8).copy()
+        st.transitions = np.frombuffer(sections["transitions"], dtype="<u4").astype(np.uint32) \
+            .reshape(-1, len(FLAG_BITS))
         st.next_tick = header["next_tick"]
         for p in header["patients"]:
             st.patients[p["patient_id"]] = Patient.model_validate(p)
@@ -626,10 +633,12 @@ class Pipeline:
     def _transitions(self, st: PartitionState, t: int) -> list[FlagEvent]:
         sup = st.support
         n = sup.n_patients
-        as_of_day = day_of(t)
         current = st.current & self.reported_bits
         if st.published.shape[0] < n:
             st.published = np.concatenate([st.published, np.zeros(n - st.published.shape[0], np.uint8)])
+        if st.transitions.shape[0] < n:
+            grow = np.zeros((n - st.transitions.shape[0], len(FLAG_BITS)), np.uint32)
+            st.transitions = np.concatenate([st.transitions, grow])
         changed = np.nonzero(current != st.published[:n])[0]
         as_of = datetime.fromtimestamp(t, UTC)
         events: list[FlagEvent] = []
@@ -637,12 +646,13 @@ class Pipeline:
             pid = sup.patient_ids[slot]
             now, before = int(current[slot]), int(st.published[slot])
             patient = st.patients.get(pid)
-            for bit, name in FLAG_BITS:
+            for i, (bit, name) in enumerate(FLAG_BITS):
                 if (now & bit) == (before & bit):
                     continue
                 status = "raised" if now & bit else "cleared"
+                st.transitions[slot, i] += 1
                 events.append(FlagEvent(
-                    flag_id=flag_id(pid, name, status, as_of_day), patient_id=pid, flag=name,
+                    flag_id=flag_id(pid, name, int(st.transitions[slot, i])), patient_id=pid, flag=name,
                     status=status, as_of=as_of,  # type: ignore[arg-type]
                     region=patient.region if patient else None,
                     deprivation_quintile=patient.deprivation_quintile if patient else None,
@@ -786,13 +796,17 @@ def warm_up() -> None:
         equity_from_summary(summary)
 
 
-def flag_id(patient_id: str, flag: str, status: str, as_of_day: int) -> str:
+def flag_id(patient_id: str, flag: str, ordinal: int) -> str:
     """Deterministic id of a flag transition (a hash: it carries no readable patient id).
 
-    Built from the patient, the flag, the new status and the UTC day of the evaluation: the same
-    transition evaluated again on the same day (a restart, a re-delivery) has the same id.
+    Built from the patient, the flag and the ordinal of the transition (1: the first raise, 2: its
+    clear, 3: the next raise; odd ordinals raise, even ones clear). Re-processing after a restore
+    produces the same transitions again with the same ordinals, so the worker recognises them as
+    already written; two different transitions never share an id, even on the same day (an id
+    from the day of the evaluation made a raise, clear and raise within one day repeat the first
+    raise's id).
     """
-    h = hashlib.sha256(f"{patient_id}|{flag}|{status}|{as_of_day}".encode()).hexdigest()
+    h = hashlib.sha256(f"{patient_id}|{flag}|{ordinal}".encode()).hexdigest()
     return h[:32]
 
 

@@ -200,8 +200,9 @@ def to_json_dict(doc: _Document, *, with_type: bool = False) -> dict[str, Any]:
 class FlagEvent(BaseModel):
     """A coordinator notification: a support flag was raised or cleared for a patient.
 
-    ``flag_id`` is deterministic (patient, flag, status and the event time of the transition) so a
-    consumer can drop duplicates after an at-least-once redelivery.
+    ``flag_id`` is deterministic (patient, flag and the ordinal of the transition for that patient
+    and flag) so a consumer can drop duplicates after an at-least-once redelivery; two different
+    transitions never share one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

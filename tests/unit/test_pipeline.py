@@ -149,3 +149,19 @@ def test_warm_up_runs_every_stage():
     from monitor.pipeline import warm_up
 
     warm_up()  # raises if any stage (ingest, tick, snapshot/restore, equity) is broken
+
+
+def test_a_flag_raised_cleared_and_raised_again_on_one_day_has_three_ids():
+    """A flag that flips back within one UTC day is two transitions: each has its own id (an id
+    from the day of the evaluation repeated the first raise's, and the worker's restore then
+    suppressed, or a consumer deduplicating by id dropped, the second raise)."""
+    p = Pipeline(clock=fixed_clock)
+    p.ingest([rec("p", patient("P1")), rec("n", link("P1", "C1", "join", T0))], EXPECTED)
+    p.flag_transitions()
+    seen = []
+    for hour, carer, action in ((8, "C1", "leave"), (10, "C2", "join"), (12, "C2", "leave")):
+        p.ingest([rec("n", link("P1", carer, action, T0 + timedelta(hours=hour)))], EXPECTED)
+        seen += [(e.flag, e.status, e.flag_id) for e in p.flag_transitions() if e.flag == "network_lost"]
+    assert [(f, s) for f, s, _ in seen] == [("network_lost", "raised"), ("network_lost", "cleared"),
+                                           ("network_lost", "raised")]
+    assert len({i for _, _, i in seen}) == 3
