@@ -63,9 +63,10 @@ def apply_columns(
     streams: dict[tuple[str, str], Stream],
     open_eps: dict[tuple[str, str, str], Episode],
     patients: dict[str, PatientInfo],
-) -> tuple[list[CanonicalReading], bool]:
+) -> tuple[list[CanonicalReading], bool, list[tuple[str, str]]]:
     """Apply the quiet groups of a columnar slice to ``streams``; return the readings of the other
-    groups (for the general path) and whether a stream was created.
+    groups (for the general path), whether a stream was created and the keys of the streams that
+    got their first latest time (the reference of their ``missed_readings`` gap moved).
 
     A quiet group's stream advances to the group's latest time if that is newer and keeps that
     reading's duplicate keys as a material row. Quiet means (what the general path would do with
@@ -95,6 +96,7 @@ def apply_columns(
         rows.append(i)
     general: list[CanonicalReading] = []
     created = False
+    firsts: list[tuple[str, str]] = []
     for key, rows in groups.items():
         patient_id, kind = key
         stream = streams.get(key)
@@ -135,7 +137,9 @@ def apply_columns(
         if stream is None:
             stream = streams[key] = Stream(patient_id, kind)
             created = True
+        if stream.latest is None:
+            firsts.append(key)
         stream.advance(datetime_from_s(t_s[top]))
         stream.add((rids[top], None if bp else float(values[top]),
                     float(systolics[top]) if bp else None, float(diastolics[top]) if bp else None))
-    return general, created
+    return general, created, firsts

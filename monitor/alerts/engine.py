@@ -38,7 +38,6 @@ from monitor.alerts.episodes import (
     AlertConfig,
     AlertEvent,
     Episode,
-    EpisodeLifecycle,
     PatientInfo,
     SupportFlags,
     alert_id_for,
@@ -54,6 +53,7 @@ from monitor.alerts.rules import (
 )
 from monitor.alerts.snapshot import AlertStateError, decode, encode, gc_paused
 from monitor.alerts.streams import Stream, key_strings
+from monitor.alerts.timers import TimedLifecycle
 from monitor.contract.models import Patient
 from monitor.intake.canonical import CanonicalReading
 
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 _RULE_ID = operator.attrgetter("rule.rule_id")
 
 
-class AlertEngine(EpisodeLifecycle):
+class AlertEngine(TimedLifecycle):
     """Rules and episode lifecycle for all patients of a worker (see the module docstring).
 
     ``clock`` returns the current time (aware UTC) and is used only where no time is passed:
@@ -76,6 +76,9 @@ class AlertEngine(EpisodeLifecycle):
     or an episode is open, quiet columnar groups applied without reading objects);
     :class:`monitor.alerts.reference.ReferenceAlertEngine` takes none and must give the same
     events and the same :meth:`snapshot` bytes (property tests).
+
+    :meth:`tick` visits only what is due (:mod:`monitor.alerts.timers`: deadlines in heaps); the
+    reference engine visits every patient and open episode on every tick.
     """
 
     _exhaustive: ClassVar[bool] = False
@@ -93,6 +96,7 @@ class AlertEngine(EpisodeLifecycle):
         self._watermark: datetime | None = None
         self._order: list[Stream] | None = None
         """The streams sorted by patient and kind (a cache for :meth:`snapshot`; ``None``: stale)."""
+        self._timers = self._new_timers()
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class AlertEngine(EpisodeLifecycle):
             registered_at=patient.registered_at,
             plan_seen_at={k: v for k, v in (previous.plan_seen_at if previous else {}).items() if k in plan},
         )
+        self._timers.patient_changed(patient.patient_id)
 
     def on_readings(
         self, readings: Sequence[CanonicalReading], support_flags: SupportFlags | None = None
@@ -150,9 +155,7 @@ class AlertEngine(EpisodeLifecycle):
         if self._watermark is not None and now < self._watermark:
             now = self._watermark
         self._watermark = now
-        flags = support_flags or {}
-        events = self._evaluate_missed(now, flags)
-        events.extend(self._renotify_due(now, flags))
+        events = self._run_timers(now, support_flags or {})
         self._forget_resolved(now)
         return events
 
@@ -166,6 +169,7 @@ class AlertEngine(EpisodeLifecycle):
         unit, opened_at, resolved_at, region, last_notified_at, notifications``; ``status`` is the
         status as of now (``firing`` until resolved). Sorted by ``opened_at``, then patient, rule.
         """
+        self._settle()
         rows = []
         for ep in [*self._open.values(), *self._resolved]:
             row = ep.to_state()
@@ -181,6 +185,7 @@ class AlertEngine(EpisodeLifecycle):
 
         For refreshing an external system (e.g. re-posting to Alertmanager after a restart).
         """
+        self._settle()
         now = self._watermark or self._clock()
         return [self._event(self._open[k], "renotify", now) for k in sorted(self._open)]
 
@@ -192,6 +197,7 @@ class AlertEngine(EpisodeLifecycle):
         Deterministic: the same state gives the same bytes, whatever the history. No duplicate key
         is hashed here; each stream's encoding is cached until the stream changes.
         """
+        self._settle()
         with gc_paused():
             order = self._order
             if order is None:
@@ -210,6 +216,8 @@ class AlertEngine(EpisodeLifecycle):
         self._patients, self._streams, self._order, self._watermark = (
             state.patients, state.streams, state.order, state.watermark)
         self._open, self._resolved = state.open, state.resolved
+        self._timers = self._new_timers()
+        self._timers.rebuild(self._open, self._patients)
 
     # --- the per-reading path ----------------------------------------------------------------
 
@@ -224,9 +232,11 @@ class AlertEngine(EpisodeLifecycle):
             if type(r) is CanonicalReading:
                 ordered.append(r)
                 continue
-            general, created = apply_columns(r, taken, self._streams, self._open, self._patients)
+            general, created, firsts = apply_columns(r, taken, self._streams, self._open, self._patients)
             if created:
                 self._order = None
+            for key in firsts:
+                self._timers.touch(key)
             ordered.extend(general)
         return ordered
 
@@ -238,6 +248,8 @@ class AlertEngine(EpisodeLifecycle):
         events: list[AlertEvent] = []
         streams = self._streams
         exhaustive = self._exhaustive
+        live = self._timers.missed_ref  # streams whose advance moves an open missed_readings gap
+        touch = self._timers.touch
         skipped = 0
         for r in readings:
             kind = r.kind
@@ -258,6 +270,8 @@ class AlertEngine(EpisodeLifecycle):
             keys = key_strings(r) if exhaustive else None
             if latest is None or t > latest:
                 order = 1  # newer than every reading of its kind seen so far
+                if latest is None or key in live:
+                    touch(key)  # the reference of its missed_readings gap moves
                 stream.advance(t)
                 stream.add(r, keys)
             elif t == latest:

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import TYPE_CHECKING, Any, Literal
 
 from monitor.alerts.rules import (
@@ -40,11 +41,11 @@ from monitor.alerts.rules import (
     Severity,
     checks_for,
     escalate,
-    is_unsupported,
 )
 
 if TYPE_CHECKING:
     from monitor.alerts.streams import Stream
+    from monitor.alerts.timers import Timers
 
 MISSED = "missed_readings"
 
@@ -75,6 +76,25 @@ def parse_iso(text: str | None) -> datetime | None:
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+_ISO_AT: dict[datetime, str] = {}
+_ISO_LAST: list[Any] = [None, ""]
+
+
+def _iso_at(ts: datetime) -> str:
+    """:func:`iso` of an aware time, cached (equal instants give equal text; bounded). The events
+    of one tick share one ``now``: the same object as the previous call is answered first."""
+    last = _ISO_LAST
+    if ts is last[0]:
+        return last[1]  # type: ignore[no-any-return]
+    text = _ISO_AT.get(ts)
+    if text is None:
+        if len(_ISO_AT) >= 4096:
+            _ISO_AT.clear()
+        text = _ISO_AT[ts] = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    last[0], last[1] = ts, text
+    return text
 
 
 def hours(delta: timedelta) -> float:
@@ -185,6 +205,40 @@ class Episode:
         return cls(**values)
 
 
+def allowed_gap(info: PatientInfo, kind: str) -> timedelta | None:
+    """The gap after which a planned kind is missed (``None``: not planned, or the factor is not
+    positive)."""
+    per_day = info.plan.get(kind)
+    if not per_day or per_day <= 0 or not math.isfinite(per_day):
+        return None
+    factor = info.thresholds.get(MISSED, RULES_BY_ID[MISSED].threshold)
+    if factor <= 0:
+        return None
+    return timedelta(seconds=86_400.0 / per_day * factor)
+
+
+def missed_episode(patient_id: str, kind: str, reference: datetime, allowed: timedelta, now: datetime,
+                   unsupported: bool) -> Episode:
+    """The ``missed_readings`` episode a tick at ``now`` opens for a kind last seen at ``reference``
+    (opened when the gap began: ``reference + allowed``)."""
+    opened_at = reference + allowed
+    severity = RULES_BY_ID[MISSED].severity
+    return Episode(
+        alert_id=alert_id_for(patient_id, MISSED, kind, opened_at),
+        patient_id=patient_id,
+        rule=MISSED,
+        kind=kind,
+        severity=str(escalate(severity) if unsupported else severity),
+        unsupported=unsupported,
+        value=hours(now - reference),
+        threshold=hours(allowed),
+        unit="h",
+        opened_at=opened_at,
+        resolved_at=None,
+        last_notified_at=now,
+    )
+
+
 def opened(patient_id: str, kind: str, outcome: RuleOutcome, at: datetime, unsupported: bool) -> Episode:
     """A new episode of ``outcome``'s rule opened at ``at`` (one level higher when unsupported)."""
     rule = outcome.rule
@@ -216,6 +270,8 @@ class PatientInfo:
     plan_seen_at: dict[str, datetime] = field(default_factory=dict)
     checks: dict[str, tuple[Check, ...]] = field(default_factory=dict)
     """kind -> :func:`~monitor.alerts.rules.checks_for` with ``thresholds`` (a cache, not state)."""
+    gaps: dict[str, timedelta | None] = field(default_factory=dict, compare=False, repr=False)
+    """kind -> :func:`allowed_gap` (a cache, not state: a patient update replaces the info)."""
 
     def checks_for(self, kind: str) -> tuple[Check, ...]:
         cached = self.checks.get(kind)
@@ -238,6 +294,7 @@ class EpisodeLifecycle:
     _open: dict[tuple[str, str, str], Episode]
     _resolved: list[Episode]
     _watermark: datetime | None
+    _timers: Timers
 
     def _decide(
         self, patient_id: str, kind: str, outcome: RuleOutcome, at: datetime, order: int, stale: bool,
@@ -262,6 +319,7 @@ class EpisodeLifecycle:
         if order < 0 and self._covered(key, at):
             return None
         ep = self._open[key] = opened(patient_id, kind, outcome, at, unsupported)
+        self._timers.opened(key, ep)
         return self._event(ep, "firing", at, late=order < 0)
 
     def _covered(self, key: tuple[str, str, str], at: datetime) -> bool:
@@ -269,6 +327,7 @@ class EpisodeLifecycle:
         reading measured then belongs to an episode already notified (or to the time before it),
         so a redelivered reading that an episode covered when it first came opens nothing."""
         patient_id, rule_id, kind = key
+        self._prune_resolved()
         return any(
             ep.resolved_at is not None and ep.resolved_at >= at and ep.patient_id == patient_id
             and ep.rule == rule_id and ep.kind == kind
@@ -289,6 +348,7 @@ class EpisodeLifecycle:
         previous = ep.severity
         ep.severity = str(escalate(Severity(ep.severity)))
         ep.unsupported = True
+        self._timers.escalated(ep)
         at = max(at, ep.last_notified_at)
         ep.last_notified_at = at
         ep.notifications += 1
@@ -298,39 +358,19 @@ class EpisodeLifecycle:
         ep.resolved_at = max(at, ep.opened_at)
         ep.value = value
         del self._open[(ep.patient_id, ep.rule, ep.kind)]
+        self._timers.closed(ep)
         self._resolved.append(ep)
         return self._event(ep, "resolved", ep.resolved_at)
 
-    def _renotify_due(self, now: datetime, flags: SupportFlags) -> list[AlertEvent]:
-        """Escalate firing episodes of patients who became unsupported; re-notify those last
-        notified at least ``repeat_interval`` before ``now``."""
-        events: list[AlertEvent] = []
-        for key in sorted(self._open):
-            ep = self._open[key]
-            ev = self._maybe_escalate(ep, is_unsupported(flags.get(ep.patient_id)), now)
-            if ev is not None:
-                events.append(ev)
-            elif now - ep.last_notified_at >= self.config.repeat_interval:
-                ep.last_notified_at = now
-                ep.notifications += 1
-                events.append(self._event(ep, "renotify", now))
-        return events
-
-    def _forget_resolved(self, now: datetime) -> None:
-        """Drop resolved episodes older than ``retain_resolved`` (none when it is ``None``)."""
-        if self.config.retain_resolved is None:
-            return
-        horizon = now - self.config.retain_resolved
-        self._resolved = [e for e in self._resolved if e.resolved_at is not None and e.resolved_at >= horizon]
+    def _prune_resolved(self) -> None:
+        """Apply a deferred forgetting of resolved episodes (none here; see the timers)."""
 
     def _allowed_gap(self, info: PatientInfo, kind: str) -> timedelta | None:
-        per_day = info.plan.get(kind)
-        if not per_day or per_day <= 0 or not math.isfinite(per_day):
-            return None
-        factor = info.thresholds.get(MISSED, RULES_BY_ID[MISSED].threshold)
-        if factor <= 0:
-            return None
-        return timedelta(seconds=86_400.0 / per_day * factor)
+        gaps = info.gaps
+        if kind in gaps:
+            return gaps[kind]
+        gap = gaps[kind] = allowed_gap(info, kind)
+        return gap
 
     def _resolve_missed_on_data(
         self, patient_id: str, kind: str, latest: datetime, info: PatientInfo | None
@@ -344,50 +384,6 @@ class EpisodeLifecycle:
             return None  # the data that came in is itself overdue: the gap persists
         return self._resolve(ep, latest, 0.0 if allowed is None else hours(now - latest))
 
-    def _evaluate_missed(self, now: datetime, flags: SupportFlags) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for key in sorted(k for k in self._open if k[1] == MISSED):
-            info = self._patients.get(key[0])
-            if info is None or self._allowed_gap(info, key[2]) is None:
-                events.append(self._resolve(self._open[key], now, None))  # kind left the plan
-        for patient_id in sorted(self._patients):
-            info = self._patients[patient_id]
-            unsupported = is_unsupported(flags.get(patient_id))
-            for kind in sorted(info.plan):
-                allowed = self._allowed_gap(info, kind)
-                if allowed is None:
-                    continue
-                stream = self._streams.get((patient_id, kind))
-                reference = stream.latest if stream and stream.latest else info.registered_at
-                if reference is None:
-                    reference = info.plan_seen_at.setdefault(kind, now)
-                key = (patient_id, MISSED, kind)
-                gap = now - reference
-                if key in self._open:
-                    self._open[key].value = hours(gap)
-                    continue
-                if gap < allowed:
-                    continue
-                opened_at = reference + allowed
-                severity = RULES_BY_ID[MISSED].severity
-                ep = Episode(
-                    alert_id=alert_id_for(patient_id, MISSED, kind, opened_at),
-                    patient_id=patient_id,
-                    rule=MISSED,
-                    kind=kind,
-                    severity=str(escalate(severity) if unsupported else severity),
-                    unsupported=unsupported,
-                    value=hours(gap),
-                    threshold=hours(allowed),
-                    unit="h",
-                    opened_at=opened_at,
-                    resolved_at=None,
-                    last_notified_at=now,
-                )
-                self._open[key] = ep
-                events.append(self._event(ep, "firing", now))
-        return events
-
     def _event(
         self,
         ep: Episode,
@@ -398,24 +394,14 @@ class EpisodeLifecycle:
         late: bool = False,
     ) -> AlertEvent:
         info = self._patients.get(ep.patient_id)
+        alert_id = ep.alert_id
+        text = f"{alert_id}\x1f{notification}\x1f{_iso_at(at)}"
+        if escalated_from:
+            text = f"{text}\x1f{escalated_from}"
+        # positional, in field order (the reference engine builds the same event by keyword)
         return AlertEvent(
-            alert_id=ep.alert_id,
-            event_id=_digest(ep.alert_id, notification, iso(at) or "",
-                             *((escalated_from,) if escalated_from else ())),
-            patient_id=ep.patient_id,
-            rule=ep.rule,
-            kind=ep.kind,
-            severity=ep.severity,
-            status="firing" if ep.resolved_at is None else "resolved",
-            notification=notification,
-            unsupported=ep.unsupported,
-            value=ep.value,
-            threshold=ep.threshold,
-            unit=ep.unit,
-            opened_at=ep.opened_at,
-            resolved_at=ep.resolved_at,
-            event_at=at,
-            region=info.region if info else None,
-            escalated_from=escalated_from,
-            late=late,
+            alert_id, sha256(text.encode("utf-8")).hexdigest()[:32], ep.patient_id, ep.rule, ep.kind,
+            ep.severity, "firing" if ep.resolved_at is None else "resolved", notification, ep.unsupported,
+            ep.value, ep.threshold, ep.unit, ep.opened_at, ep.resolved_at, at,
+            info.region if info else None, escalated_from, late,
         )
