@@ -17,7 +17,8 @@ import numpy as np
 
 from monitor.alerts.episodes import MISSED, Episode, PatientInfo
 from monitor.alerts.rules import RULE_IDS_BY_KIND, any_holds, checks_for
-from monitor.alerts.streams import EPOCH, US, Stream
+from monitor.alerts.streams import Stream
+from monitor.core.timeutil import to_us
 from monitor.intake.canonical import CanonicalReading
 from monitor.intake.columnar import datetime_from_s
 
@@ -48,7 +49,7 @@ def _seconds(t: datetime) -> int | None:
     """Whole epoch seconds of an aware time (``None`` when it has a fraction of a second)."""
     s = _SECONDS.get(t)
     if s is None:
-        us = (t - EPOCH) // US
+        us = to_us(t)
         if us % 1_000_000:
             return None
         if len(_SECONDS) >= 100_000:  # a bounded cache: times of old streams are not kept alive

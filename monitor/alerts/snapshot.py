@@ -16,12 +16,13 @@ import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from monitor.alerts.episodes import Episode, PatientInfo
 from monitor.alerts.rules import effective_thresholds
-from monitor.alerts.streams import EPOCH, FLOAT_OR_NONE, NO_KEYS, NO_ROWS, STR, STR_OR_NONE, Stream, to_us
+from monitor.alerts.streams import FLOAT_OR_NONE, NO_KEYS, NO_ROWS, STR, STR_OR_NONE, Stream
+from monitor.core.timeutil import from_us, to_us
 from monitor.errors import MonitorError
 
 SNAPSHOT_VERSION = 2
@@ -60,7 +61,7 @@ def _from_us(us: int) -> datetime:
     """The aware UTC time of integer microseconds since the epoch; raises ``TypeError`` otherwise."""
     if type(us) is not int:
         raise TypeError("snapshot time must be an integer")
-    return EPOCH + timedelta(microseconds=us)
+    return from_us(us)
 
 
 def encode(

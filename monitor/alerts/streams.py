@@ -22,13 +22,12 @@ import hashlib
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from monitor.core.timeutil import to_us
 from monitor.intake.canonical import CanonicalReading
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-US = timedelta(microseconds=1)
 NO_KEYS: frozenset[str] = frozenset()
 NO_ROWS: list[Any] = []
 """A shared empty list in cached snapshot rows (never mutated)."""
@@ -42,11 +41,6 @@ FLOAT_OR_NONE: frozenset[type] = frozenset({float}) | NONE
 Material = tuple[str | None, float | None, float | None, float | None]
 """A reading at a stream's latest time reduced to what its duplicate keys depend on besides the
 stream's patient, kind and latest time: ``(reading_id, value, systolic, diastolic)``."""
-
-
-def to_us(ts: datetime) -> int:
-    """Microseconds since the Unix epoch (UTC) of an aware datetime."""
-    return (ts - EPOCH) // US
 
 
 def key_strings(r: CanonicalReading) -> tuple[str, ...]:

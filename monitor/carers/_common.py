@@ -37,7 +37,6 @@ __all__ = [
     "week_label",
 ]
 
-MS_PER_MINUTE = 60_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _WEEK_RE = re.compile(r"^(\d{4})-W(\d{2})$")
 

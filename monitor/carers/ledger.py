@@ -54,7 +54,6 @@ from datetime import datetime
 from typing import Any
 
 from monitor.carers._common import (
-    MS_PER_MINUTE,
     CarersInputError,
     activity_key,
     day_of_instant,
@@ -69,8 +68,7 @@ from monitor.carers._common import (
 )
 from monitor.contract.models import CarerActivity
 from monitor.core.state import SnapshotError, StaleAsOfError
-from monitor.core.timeutil import epoch_seconds
-from monitor.core.timeutil import iso_utc_s as iso_utc
+from monitor.core.timeutil import MS_PER_MINUTE, epoch_seconds, iso_utc_s
 
 __all__ = [
     "CARER_OVERLOAD",
@@ -367,7 +365,7 @@ def notifications_from_rows(rows: Iterable[Mapping[str, Any]], as_of: datetime,
     (week, carer_id). Pass the rows of the current and last complete week as of ``as_of``.
     """
     overload_ms = _overload_ms(overload_minutes)
-    stamp = iso_utc(epoch_seconds(as_of))
+    stamp = iso_utc_s(epoch_seconds(as_of))
     out = [
         CarerNotification(notification_id(str(r["carer_id"]), str(r["week"])), str(r["carer_id"]),
                           CARER_OVERLOAD, str(r["week"]), _row_ms(r) / MS_PER_MINUTE,

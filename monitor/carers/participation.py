@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from monitor.carers._common import MS_PER_MINUTE, day_of_instant
+from monitor.carers._common import day_of_instant
 from monitor.core.idhash import id_hash
+from monitor.core.timeutil import MS_PER_MINUTE
 
 __all__ = [
     "DIMENSIONS",
