@@ -57,6 +57,7 @@ from monitor.intake.rules import LATE_AFTER, MAX_FUTURE, Limits
 from monitor.latency import ALERT_DELAY_BUCKETS_S, LatencyHistogram
 from monitor.operators import (
     FLAG_BITS,
+    NAMES_OF_BITS,
     AlertOperator,
     CarersOperator,
     Context,
@@ -139,18 +140,21 @@ class TickResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
-class FlagView(Mapping[str, list[str]]):
+class FlagView(Mapping[str, tuple[str, ...]]):
     """Patient id -> flag names of the latest evaluation (patients with any flag): a read-only view
     of a partition's flag bits, so a batch that raises no alert never builds a dict of flags."""
 
     def __init__(self, bits: np.ndarray, index: Mapping[str, int], ids: Sequence[str]) -> None:
         self._bits, self._index, self._ids = bits, index, ids
 
-    def __getitem__(self, patient_id: str) -> list[str]:
+    def __getitem__(self, patient_id: str) -> tuple[str, ...]:
         slot = self._index.get(patient_id)
-        if slot is None or slot >= self._bits.shape[0] or not self._bits[slot]:
+        if slot is None or slot >= self._bits.shape[0]:
             raise KeyError(patient_id)
-        return flag_names(int(self._bits[slot]))
+        bits = int(self._bits[slot])
+        if not bits:
+            raise KeyError(patient_id)
+        return NAMES_OF_BITS[bits]
 
     def __iter__(self) -> Iterator[str]:
         return (self._ids[s] for s in np.flatnonzero(self._bits).tolist())
@@ -221,7 +225,7 @@ class PartitionState:
         sup = self.support
         return Context(self.current, FlagView(self.current, sup.patient_index, sup.patient_ids))
 
-    def support_flags(self) -> dict[str, list[str]]:
+    def support_flags(self) -> dict[str, tuple[str, ...]]:
         """Patient id -> flags of the latest evaluation, patients with any flag."""
         return dict(self.context().flags)
 

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     # the event-time grid of evaluations: flags and alert timers are also evaluated whenever a
     # partition's events cross a multiple of it (UTC), as the offline replay does (one answer)
     tick_every_s: int = Field(default=3600, ge=60, le=86_400)
+    # every firing alert is posted to Alertmanager again this often (wall clock): shorter than
+    # Alertmanager's resolve_timeout (3 h in deploy/alertmanager.yml), and the longest an alert
+    # dropped by an Alertmanager outage or a restart waits to be delivered
+    alert_repost_s: float = Field(default=300.0, ge=1, le=3600)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
     max_poll_records: int = Field(default=10_000, ge=1, le=1_000_000)
     session_timeout_s: float = Field(default=10.0, ge=6, le=300)

@@ -4,10 +4,12 @@ Episodes
     One episode per ``(patient, rule, kind)`` at a time (``kind`` only matters for
     ``missed_readings``, which applies to each planned kind separately). An episode **opens**
     (``notification="firing"``) on the triggering reading, **re-notifies** (``"renotify"``) from a
-    tick every ``repeat_interval`` while it is still firing, and **resolves** (``"resolved"``) on
-    the next *newer* reading of that kind outside the rule's range (for ``missed_readings``: when
-    data of that kind returns, or the kind leaves the plan). A backfilled reading that would have
-    opened one gives a ``"recorded"`` event (opened and resolved at its time, never paged).
+    tick every ``repeat_interval`` while it is still firing (only when one is set: by default the
+    alerts topic carries transitions, and Alertmanager repeats pages itself), and **resolves**
+    (``"resolved"``) on the next *newer* reading of that kind outside the rule's range (for
+    ``missed_readings``: when data of that kind returns, or the kind leaves the plan). A
+    backfilled reading that would have opened one gives a ``"recorded"`` event (opened and
+    resolved at its time, never paged).
 Compound risk
     A patient whose support flags include ``no_support_network`` or ``support_lapsed`` gets alerts
     one level higher (warning -> critical -> emergency) with ``unsupported=True``. If a patient
@@ -111,7 +113,11 @@ def alert_id_for(patient_id: str, rule: str, kind: str, opened_at: datetime) -> 
 class AlertConfig:
     """Engine settings (all durations positive; event time).
 
-    ``repeat_interval``: re-notify a firing episode this long after its last notification.
+    ``repeat_interval``: re-notify a firing episode this long after its last notification;
+    ``None`` (the default): never. Re-notifying is Alertmanager's job (each route's
+    ``repeat_interval`` pages again while the alert is active; the worker keeps firing alerts
+    active by re-posting them, ``MONITOR_ALERT_REPOST_S``); an hourly re-notification on the
+    alerts topic was 97 % of its events (97,081 of 100,384 in a 200-patient, 10-day replay).
     ``weight_window``: ``weight_gain`` compares with the lowest weight in this window before a reading.
     ``stale_after``: if set, a reading older than the tick watermark minus this opens no episode.
     ``retain_resolved``: resolved episodes stay listed by ``AlertEngine.episodes`` this long
@@ -119,7 +125,7 @@ class AlertConfig:
     offline replay lists every episode of its span; memory and snapshots then grow with them).
     """
 
-    repeat_interval: timedelta = timedelta(hours=1)
+    repeat_interval: timedelta | None = None
     weight_window: timedelta = timedelta(days=3)
     stale_after: timedelta | None = None
     retain_resolved: timedelta | None = timedelta(days=7)

@@ -108,7 +108,8 @@ class ReferenceAlertEngine(AlertEngine):
             ev = self._maybe_escalate(ep, is_unsupported(flags.get(ep.patient_id)), now)
             if ev is not None:
                 events.append(ev)
-            elif now - ep.last_notified_at >= self.config.repeat_interval:
+            elif self.config.repeat_interval is not None and \
+                    now - ep.last_notified_at >= self.config.repeat_interval:
                 ep.last_notified_at = now
                 ep.notifications += 1
                 events.append(self._event(ep, "renotify", now))

@@ -2,7 +2,7 @@
 
 A tick (:meth:`monitor.alerts.engine.AlertEngine.tick`) opens ``missed_readings`` episodes whose
 gap began, resolves those of kinds that left the plan, escalates firing episodes of patients who
-are unsupported and re-notifies episodes last notified ``repeat_interval`` ago. The reference
+are unsupported and re-notifies episodes last notified ``repeat_interval`` ago (when set). The reference
 engine (:mod:`monitor.alerts.reference`) visits every patient, planned kind and open episode on
 every tick; :class:`TimedLifecycle` visits only what is due, with the same events in the same order
 and the same state (property tests hold one to the other):
@@ -77,7 +77,7 @@ class Timers:
                  "missed_kinds", "missed_ref", "renotify_at", "renotify_buckets", "renotify_heap", "repeat",
                  "unsettled")
 
-    def __init__(self, repeat: timedelta) -> None:
+    def __init__(self, repeat: timedelta | None) -> None:
         self.repeat = repeat
         self.missed_heap: list[tuple[datetime, str, str]] = []
         self.missed_at: dict[StreamKey, datetime] = {}
@@ -158,7 +158,9 @@ class Timers:
                 del self.calm[patient_id]
 
     def schedule(self, key: Key, last_notified_at: datetime) -> None:
-        """The re-notification deadline of the open episode ``key``."""
+        """The re-notification deadline of the open episode ``key`` (none without a repeat)."""
+        if self.repeat is None:
+            return
         try:
             due = last_notified_at + self.repeat
         except OverflowError:  # never: no tick comes that late
@@ -341,10 +343,12 @@ class TimedLifecycle(EpisodeLifecycle):
             for patient_id in escalate:
                 todo.update(calm[patient_id])
         repeat = self.config.repeat_interval
-        try:
-            next_due: datetime | None = now + repeat
-        except OverflowError:
-            next_due = None
+        next_due: datetime | None = None
+        if repeat is not None:
+            try:
+                next_due = now + repeat
+            except OverflowError:
+                pass
         rescheduled: list[Key] = []  # due at next_due (one bucket: most episodes end up here)
         for key in sorted(todo):
             ep = open_eps[key]
@@ -353,7 +357,7 @@ class TimedLifecycle(EpisodeLifecycle):
                 if reference is not None:
                     ep.value = hours(now - reference)
             ev = self._maybe_escalate(ep, key[0] in escalate, now)
-            if ev is None and now - ep.last_notified_at >= repeat:
+            if ev is None and repeat is not None and now - ep.last_notified_at >= repeat:
                 ep.last_notified_at = now
                 ep.notifications += 1
                 ev = self._event(ep, "renotify", now)

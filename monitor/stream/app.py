@@ -173,6 +173,15 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     if alertmanager is not None:
         app.task(outputs.post_to_alertmanager)
 
+        async def repost(p: int, st: PartitionState) -> bool:
+            outputs.keep_alive(st.alerts.firing())
+            return False
+
+        @app.timer(settings.alert_repost_s)
+        async def keep_alerts_alive() -> None:
+            """Every firing alert again to Alertmanager (see Outputs.keep_alive)."""
+            await mgr.each_owned(repost)
+
     registry = registry_for(pipe, equity_snapshot=lambda: merge.snapshot,
                             highwater=lambda: {(tp.topic, tp.partition): app.consumer.highwater(tp)
                                                for tp in app.consumer.assignment()

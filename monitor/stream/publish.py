@@ -113,6 +113,15 @@ class Outputs:
         await self.publish_alerts(tick.alerts, {a.patient_id: partition for a in tick.alerts})
         return bool(tick.flags or tick.alerts or tick.dead_letters)
 
+    def keep_alive(self, events: list[AlertEvent]) -> None:
+        """Post the firing episodes ``events`` again (a partition's ``AlertEngine.firing()``; not
+        published to the alerts topic: nothing changed). Alertmanager ends an alert it has not heard
+        of for ``resolve_timeout``; re-posting on the worker's clock keeps every firing alert
+        active (Alertmanager's routes repeat the page), and delivers one that a failed post, an
+        Alertmanager outage or a restart dropped within one re-post interval."""
+        if self.alertmanager is not None and events:
+            self._to_alertmanager.put_nowait(events)
+
     async def post_to_alertmanager(self) -> None:
         """Post new alerts to Alertmanager in publication order, off the ingest path (runs for
         ever): the post (up to the client's timeout per request) used to run under the partition
@@ -128,7 +137,7 @@ class Outputs:
                 batch.extend(queue.get_nowait())
             try:
                 await loop.run_in_executor(None, client.post, batch)
-            except AlertmanagerError as exc:  # the alerts topic has them; re-posted on renotify
+            except AlertmanagerError as exc:  # firing ones are re-posted by keep_alive
                 log.warning("posting %d alerts to Alertmanager failed: %s", len(batch), exc)
             except Exception as exc:  # noqa: BLE001 - keep posting later alerts
                 log.warning("posting %d alerts to Alertmanager failed: %s", len(batch),

@@ -65,12 +65,9 @@ def alertmanager_config(hook_port: int, path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def alertmanager(tmp_path):
-    if ALERTMANAGER is None:
-        pytest.skip("Debian package prometheus-alertmanager is not installed (.ci/run installs it)")
-    hook = Webhook()
-    port, cluster = free_port(), free_port()
+def start_alertmanager(tmp_path: Path, hook: Webhook, port: int) -> subprocess.Popen:
+    """A real Alertmanager on ``port`` sending to ``hook``, ready (its /-/ready answers)."""
+    cluster = free_port()
     proc = subprocess.Popen(
         [ALERTMANAGER, f"--config.file={alertmanager_config(hook.port, tmp_path / 'am.yml')}",
          f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
@@ -83,12 +80,20 @@ def alertmanager(tmp_path):
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1)
-            break
+            return proc
         except OSError:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError((tmp_path / "am.log").read_text())
+    proc.kill()
+    raise RuntimeError((tmp_path / "am.log").read_text())
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    if ALERTMANAGER is None:
+        pytest.skip("Debian package prometheus-alertmanager is not installed (.ci/run installs it)")
+    hook = Webhook()
+    port = free_port()
+    proc = start_alertmanager(tmp_path, hook, port)
     try:
         yield f"http://127.0.0.1:{port}", hook
     finally:
@@ -172,3 +177,60 @@ def test_unsupported_hypoglycaemia_pages_once_and_resolves(env, settings, alertm
     assert all(e["escalated_from"] == "critical" for e in mine if e["notification"] == "renotify")
     assert len({e["alert_id"] for e in mine}) == 1
     assert mine[-1]["unsupported"] is True and mine[-1]["severity"] == "emergency"
+
+
+@pytest.mark.timeout(180)
+def test_an_alert_raised_while_alertmanager_is_down_pages_once_it_is_back(env, settings, tmp_path):
+    """The post of a firing alert fails (no Alertmanager yet); without any new reading, the
+    worker's keep-alive re-post (MONITOR_ALERT_REPOST_S) delivers it once Alertmanager runs.
+    Before the re-post existed, the failed post was dropped until an hourly event-time
+    re-notification, i.e. never while no reading came."""
+    if ALERTMANAGER is None:
+        pytest.skip("Debian package prometheus-alertmanager is not installed (.ci/run installs it)")
+    hook, port = Webhook(), free_port()
+    env = {**env, "MONITOR_ALERTMANAGER_URL": f"http://127.0.0.1:{port}", "MONITOR_ALERT_REPOST_S": "1",
+           "MONITOR_IDLE_AFTER_S": "86400"}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    prod = KafkaProducer(**settings.kafka_python_config())
+    pid = "P-DOWN-1"
+    part = partition_for(pid, settings.partitions)
+    consumer = KafkaConsumer(settings.topics.name("alerts"), **settings.kafka_python_config(),
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    am = None
+    try:
+        for topic, doc in (
+            ("patients", {"patient_id": pid, "region": "north", "deprivation_quintile": 1,
+                          "age_band": "75-84", "conditions": ["diabetes"]}),
+            ("readings", {"reading_id": "low-down-1", "patient_id": pid, "device_id": "meter",
+                          "kind": "glucose", "value": 2.6, "unit": "mmol/L",
+                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))}),
+        ):
+            prod.send(settings.topics.name(topic), key=pid.encode(), value=json.dumps(doc).encode(),
+                      partition=part)
+        prod.flush()
+        fired: list[dict] = []
+
+        def on_topic() -> bool:
+            fired.extend(e for e in (json.loads(r.value) for r in consumer) if e["patient_id"] == pid)
+            return any(e["notification"] == "firing" for e in fired)
+
+        wait_for(on_topic, what="the alert on the alerts topic")
+        time.sleep(3)  # posts to the absent Alertmanager fail meanwhile
+        assert "failed" in worker.log.read_text()  # the worker did try, and is still running
+        assert worker.alive()
+        am = start_alertmanager(tmp_path, hook, port)
+        wait_for(lambda: any(a["labels"]["patient_id"] == pid for a in hook.alerts()), timeout_s=60,
+                 what="the page after Alertmanager came back")
+        page = next(a for a in hook.alerts() if a["labels"]["patient_id"] == pid)
+        assert page["status"] == "firing" and page["labels"]["rule"] == "glucose_very_low"
+        assert float(page["annotations"]["value"]) == pytest.approx(2.6)
+    finally:
+        consumer.close()
+        prod.close()
+        worker.stop()
+        if am is not None:
+            am.terminate()
+            am.wait(timeout=10)
+        hook.close()

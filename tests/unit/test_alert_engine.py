@@ -361,11 +361,8 @@ def test_missed_readings_without_any_reading_count_from_registration() -> None:
     assert eng.tick(T0 + timedelta(hours=23)) == []
     (ev,) = eng.tick(T0 + timedelta(hours=24))  # glucose: 2/day -> 12 h interval -> 24 h
     assert (ev.kind, ev.opened_at) == ("glucose", T0 + timedelta(hours=24))
-    evs = eng.tick(T0 + timedelta(hours=48))  # weight: daily -> 48 h (glucose re-notifies)
-    assert sorted((e.kind, e.notification) for e in evs) == [
-        ("body_weight", "firing"),
-        ("glucose", "renotify"),
-    ]
+    evs = eng.tick(T0 + timedelta(hours=48))  # weight: daily -> 48 h (glucose: no re-notification)
+    assert sorted((e.kind, e.notification) for e in evs) == [("body_weight", "firing")]
     (ev,) = [e for e in evs if e.notification == "firing"]
     assert (ev.kind, ev.opened_at, ev.threshold) == ("body_weight", T0 + timedelta(hours=48), 48.0)
 
@@ -640,3 +637,14 @@ def test_no_two_notifications_share_an_event_id(specs, steps) -> None:  # type: 
     events += eng.on_readings(stream[start:], {})
     ids = [e.event_id for e in events]
     assert len(ids) == len(set(ids))
+
+
+def test_no_re_notification_by_default_only_transitions() -> None:
+    """Without a repeat interval a firing episode produces no event until it changes (Alertmanager
+    repeats the page); an escalation is still an event."""
+    eng = engine()
+    eng.on_readings([reading(2.5, T0)])
+    assert [e.notification for e in eng.tick(T0 + timedelta(days=3))] == []
+    (ev,) = eng.tick(T0 + timedelta(days=3, hours=1), {"p1": ["no_support_network"]})
+    assert (ev.notification, ev.escalated_from, ev.severity) == ("renotify", "critical", "emergency")
+    assert eng.tick(T0 + timedelta(days=9), {"p1": ["no_support_network"]}) == []

@@ -161,7 +161,7 @@ def patient(pid: str, plan: dict[str, float], overrides: dict[str, float] | None
 @given(
     initial=st.lists(PATIENT, min_size=1, max_size=4),
     steps=st.lists(STEP, min_size=1, max_size=50),
-    repeat=st.sampled_from([timedelta(minutes=20), timedelta(hours=1), timedelta(minutes=90)]),
+    repeat=st.sampled_from([None, timedelta(minutes=20), timedelta(hours=1), timedelta(minutes=90)]),
     retain=st.sampled_from([None, timedelta(hours=2), timedelta(days=1)]),
     stale=st.sampled_from([None, timedelta(minutes=30)]),
     start=st.integers(-2, 4),
