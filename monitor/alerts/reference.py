@@ -16,7 +16,6 @@ that prove it restores to the same behaviour.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -31,6 +30,7 @@ from monitor.alerts.episodes import (
     SupportFlags,
     _digest,
     alert_id_for,
+    allowed_gap,
     hours,
     iso,
     parse_iso,
@@ -123,13 +123,7 @@ class ReferenceAlertEngine(AlertEngine):
         self._resolved = [e for e in self._resolved if e.resolved_at is not None and e.resolved_at >= horizon]
 
     def _allowed_gap(self, info: PatientInfo, kind: str) -> timedelta | None:
-        per_day = info.plan.get(kind)
-        if not per_day or per_day <= 0 or not math.isfinite(per_day):
-            return None
-        factor = info.thresholds.get(MISSED, RULES_BY_ID[MISSED].threshold)
-        if factor <= 0:
-            return None
-        return timedelta(seconds=86_400.0 / per_day * factor)
+        return allowed_gap(info, kind)  # computed at every call (the engine caches it per patient)
 
     def _evaluate_missed(self, now: datetime, flags: SupportFlags) -> list[AlertEvent]:
         events: list[AlertEvent] = []
