@@ -94,7 +94,7 @@ def _iso_at(ts: datetime) -> str:
     if text is None:
         if len(_ISO_AT) >= 4096:
             _ISO_AT.clear()
-        text = _ISO_AT[ts] = ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        text = _ISO_AT[ts] = iso(ts)  # type: ignore[assignment]
     last[0], last[1] = ts, text
     return text
 
