@@ -116,6 +116,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    from monitor.notify import run_notifier
+
+    settings = _settings()
+    if not settings.alertmanager_url:
+        print("MONITOR_ALERTMANAGER_URL is not set: the notifier has nowhere to deliver", file=sys.stderr)
+        return 2
+    run_notifier(settings)
+    return 0
+
+
 #: ``simulate``: some messages were not delivered (the broker did not acknowledge them)
 EXIT_UNDELIVERED = 3
 
@@ -307,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the faust stream worker (Ctrl-C to stop)")
     w.set_defaults(func=cmd_worker)
+
+    n = sub.add_parser("notify", help="deliver the alerts topic to Alertmanager (MONITOR_ALERTMANAGER_URL), "
+                                      "at least once; Ctrl-C to stop")
+    n.set_defaults(func=cmd_notify)
 
     s = sub.add_parser(
         "simulate", help="publish a synthetic population with a social gradient",

@@ -117,9 +117,9 @@ class Settings(BaseSettings):
     # the event-time grid of evaluations: flags and alert timers are also evaluated whenever a
     # partition's events cross a multiple of it (UTC), as the offline replay does (one answer)
     tick_every_s: int = Field(default=3600, ge=60, le=86_400)
-    # every firing alert is posted to Alertmanager again this often (wall clock): shorter than
-    # Alertmanager's resolve_timeout (3 h in deploy/alertmanager.yml), and the longest an alert
-    # dropped by an Alertmanager outage or a restart waits to be delivered
+    # the notifier posts every firing alert to Alertmanager again this often (wall clock): shorter
+    # than Alertmanager's resolve_timeout (3 h in deploy/alertmanager.yml), and the longest a
+    # restarted Alertmanager (alerts in memory only) waits for the firing alerts
     alert_repost_s: float = Field(default=300.0, ge=1, le=3600)
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
     max_poll_records: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -138,7 +138,16 @@ class Settings(BaseSettings):
     unknown_patient_cap: int = Field(default=10_000, ge=0, le=10_000_000)
     # most items (readings, Bundle entries, documents) one intake request may hold (413 above)
     intake_max_items: int = Field(default=10_000, ge=1, le=1_000_000)
+    # the notifier (coproduction-monitor notify) posts the alerts topic to this Alertmanager
     alertmanager_url: str | None = None
+    # the notifier's consumer group (default: "<app_id>-notifier") and its metrics port
+    notify_group_id: str | None = Field(default=None, min_length=1, max_length=249)
+    notify_port: int = Field(default=6067, ge=1, le=65535)
+    # one round of the notifier's retries (exponential backoff) before it reads the events again;
+    # short enough to keep its consumer-group membership alive (max.poll.interval: 300 s)
+    notify_retry_window_s: float = Field(default=20.0, ge=1, le=120)
+    # the link in each alert (Alertmanager's generatorURL); {alert_id} is replaced
+    alert_link_template: str = "http://127.0.0.1:6066/alerts/{alert_id}"
     intake_host: str = "127.0.0.1"
     intake_port: int = Field(default=8088, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -216,6 +225,11 @@ class Settings(BaseSettings):
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         return cfg
+
+    @property
+    def notify_group(self) -> str:
+        """The notifier's consumer group (its committed offsets are what reached Alertmanager)."""
+        return self.notify_group_id or f"{self.app_id}-notifier"
 
     def aiokafka_config(self) -> dict[str, object]:
         """Connection keyword arguments for aiokafka clients (TLS context for SSL protocols)."""

@@ -2,7 +2,8 @@
 episode lifecycle (``episodes``) over per-(patient, kind) dedup streams (``streams``), fed per
 reading or per columnar slice (``columnar``) by the ``AlertEngine`` facade (``engine``), its
 snapshot codec (``snapshot``), the reference engine the tests hold it to with the version-1
-snapshot layout (``reference``), and the Alertmanager v2 client (``alertmanager``). The engine
+snapshot layout (``reference``), the notifier's set of firing alerts (``delivery``) and the
+Alertmanager v2 client (``alertmanager``, aiohttp). The engine
 turns canonical readings, patients and clock ticks (event time, aware UTC) into ``AlertEvent``
 transitions and never raises on clinical input. The package may import ``monitor.contract``,
 ``monitor.intake.canonical`` (with the slice columns of ``monitor.intake.columnar``),

@@ -1,4 +1,4 @@
-"""A small client for the Prometheus Alertmanager v2 API (``POST /api/v2/alerts``), stdlib only.
+"""A small client for the Prometheus Alertmanager v2 API (``POST /api/v2/alerts``), on aiohttp.
 
 Each :class:`~monitor.alerts.engine.AlertEvent` becomes one Alertmanager alert (or one per
 recipient, see below):
@@ -9,9 +9,9 @@ recipient, see below):
 * annotations: ``value``, ``threshold``, ``unit``, ``unsupported`` (``"true"``/``"false"``),
   ``alert_id``, ``notification``, ``opened_at``, ``summary``;
 * ``startsAt`` = the episode's ``opened_at``; ``endsAt`` = ``resolved_at`` on a resolved event
-  (omitted while firing, so Alertmanager keeps the alert until ``resolve_timeout`` - the worker
-  re-posts firing alerts at each re-notification, so keep ``resolve_timeout`` longer than the
-  engine's ``repeat_interval``; see ``deploy/alertmanager.yml``);
+  (omitted while firing, so Alertmanager keeps the alert until ``resolve_timeout`` - the notifier,
+  :mod:`monitor.notify`, re-posts firing alerts every ``MONITOR_ALERT_REPOST_S``, well within it;
+  see ``deploy/alertmanager.yml``);
 * ``generatorURL`` from a template with ``{alert_id}``.
 
 Per-recipient acknowledgement: with ``recipients`` set, every event is posted once per recipient
@@ -26,18 +26,19 @@ Failure behaviour: a non-2xx answer raises :class:`AlertmanagerError` with ``sta
 response ``body`` as an attribute, never in the message); a connection error or timeout raises it
 with ``status=None``. Events are posted in batches of ``batch_size`` alerts; on a failure,
 ``posted`` tells how many alerts were accepted before. There are no retries here: the caller
-decides (re-posting is safe, Alertmanager merges alerts by label set). Nothing is logged.
+(:mod:`monitor.notify`) decides; re-posting is safe, Alertmanager merges alerts by label set.
+Nothing is logged. The client is used from one event loop (its aiohttp session belongs to it).
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import aiohttp
 
 from monitor.alerts.engine import AlertEvent
 from monitor.alerts.rules import RULES_BY_ID
@@ -102,6 +103,7 @@ class AlertmanagerClient:
         self.care_teams = dict(care_teams or {})
         self.recipients = recipients
         self.extra_labels = dict(extra_labels or {})
+        self._session: aiohttp.ClientSession | None = None  # opened by the first post, in its loop
 
     def alerts_for(self, event: AlertEvent) -> list[dict[str, Any]]:
         """The Alertmanager alert objects (``postableAlert``) for one event."""
@@ -152,53 +154,54 @@ class AlertmanagerClient:
             return variants
         return [{**v, "labels": {**v["labels"], "recipient": who}} for who in recipients for v in variants]
 
-    def post(self, events: Sequence[AlertEvent]) -> int:
+    def payload(self, events: Sequence[AlertEvent]) -> list[dict[str, Any]]:
+        """The alert objects of ``events`` to post (``recorded`` events left out, see above)."""
+        # a "recorded" event is the record of a backfilled episode (opened and resolved in the
+        # past, monitor.alerts.engine): it stays on the alerts topic and is never paged
+        return [a for e in events if e.notification != "recorded" for a in self.alerts_for(e)]
+
+    async def __aenter__(self) -> AlertmanagerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session (a later post opens a new one)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, events: Sequence[AlertEvent]) -> int:
         """Post the events (in batches); return the number of alerts accepted.
 
         Raises :class:`AlertmanagerError` on the first failing batch (see the module docstring).
         """
-        # a "recorded" event is the record of a backfilled episode (opened and resolved in the
-        # past, monitor.alerts.engine): it stays on the alerts topic and is never paged
-        alerts = [a for e in events if e.notification != "recorded" for a in self.alerts_for(e)]
+        return await self.post_alerts(self.payload(events))
+
+    async def post_alerts(self, alerts: Sequence[dict[str, Any]]) -> int:
+        """Post alert objects (from :meth:`alerts_for`) in batches; the number accepted."""
         posted = 0
         for start in range(0, len(alerts), self.batch_size):
-            batch = alerts[start : start + self.batch_size]
-            self._post_batch(batch, posted)
+            batch = list(alerts[start : start + self.batch_size])
+            await self._post_batch(batch, posted)
             posted += len(batch)
         return posted
 
-    def _post_batch(self, batch: list[dict[str, Any]], posted: int) -> None:
+    async def _post_batch(self, batch: list[dict[str, Any]], posted: int) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         body = json.dumps(batch, separators=(",", ":")).encode("utf-8")
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status = response.status
-                if not 200 <= status < 300:
+            async with self._session.post(self.url, data=body, headers=headers) as response:
+                if not 200 <= response.status < 300:
+                    text = (await response.content.read(2000)).decode("utf-8", "replace")
                     raise AlertmanagerError(
-                        f"Alertmanager answered HTTP {status} to {len(batch)} alert(s)",
-                        status=status,
-                        body=response.read(2000).decode("utf-8", "replace"),
-                        posted=posted,
-                    )
-        except urllib.error.HTTPError as exc:
-            text = ""
-            try:
-                text = exc.read(2000).decode("utf-8", "replace")
-            except OSError:
-                pass
+                        f"Alertmanager rejected {len(batch)} alert(s): HTTP {response.status}",
+                        status=response.status, body=text, posted=posted)
+                await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AlertmanagerError(
-                f"Alertmanager rejected {len(batch)} alert(s): HTTP {exc.code}",
-                status=exc.code,
-                body=text,
-                posted=posted,
-            ) from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise AlertmanagerError(
-                f"Alertmanager unreachable at {self.url}: {type(reason).__name__}", posted=posted
+                f"Alertmanager unreachable at {self.url}: {type(exc).__name__}", posted=posted
             ) from exc

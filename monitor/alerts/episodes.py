@@ -176,6 +176,20 @@ class AlertEvent:
             data[name] = iso(data[name])
         return data
 
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> AlertEvent:
+        """The inverse of :meth:`to_json` (a document of the alerts topic). Raises ``KeyError``,
+        ``TypeError`` or ``ValueError`` on a document that is not one (a naive time included)."""
+        names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        data = {k: v for k, v in doc.items() if k in names}
+        for name in ("opened_at", "resolved_at", "event_at"):
+            data[name] = parse_iso(data.get(name))
+        if data["opened_at"] is None or data["event_at"] is None:
+            raise ValueError("an alert event needs opened_at and event_at")
+        if data["status"] not in ("firing", "resolved"):
+            raise ValueError("unknown alert status")
+        return cls(**data)
+
 
 @dataclass(slots=True)
 class Episode:

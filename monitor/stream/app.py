@@ -14,8 +14,8 @@ Topology (every input topic co-partitioned by patient id, ``MONITOR_PARTITIONS``
 * Durable partition state, checkpoints and acknowledgements: :mod:`monitor.stream.partitions`
   (input is acknowledged only after the checkpoint that includes it is durable; a restore
   suppresses outputs already written, so no output id is emitted twice).
-* Outputs and Alertmanager: :mod:`monitor.stream.publish` (delivery ledger:
-  :mod:`monitor.stream.outputs`).
+* Outputs: :mod:`monitor.stream.publish` (delivery ledger: :mod:`monitor.stream.outputs`).
+  Alerts reach Alertmanager through the notifier (:mod:`monitor.notify`), not the worker.
 * Population equity and the carers' view: :mod:`monitor.stream.merge`.
 * Web views: :mod:`monitor.stream.views`; readiness: :mod:`monitor.stream.health`.
 * Scale-out: N workers share the partitions through faust's consumer group; a partition's state
@@ -32,7 +32,6 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from monitor.alerts.alertmanager import AlertmanagerClient
 from monitor.kafka.checkpoints import read_partition
 from monitor.kafka.security import faust_credentials
 from monitor.metrics.collectors import registry_for
@@ -108,8 +107,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
         ack=lambda topic, p, offsets: app.consumer.ack_offsets(TP(topic, p), offsets))
     app.partition_manager = mgr  # type: ignore[attr-defined]  # read by tests/integration/test_readiness.py
     add_readiness(app, mgr, settings)  # /readyz: connected, assigned, restored, caught up
-    alertmanager = AlertmanagerClient(settings.alertmanager_url) if settings.alertmanager_url else None
-    outputs = Outputs(ledger, mgr.output_topics, mgr.is_new, alertmanager)
+    outputs = Outputs(ledger, mgr.output_topics, mgr.is_new)  # Alertmanager: monitor.notify
     flags_topic, partials_topic = topic("flags"), topic("equity_partials", partitions=1)
     equity_topic = topic("equity", partitions=1)
     merge = MergePoint(
@@ -169,18 +167,6 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def merge_partials(stream: faust.StreamT) -> None:
         async for values in stream.take(1000, within=0.5):
             await merge.take(values)
-
-    if alertmanager is not None:
-        app.task(outputs.post_to_alertmanager)
-
-        async def repost(p: int, st: PartitionState) -> bool:
-            outputs.keep_alive(st.alerts.firing())
-            return False
-
-        @app.timer(settings.alert_repost_s)
-        async def keep_alerts_alive() -> None:
-            """Every firing alert again to Alertmanager (see Outputs.keep_alive)."""
-            await mgr.each_owned(repost)
 
     registry = registry_for(pipe, equity_snapshot=lambda: merge.snapshot,
                             highwater=lambda: {(tp.topic, tp.partition): app.consumer.highwater(tp)

@@ -1,28 +1,24 @@
-"""The worker's outputs: dead letters, flags and alerts to their topics, new alerts to Alertmanager.
+"""The worker's outputs: dead letters, flags and alerts to their topics.
 
 Outputs of input partition ``p`` go to partition ``p`` of their topics, each with an id
 (:func:`output_key`) that a restore reads back to suppress what re-processing produces again
 (:meth:`monitor.stream.partitions.PartitionManager.is_new`). Every output is recorded in the
 delivery ledger (:class:`~monitor.stream.outputs.OutputLedger`) until the broker acknowledges it,
-so a partition's checkpoint, and the acknowledgement of its input, wait for its outputs. New alerts
-are posted to Alertmanager by one background loop, never under the partition lock. No faust here.
+so a partition's checkpoint, and the acknowledgement of its input, wait for its outputs. The
+worker never talks to Alertmanager: the notifier (:mod:`monitor.notify`) delivers the alerts topic,
+so an Alertmanager outage cannot slow or stall the ingest. No faust here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
 from monitor.alerts.engine import AlertEvent
 from monitor.pipeline import BatchResult, Pipeline, TickResult
 from monitor.stream.outputs import OutputLedger
-
-log = logging.getLogger(__name__)
 
 OUTPUTS = ("dead_letters", "flags", "alerts")
 """The output kinds of a partition (``Settings.topics.name(kind)`` is the topic)."""
@@ -61,17 +57,13 @@ def partitions_of(pipe: Pipeline, ids: Iterable[str]) -> dict[str, int]:
 
 class Outputs:
     """Publishes a partition's outputs once each: ``topics`` maps each of :data:`OUTPUTS` to its
-    topic, ``is_new(partition, key)`` says whether an output id is still to be written, and
-    ``alertmanager`` (optional) receives the alerts published (see :meth:`post_to_alertmanager`)."""
+    topic and ``is_new(partition, key)`` says whether an output id is still to be written."""
 
     def __init__(self, ledger: OutputLedger, topics: Mapping[str, str],
-                 is_new: Callable[[int, str], bool],
-                 alertmanager: AlertmanagerClient | None = None) -> None:
+                 is_new: Callable[[int, str], bool]) -> None:
         self.ledger = ledger
         self.topics = dict(topics)
         self.is_new = is_new
-        self.alertmanager = alertmanager
-        self._to_alertmanager: asyncio.Queue[list[AlertEvent]] = asyncio.Queue()
 
     async def publish(self, kind: str, partition: int, key: bytes | None, doc: dict[str, Any]) -> bool:
         """Send one output of input partition ``partition`` unless it was written before; whether
@@ -83,13 +75,9 @@ class Outputs:
         return True
 
     async def publish_alerts(self, events: list[AlertEvent], partition_of: Mapping[str, int]) -> None:
-        fresh = []
         for ev in events:
             pid = ev.patient_id
-            if await self.publish("alerts", partition_of[pid], pid.encode(), ev.to_json()):
-                fresh.append(ev)
-        if self.alertmanager is not None and fresh:
-            self._to_alertmanager.put_nowait(fresh)  # posted by ``post_to_alertmanager``, not under the lock
+            await self.publish("alerts", partition_of[pid], pid.encode(), ev.to_json())
 
     async def publish_batch(self, result: BatchResult, pipe: Pipeline) -> None:
         """The outputs of one applied batch (``pipe`` locates the alerts' partitions)."""
@@ -112,33 +100,3 @@ class Outputs:
             await self.publish("flags", partition, ev.patient_id.encode(), ev.model_dump(mode="json"))
         await self.publish_alerts(tick.alerts, {a.patient_id: partition for a in tick.alerts})
         return bool(tick.flags or tick.alerts or tick.dead_letters)
-
-    def keep_alive(self, events: list[AlertEvent]) -> None:
-        """Post the firing episodes ``events`` again (a partition's ``AlertEngine.firing()``; not
-        published to the alerts topic: nothing changed). Alertmanager ends an alert it has not heard
-        of for ``resolve_timeout``; re-posting on the worker's clock keeps every firing alert
-        active (Alertmanager's routes repeat the page), and delivers one that a failed post, an
-        Alertmanager outage or a restart dropped within one re-post interval."""
-        if self.alertmanager is not None and events:
-            self._to_alertmanager.put_nowait(events)
-
-    async def post_to_alertmanager(self) -> None:
-        """Post new alerts to Alertmanager in publication order, off the ingest path (runs for
-        ever): the post (up to the client's timeout per request) used to run under the partition
-        lock, so a slow Alertmanager stalled all input. Alerts queued meanwhile go in one post."""
-        client = self.alertmanager
-        if client is None:
-            return
-        queue = self._to_alertmanager
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = list(await queue.get())
-            while not queue.empty():
-                batch.extend(queue.get_nowait())
-            try:
-                await loop.run_in_executor(None, client.post, batch)
-            except AlertmanagerError as exc:  # firing ones are re-posted by keep_alive
-                log.warning("posting %d alerts to Alertmanager failed: %s", len(batch), exc)
-            except Exception as exc:  # noqa: BLE001 - keep posting later alerts
-                log.warning("posting %d alerts to Alertmanager failed: %s", len(batch),
-                            type(exc).__name__)

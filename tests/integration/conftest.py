@@ -224,3 +224,56 @@ def worker(env: dict[str, str], settings: Settings, tmp_path: Path) -> Iterator[
         yield w
     finally:
         w.stop()
+
+
+class NotifierProcess:
+    """A ``coproduction-monitor notify`` child process (the alerts topic to Alertmanager); its
+    metrics port is ``MONITOR_NOTIFY_PORT`` of ``env`` (set here when missing)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = {**env, "MONITOR_NOTIFY_PORT": env.get("MONITOR_NOTIFY_PORT") or str(free_port())}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "notify"], env=self.env, cwd=ROOT,
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"notifier exited with {self.proc.returncode}; log:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"notifier did not start; log:\n{self.log.read_text()[-3000:]}")
+
+    def metrics(self) -> dict[str, float]:
+        """Its Prometheus metrics as ``{name{labels}: value}`` (comments left out)."""
+        url = f"http://127.0.0.1:{self.env['MONITOR_NOTIFY_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last commit."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -25,17 +26,26 @@ class FakeAlertmanager:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, Any]] = []
         self.status = 200
+        self.refuse_patient: str | None = None  # answer 400 to a batch holding this patient's alert
+        self.accepted: list[dict[str, Any]] = []  # alerts of the batches answered 2xx
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
-                outer.requests.append((self.path, self.headers.get("Content-Type", ""), json.loads(body)))
-                self.send_response(outer.status)
+                alerts = json.loads(body)
+                outer.requests.append((self.path, self.headers.get("Content-Type", ""), alerts))
+                status = outer.status
+                if outer.refuse_patient and any(a["labels"]["patient_id"] == outer.refuse_patient
+                                                for a in alerts):
+                    status = 400
+                if status < 300:
+                    outer.accepted.extend(alerts)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'"bad alert: p1 label echo"' if outer.status >= 400 else b"")
+                self.wfile.write(b'"bad alert: p1 label echo"' if status >= 400 else b"")
 
             def log_message(self, *args: object) -> None:  # keep test output clean
                 return
@@ -62,6 +72,15 @@ def am() -> Iterator[FakeAlertmanager]:
     server.close()
 
 
+def post(client: AlertmanagerClient, events: list[AlertEvent]) -> int:
+    """``client.post`` in a loop of its own (the client is async; its session closed after)."""
+    async def run() -> int:
+        async with client:
+            return await client.post(events)
+
+    return asyncio.run(run())
+
+
 def glucose(value: float, at: datetime, rid: str) -> CanonicalReading:
     return CanonicalReading(
         rid, "p1", "d1", None, "glucose", value, None, None, "mmol/L", "mmol/L", None, at, "native"
@@ -83,7 +102,7 @@ def test_posts_firing_and_resolved_alerts_with_labels_annotations_and_times(am: 
         care_teams={"north": "north-community-team"},
         generator_url="http://monitor.local/alerts/{alert_id}",
     )
-    assert client.post(events) == 2
+    assert post(client, events) == 2
     ((path, content_type, _),) = am.requests  # one batch
     assert path == "/api/v2/alerts" and content_type == "application/json"
     firing, resolved = am.alerts
@@ -114,7 +133,7 @@ def test_posts_firing_and_resolved_alerts_with_labels_annotations_and_times(am: 
 def test_batches_and_per_recipient_copies(am: FakeAlertmanager) -> None:
     events = lifecycle()
     client = AlertmanagerClient(am.url, batch_size=3, recipients=lambda e: ["dr-a", "nurse-b"])
-    assert client.post(events) == 4
+    assert post(client, events) == 4
     assert [len(body) for _, _, body in am.requests] == [3, 1]
     assert sorted((a["labels"]["recipient"], "endsAt" in a) for a in am.alerts) == [
         ("dr-a", False),
@@ -128,7 +147,7 @@ def test_escalation_ends_the_alert_with_the_old_severity(am: FakeAlertmanager) -
     eng = AlertEngine(AlertConfig(), clock=lambda: T0)
     eng.on_readings([glucose(3.5, T0, "r1")])
     (escalation,) = eng.tick(T0 + timedelta(minutes=5), {"p1": {"support_lapsed"}})
-    AlertmanagerClient(am.url).post([escalation])
+    post(AlertmanagerClient(am.url), [escalation])
     old, new = am.alerts
     assert old["labels"]["severity"] == "warning" and old["endsAt"] == "2024-03-04T08:05:00Z"
     assert new["labels"]["severity"] == "critical" and "endsAt" not in new
@@ -138,7 +157,7 @@ def test_escalation_ends_the_alert_with_the_old_severity(am: FakeAlertmanager) -
 def test_rejection_raises_a_clear_error_without_patient_data(am: FakeAlertmanager) -> None:
     am.status = 400
     with pytest.raises(AlertmanagerError) as info:
-        AlertmanagerClient(am.url).post(lifecycle())
+        post(AlertmanagerClient(am.url), lifecycle())
     assert info.value.status == 400 and info.value.posted == 0
     assert "HTTP 400" in str(info.value) and "p1" not in str(info.value)
     assert "bad alert" in info.value.body
@@ -149,12 +168,12 @@ def test_unreachable_alertmanager_raises() -> None:
     url = server.url
     server.close()  # nothing listens on that port any more
     with pytest.raises(AlertmanagerError, match="unreachable") as info:
-        AlertmanagerClient(url, timeout=2).post(lifecycle())
+        post(AlertmanagerClient(url, timeout=2), lifecycle())
     assert info.value.status is None
 
 
 def test_empty_post_sends_nothing(am: FakeAlertmanager) -> None:
-    assert AlertmanagerClient(am.url).post([]) == 0
+    assert post(AlertmanagerClient(am.url), []) == 0
     assert am.requests == []
 
 

@@ -160,6 +160,44 @@ tests:
             exp_annotations:
               summary: "Dead letters with reason malformed_json at 1/s"
               description: "Over 3x the rate of the previous hour: a gateway may send a new format."
+
+  # an alert event waits for Alertmanager from minute 10 on: stalled once it waited over 2 min for 1 min
+  - interval: 1m
+    input_series:
+      - series: 'monitor_notifier_oldest_unaccepted_seconds{{instance="n1"}}'
+        values: '0x10 60 120 180 240 300 360'
+    alert_rule_test:
+      - eval_time: 12m
+        alertname: AlertDeliveryStalled
+        exp_alerts: []
+      - eval_time: 14m
+        alertname: AlertDeliveryStalled
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              team: platform
+            exp_annotations:
+              summary: "Clinical alerts are not reaching Alertmanager"
+              description: "An alert event waited over 2 minutes: check Alertmanager and the notifier's log."
+
+  # the notifier is scraped up for 5 minutes, then down: paged after 2 minutes of absence
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="notifier", instance="n1"}}'
+        values: '1x5 0x10'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: AlertNotifierDown
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: AlertNotifierDown
+        exp_alerts:
+          - exp_labels:
+              severity: critical
+              team: platform
+            exp_annotations:
+              summary: "No alert notifier is running"
+              description: "Clinical alerts stay on the alerts topic and reach nobody until a notifier runs."
 """
 
 
@@ -178,6 +216,7 @@ alertmanager_bin = shutil.which("prometheus-alertmanager") or shutil.which("aler
 def test_real_alertmanager_accepts_client_payload_and_acks_per_recipient(tmp_path: Path) -> None:
     """The real Alertmanager with deploy/alertmanager.yml: the client's alerts are accepted and routed,
     and one clinician's silence (ack) leaves the other recipient's copy active."""
+    import asyncio
     import json
     import socket
     import time
@@ -221,7 +260,12 @@ def test_real_alertmanager_accepts_client_payload_and_acks_per_recipient(tmp_pat
             [CanonicalReading("r1", "p1", "d1", None, "spo2", 90.0, None, None, "%", "%", None, t0, "native")]
         )
         client = AlertmanagerClient(base, recipients=lambda e: ["dr-a", "nurse-b"])
-        assert client.post(events) == 2
+
+        async def post() -> int:
+            async with client:
+                return await client.post(events)
+
+        assert asyncio.run(post()) == 2
 
         silence = {
             "matchers": [
