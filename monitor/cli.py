@@ -207,6 +207,46 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """``alerts ack``: publish an acknowledgement; ``alerts history``: the episode's timeline."""
+    from datetime import UTC
+
+    from monitor.alerts.actions import AlertAction
+    from monitor.kafka.clients import read_topic
+
+    s = _settings()
+    if args.action == "ack":
+        from kafka import KafkaProducer
+
+        action = AlertAction("ack", args.alert_id, datetime.now(UTC), by=args.by, note=args.note or "")
+        producer = KafkaProducer(**s.kafka_python_config(), acks="all")
+        try:
+            producer.send(s.topics.name("alert_actions"), key=args.alert_id.encode(), value=action.dumps(),
+                          partition=0).get(timeout=30)
+        finally:
+            producer.close()
+        _print_json(action.to_json())
+        return 0
+    timeline: list[dict[str, Any]] = []
+    for topic in ("alerts", "alert_actions"):
+        for rec in read_topic(s, s.topics.name(topic), timeout_s=args.timeout):
+            try:
+                doc = json.loads(rec.value)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("alert_id") == args.alert_id:
+                what = doc.get("notification") if topic == "alerts" else doc.get("action")
+                at = doc.get("event_at") if topic == "alerts" else doc.get("at")
+                timeline.append({"at": at, "published_ms": rec.timestamp, "what": what, **doc})
+    if not timeline:
+        print(f"no alert {args.alert_id} on the alerts topic", file=sys.stderr)
+        return 1
+    timeline.sort(key=lambda e: e["published_ms"])
+    for entry in timeline:
+        print(json.dumps(entry, separators=(",", ":")))
+    return 0
+
+
 # --- analysis ------------------------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -363,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--latest", type=int, default=10)
     dl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records")
     dl.set_defaults(func=cmd_dead_letters)
+
+    al = sub.add_parser("alerts", help="acknowledge an alert, or print its timeline (who answered, when)")
+    alsub = al.add_subparsers(dest="action", required=True)
+    ack = alsub.add_parser("ack", help="take an alert on: the notifier silences it until it resolves")
+    ack.add_argument("alert_id")
+    ack.add_argument("--by", required=True, help="who acknowledges (a name or duty role)")
+    ack.add_argument("--note", default="")
+    hist = alsub.add_parser("history", help="every event and action of one alert, in publication order "
+                                            "(one JSON line each)")
+    hist.add_argument("alert_id")
+    hist.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records")
+    al.set_defaults(func=cmd_alerts)
 
     r = sub.add_parser("replay", help="run the aggregators offline over an NDJSON file")
     r.add_argument("file")

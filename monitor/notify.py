@@ -41,15 +41,17 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from monitor.alerts.actions import AlertAction
 from monitor.alerts.alertmanager import AlertmanagerClient, AlertmanagerError
-from monitor.alerts.delivery import FiringSet
+from monitor.alerts.delivery import FiringSet, Responses
 from monitor.alerts.episodes import AlertEvent
 from monitor.settings import Settings
 
@@ -94,6 +96,15 @@ class NotifierMetrics:
               registry=registry).set_function(lag)
         Gauge(p + "firing_alerts", "Firing alerts the notifier keeps alive",
               registry=registry).set_function(firing)
+        # is the response itself equitable? by region and severity (no patient ids)
+        self.time_to_ack = Histogram(
+            "monitor_alert_time_to_ack_seconds", "From an alert's publication to its first acknowledgement",
+            ["region", "severity"], buckets=(60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+            registry=registry)
+        self.escalations = Counter("monitor_alert_escalations", "Alerts escalated to tier 2 unacknowledged",
+                                   ["severity"], registry=registry)
+        self.silence_failures = Counter(p + "silence_failures", "Failed silence creations or expiries",
+                                        registry=registry)
 
 
 class Notifier:
@@ -115,6 +126,14 @@ class Notifier:
         self._pending_since: float | None = None  # Kafka time (s) of the oldest event not accepted
         self._repost_due = 0.0
         self.consumer: AIOKafkaConsumer | None = None
+        # acknowledgements and escalations (the alert-actions topic, one partition, read in full)
+        self.responses = Responses(settings.escalate_after)
+        self.actions_topic = settings.topics.name("alert_actions")
+        self.actions_live_from = 0  # its end offset at start: earlier actions are history
+        self.actions_next = 0
+        self.silence_todo: dict[str, AlertAction] = {}  # acks whose silence is still to be made
+        self.producer: AIOKafkaProducer | None = None
+        self.actions_consumer: AIOKafkaConsumer | None = None
         self.metrics = NotifierMetrics(registry or CollectorRegistry(), self._pending_age, self._lag,
                                        lambda: float(sum(len(f) for f in self.firing.values())))
 
@@ -170,7 +189,7 @@ class Notifier:
     async def deliver(self, events: list[AlertEvent]) -> None:
         """Post ``events`` until Alertmanager accepted each (or refused it for good); raises
         :class:`AlertmanagerError` when it is still unreachable after the retry window."""
-        alerts = self.client.payload(events)
+        alerts = self._payload(events)
         if not alerts:
             return
         try:
@@ -191,6 +210,21 @@ class Notifier:
                     log.error("Alertmanager refused an alert (HTTP %s); it stays on the alerts topic",
                               one.status)
 
+    def _payload(self, events: list[AlertEvent]) -> list[dict[str, Any]]:
+        """The alerts of ``events``, with the tier-2 copy of each escalated one."""
+        out = self.client.payload(events)
+        for e in events:
+            if e.alert_id in self.responses.escalated and e.notification != "recorded":
+                out.extend(self.client.alerts_for(e, tier=2))
+        return out
+
+    def _firing_event(self, alert_id: str) -> tuple[AlertEvent, float] | None:
+        for f in self.firing.values():
+            event = f.get(alert_id)
+            if event is not None:
+                return event, f.since.get(alert_id, 0.0)
+        return None
+
     async def keep_alive(self) -> None:
         """Post every firing alert again (one attempt: the next round comes within the interval)."""
         events = [e for f in self.firing.values() for e in f.events()]
@@ -198,7 +232,7 @@ class Notifier:
         if not events:
             return
         try:
-            await self.client.post(events)
+            await self.client.post_alerts(self._payload(events))
             self.metrics.reposts.inc()
         except AlertmanagerError as exc:
             self.metrics.failures.labels(_reason(exc)).inc()
@@ -225,7 +259,7 @@ class Notifier:
                               r.offset, tp.partition)
                     event = None
                 if event is not None:
-                    firing.apply(event)
+                    firing.apply(event, r.timestamp / 1000.0)
                 if r.offset < self.resume_at[tp]:
                     continue  # delivered before: rebuilding the firing set only
                 first_new.setdefault(tp, r.offset)
@@ -248,6 +282,9 @@ class Notifier:
             accepted = self.clock()
             for ts in stamps:
                 self.metrics.delivery.observe(max(0.0, accepted - ts))
+            for event in to_post:
+                if event.status == "resolved":
+                    await self._resolved(event.alert_id)
             commit = {tp: offset + 1 for tp, offset in last.items() if tp in self.resume_at}
             try:
                 await consumer.commit(commit)
@@ -256,9 +293,100 @@ class Notifier:
                 log.warning("commit after delivery failed (%s): those events will be posted again",
                             type(exc).__name__)
             self._pending_since = None
-        if not self.rebuilding() and self.clock() >= self._repost_due:
-            await self.keep_alive()
+        await self.take_actions()
+        if not self.rebuilding():
+            if self.actions_next >= self.actions_live_from:
+                await self.escalate()
+            if self.clock() >= self._repost_due:
+                await self.keep_alive()
         return len(to_post)
+
+    # --- acknowledgements and escalations ---------------------------------------------------------
+    async def take_actions(self) -> None:
+        """Apply what arrived on the alert-actions topic; make the silences still to be made."""
+        consumer = self.actions_consumer
+        if consumer is not None:
+            batch = await consumer.getmany(timeout_ms=0, max_records=1000)
+            for records in batch.values():
+                for r in records:
+                    self.actions_next = r.offset + 1
+                    try:
+                        action = AlertAction.from_json(json.loads(r.value))
+                    except (ValueError, TypeError, KeyError):
+                        self.metrics.unreadable.inc()
+                        continue
+                    if not self.responses.apply(action) or action.action != "ack":
+                        continue
+                    found = self._firing_event(action.alert_id)
+                    if found is None:
+                        continue  # resolved already, or another notifier's partition
+                    self.silence_todo[action.alert_id] = action
+                    if r.offset >= self.actions_live_from:
+                        event, since = found
+                        self.metrics.time_to_ack.labels(event.region or "unknown", event.severity).observe(
+                            max(0.0, action.at.timestamp() - since))
+        for alert_id, action in list(self.silence_todo.items()):
+            found = self._firing_event(alert_id)
+            if found is None:
+                self.silence_todo.pop(alert_id)
+                continue
+            try:
+                await self._ensure_silence(found[0], action)
+                self.silence_todo.pop(alert_id)
+            except AlertmanagerError as exc:
+                self.metrics.silence_failures.inc()
+                log.warning("silencing an acknowledged alert failed (%s); trying again", exc)
+                break  # Alertmanager is away: the next step tries again
+
+    @staticmethod
+    def _comment(alert_id: str) -> str:
+        return f"ack {alert_id}"
+
+    async def _silences_of(self, alert_id: str) -> list[dict[str, Any]]:
+        """The unexpired silences made for ``alert_id``'s acknowledgement."""
+        mine = self._comment(alert_id)
+        return [s for s in await self.client.silences()
+                if s.get("comment", "").startswith(mine) and s["status"]["state"] != "expired"]
+
+    async def _ensure_silence(self, event: AlertEvent, action: AlertAction) -> None:
+        """One silence per acknowledged alert (a restarted notifier finds the one it made)."""
+        if await self._silences_of(event.alert_id):
+            return
+        mine = self._comment(event.alert_id)
+        note = f": {action.note}" if action.note else ""
+        await self.client.silence(event, by=action.by, comment=f"{mine} by {action.by}{note}",
+                                  ends_at=datetime.now(UTC) + timedelta(days=7))
+
+    async def _resolved(self, alert_id: str) -> None:
+        """An episode resolved: end its silence (a later episode must page) and forget it."""
+        if alert_id in self.responses.acked:
+            try:
+                for silence in await self._silences_of(alert_id):
+                    await self.client.expire_silence(silence["id"])
+            except AlertmanagerError as exc:
+                self.metrics.silence_failures.inc()
+                log.warning("expiring the silence of a resolved alert failed: %s", exc)
+        self.responses.forget(alert_id)
+        self.silence_todo.pop(alert_id, None)
+
+    async def escalate(self) -> None:
+        """Tier 2 for each unacknowledged alert past its severity's time: the action first on the
+        topic (so a restart does not escalate again), then the tier-2 copy to Alertmanager."""
+        firing = [(e, f.since.get(e.alert_id, 0.0)) for f in self.firing.values() for e in f.events()]
+        due = self.responses.due(firing, self.clock())
+        if not due or self.producer is None:
+            return
+        for event in due:
+            action = AlertAction("escalate", event.alert_id, datetime.fromtimestamp(self.clock(), UTC),
+                                 by="notifier", tier=2)
+            await self.producer.send_and_wait(self.actions_topic, action.dumps(), key=event.alert_id.encode(),
+                                              partition=0)
+            self.responses.apply(action)
+            self.metrics.escalations.labels(event.severity).inc()
+        try:
+            await self.client.post_alerts([a for e in due for a in self.client.alerts_for(e, tier=2)])
+        except AlertmanagerError as exc:  # the keep-alive posts the tier-2 copies again
+            self.metrics.failures.labels(_reason(exc)).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set (then close the consumer and the HTTP session)."""
@@ -278,7 +406,19 @@ class Notifier:
                 await notifier.assigned(consumer, set(assigned))
 
         consumer.subscribe([self.topic], listener=Listener())
+        actions = AIOKafkaConsumer(**self.settings.aiokafka_config(), group_id=None,
+                                   enable_auto_commit=False)
+        producer = AIOKafkaProducer(**self.settings.aiokafka_config(), acks="all", enable_idempotence=True)
         await consumer.start()
+        await actions.start()
+        await producer.start()
+        self.producer = producer
+        tp = TopicPartition(self.actions_topic, 0)
+        actions.assign([tp])
+        await actions.seek_to_beginning(tp)
+        self.actions_live_from = (await actions.end_offsets([tp]))[tp]
+        self.actions_next = (await actions.beginning_offsets([tp]))[tp]
+        self.actions_consumer = actions
         try:
             while not stop.is_set():
                 try:
@@ -288,6 +428,8 @@ class Notifier:
                     await asyncio.sleep(1.0)
         finally:
             await consumer.stop()
+            await actions.stop()
+            await producer.stop()
             await self.client.close()
 
 
@@ -301,7 +443,8 @@ def run_notifier(settings: Settings) -> None:
     ensure_topics(settings)
     registry = CollectorRegistry()
     start_http_server(settings.notify_port, addr=settings.web_host, registry=registry)
-    client = AlertmanagerClient(settings.alertmanager_url, generator_url=settings.alert_link_template)
+    client = AlertmanagerClient(settings.alertmanager_url, generator_url=settings.alert_link_template,
+                                runbook_url=settings.runbook_url_template)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -32,6 +32,7 @@ class Topics(BaseSettings):
     care_network: str = "care-network"
     patients: str = "patients"
     alerts: str = "alerts"
+    alert_actions: str = "alert-actions"
     flags: str = "flags"
     equity: str = "equity"
     dead_letters: str = "dead-letters"
@@ -58,10 +59,10 @@ class Topics(BaseSettings):
     @property
     def single_partition(self) -> set[str]:
         """Topics with one partition: the merge point's input and the population snapshot."""
-        return {self.name("equity_partials"), self.name("equity")}
+        return {self.name("equity_partials"), self.name("equity"), self.name("alert_actions")}
 
     def all(self) -> list[str]:
-        keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "flags",
+        keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "alert_actions", "flags",
                 "equity", "dead_letters", "checkpoints", "equity_partials"]
         return [self.name(k) for k in keys]
 
@@ -146,8 +147,14 @@ class Settings(BaseSettings):
     # one round of the notifier's retries (exponential backoff) before it reads the events again;
     # short enough to keep its consumer-group membership alive (max.poll.interval: 300 s)
     notify_retry_window_s: float = Field(default=20.0, ge=1, le=120)
+    # an unacknowledged critical / emergency alert goes to tier 2 after this long (wall clock,
+    # from its publication); 0 = never
+    escalate_critical_s: float = Field(default=1800.0, ge=0)
+    escalate_emergency_s: float = Field(default=900.0, ge=0)
     # the link in each alert (Alertmanager's generatorURL); {alert_id} is replaced
     alert_link_template: str = "http://127.0.0.1:6066/alerts/{alert_id}"
+    # each alert's runbook_url annotation; {rule} is replaced (the worker serves /runbooks/<rule>)
+    runbook_url_template: str = "http://127.0.0.1:6066/runbooks/{rule}"
     intake_host: str = "127.0.0.1"
     intake_port: int = Field(default=8088, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -225,6 +232,12 @@ class Settings(BaseSettings):
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         return cfg
+
+    @property
+    def escalate_after(self) -> dict[str, float]:
+        """Severity -> seconds without acknowledgement before tier 2 (the notifier's)."""
+        pairs = (("critical", self.escalate_critical_s), ("emergency", self.escalate_emergency_s))
+        return {severity: s for severity, s in pairs if s > 0}
 
     @property
     def notify_group(self) -> str:

@@ -7,7 +7,8 @@ recipient, see below):
   ``patient_id``, ``severity``, ``kind``, ``direction`` (``low``/``high``/``none``), and when known
   ``region``, ``care_team`` and ``recipient``;
 * annotations: ``value``, ``threshold``, ``unit``, ``unsupported`` (``"true"``/``"false"``),
-  ``alert_id``, ``notification``, ``opened_at``, ``summary``;
+  ``support`` (the same in words for the page), ``alert_id``, ``notification``, ``opened_at``
+  (ISO 8601 UTC), ``summary`` and ``runbook_url`` (from a template with ``{rule}``);
 * ``startsAt`` = the episode's ``opened_at``; ``endsAt`` = ``resolved_at`` on a resolved event
   (omitted while firing, so Alertmanager keeps the alert until ``resolve_timeout`` - the notifier,
   :mod:`monitor.notify`, re-posts firing alerts every ``MONITOR_ALERT_REPOST_S``, well within it;
@@ -44,7 +45,9 @@ from monitor.alerts.engine import AlertEvent
 from monitor.alerts.rules import RULES_BY_ID
 from monitor.errors import MonitorError
 
-DEFAULT_GENERATOR_URL = "http://127.0.0.1:8000/alerts/{alert_id}"
+DEFAULT_GENERATOR_URL = "http://127.0.0.1:6066/alerts/{alert_id}"
+DEFAULT_RUNBOOK_URL = "http://127.0.0.1:6066/runbooks/{rule}"
+"""The worker serves ``docs/runbooks/<rule>.md`` at ``/runbooks/<rule>``."""
 
 
 class AlertmanagerError(MonitorError):
@@ -85,6 +88,7 @@ class AlertmanagerClient:
         timeout: float = 5.0,
         batch_size: int = 100,
         generator_url: str = DEFAULT_GENERATOR_URL,
+        runbook_url: str = DEFAULT_RUNBOOK_URL,
         care_teams: Mapping[str, str] | None = None,
         recipients: Callable[[AlertEvent], Sequence[str]] | None = None,
         extra_labels: Mapping[str, str] | None = None,
@@ -100,13 +104,15 @@ class AlertmanagerClient:
         self.timeout = timeout
         self.batch_size = batch_size
         self.generator_url = generator_url
+        self.runbook_url = runbook_url
         self.care_teams = dict(care_teams or {})
         self.recipients = recipients
         self.extra_labels = dict(extra_labels or {})
         self._session: aiohttp.ClientSession | None = None  # opened by the first post, in its loop
 
-    def alerts_for(self, event: AlertEvent) -> list[dict[str, Any]]:
-        """The Alertmanager alert objects (``postableAlert``) for one event."""
+    def alerts_for(self, event: AlertEvent, tier: int | None = None) -> list[dict[str, Any]]:
+        """The Alertmanager alert objects (``postableAlert``) for one event; ``tier`` (2 for an
+        escalated alert) adds a ``tier`` label: another alert, routed to the next tier."""
         rule = RULES_BY_ID.get(event.rule)
         labels: dict[str, str] = {
             **self.extra_labels,
@@ -117,6 +123,8 @@ class AlertmanagerClient:
             "kind": event.kind,
             "direction": rule.direction if rule else "none",
         }
+        if tier is not None:
+            labels["tier"] = str(tier)
         if event.region:
             labels["region"] = event.region
             labels["care_team"] = self.care_teams.get(event.region, event.region)
@@ -128,6 +136,8 @@ class AlertmanagerClient:
             "alert_id": event.alert_id,
             "notification": event.notification,
             "opened_at": _iso(event.opened_at),
+            "runbook_url": self.runbook_url.format(rule=event.rule),
+            "support": "lives without carer support" if event.unsupported else "has carer support",
             "summary": (
                 f"{event.rule} ({event.severity}{', no support network' if event.unsupported else ''}): "
                 f"{_fmt(event.value)} {event.unit}, threshold {_fmt(event.threshold)} {event.unit}"
@@ -189,19 +199,55 @@ class AlertmanagerClient:
         return posted
 
     async def _post_batch(self, batch: list[dict[str, Any]], posted: int) -> None:
+        await self._request("POST", self.url, batch, what=f"{len(batch)} alert(s)", posted=posted)
+
+    async def _request(self, method: str, url: str, payload: Any = None, *, what: str,
+                       posted: int = 0) -> Any:
+        """One API call; the decoded JSON answer (``None`` when empty). Raises AlertmanagerError."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        body = json.dumps(batch, separators=(",", ":")).encode("utf-8")
+        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as response:
+            async with self._session.request(method, url, data=body, headers=headers) as response:
                 if not 200 <= response.status < 300:
                     text = (await response.content.read(2000)).decode("utf-8", "replace")
-                    raise AlertmanagerError(
-                        f"Alertmanager rejected {len(batch)} alert(s): HTTP {response.status}",
-                        status=response.status, body=text, posted=posted)
-                await response.read()
+                    raise AlertmanagerError(f"Alertmanager rejected {what}: HTTP {response.status}",
+                                            status=response.status, body=text, posted=posted)
+                raw = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AlertmanagerError(
-                f"Alertmanager unreachable at {self.url}: {type(exc).__name__}", posted=posted
+                f"Alertmanager unreachable at {url}: {type(exc).__name__}", posted=posted
             ) from exc
+        return json.loads(raw) if raw.strip() else None
+
+    # --- silences: an acknowledgement mutes the alert's pages until its episode resolves ---------
+    def _api(self, path: str) -> str:
+        return self.url.rsplit("/alerts", 1)[0] + path
+
+    async def silences(self) -> list[dict[str, Any]]:
+        """Alertmanager's silences (``gettableSilence`` objects, any state)."""
+        return list(await self._request("GET", self._api("/silences"), what="a silence query") or [])
+
+    async def silence(self, event: AlertEvent, *, by: str, comment: str, ends_at: datetime) -> str:
+        """Silence every copy of ``event``'s alert until ``ends_at``: matched on patient, rule and
+        kind, so any severity (an escalation to emergency) and any tier; the silence id. The
+        caller expires it when the episode resolves: a later episode of the same patient and
+        rule has the same labels and must page."""
+        wanted = {"alertname": event.rule, "rule": event.rule, "patient_id": event.patient_id,
+                  "kind": event.kind}
+        matchers = [{"name": k, "value": v, "isRegex": False, "isEqual": True}
+                    for k, v in sorted(wanted.items())]
+        now = datetime.now(UTC)
+        answer = await self._request("POST", self._api("/silences"), {
+            "matchers": matchers, "startsAt": _iso(now), "endsAt": _iso(max(ends_at, now)),
+            "createdBy": by, "comment": comment}, what="a silence")
+        return str(answer["silenceID"])
+
+    async def expire_silence(self, silence_id: str) -> None:
+        """End a silence (an unknown or expired one is not an error)."""
+        try:
+            await self._request("DELETE", self._api(f"/silence/{silence_id}"), what="a silence expiry")
+        except AlertmanagerError as exc:
+            if exc.status not in (404, 500):  # Alertmanager answers 500 for an expired silence
+                raise

@@ -56,9 +56,9 @@ def ensure_topics(settings: Settings, *, extra: dict[str, int] | None = None) ->
                 # the broker stamps input records with its own clock: the receive time that event
                 # times are checked against (clock skew, lateness) is then not the device's clock
                 configs["message.timestamp.type"] = "LogAppendTime"
-            if name == settings.topics.name("alerts"):
-                # the accountability trail of every page, and what the notifier rebuilds its
-                # firing alerts from (monitor.notify): kept forever; transitions only, small
+            if name in (settings.topics.name("alerts"), settings.topics.name("alert_actions")):
+                # the accountability trail of every page and every answer, and what the notifier
+                # rebuilds its state from (monitor.notify): kept forever; transitions only, small
                 configs["retention.ms"] = "-1"
             if name == settings.topics.name("checkpoints"):
                 # checkpoints are large and superseded often: roll segments early so compaction

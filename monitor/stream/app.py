@@ -172,7 +172,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
                             highwater=lambda: {(tp.topic, tp.partition): app.consumer.highwater(tp)
                                                for tp in app.consumer.assignment()
                                                if tp.topic in mgr.input_topics})
-    add_views(app, settings, pipe, mgr, merge, registry)
+    actions_topic = topic("alert_actions", partitions=1)
+
+    async def send_action(action: Any) -> None:
+        await actions_topic.send(key=action.alert_id.encode(), value=action.dumps(), partition=0)
+
+    add_views(app, settings, pipe, mgr, merge, registry, send_action)
     return app
 
 

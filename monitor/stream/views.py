@@ -5,22 +5,44 @@ and checkpoint counters), ``/summary`` and ``/equity``. Patient- and carer-level
 bearer token (:mod:`monitor.auth`; 401 without it, 403 when ``MONITOR_API_TOKEN`` is unset):
 ``/patients/unsupported``, ``/patients/alerts``, ``/patients/state`` and ``/carers/ledger``
 (``?week=YYYY-Www&format=json|csv``). Readiness (``/readyz``) is :mod:`monitor.stream.health`.
+``POST /alerts/<alert_id>/ack`` (bearer token; JSON ``{"by": ..., "note": ...}``): a clinician
+takes the alert on; published to the ``alert-actions`` topic (202), the notifier silences it.
+``/runbooks/<rule>``: the runbook of an alert rule (``docs/runbooks/<rule>.md``, Markdown, open:
+no patient data), the ``runbook_url`` of every page; 404 for a rule without one.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
+from monitor.alerts.actions import AlertAction
 from monitor.auth import check_bearer, configured_token
 from monitor.carers.ledger import to_csv, to_json
 from monitor.pipeline import Pipeline
 from monitor.settings import Settings
 from monitor.stream.merge import MergePoint
 from monitor.stream.partitions import PartitionManager
+
+RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks"
+"""Where the runbooks are (the checkout, or /app/docs/runbooks in the image)."""
+_RULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")  # no path separators, no dots
+
+
+def runbook(rule: str) -> str | None:
+    """The Markdown runbook of ``rule``, ``None`` when there is none (or the name is not a rule's)."""
+    if not _RULE_NAME.match(rule):
+        return None
+    path = RUNBOOKS / f"{rule}.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4"  # aiohttp wants the charset separately
 _DENIED = {
@@ -57,7 +79,8 @@ def health(pipe: Pipeline, mgr: PartitionManager) -> dict[str, Any]:
 
 
 def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: PartitionManager,
-              merge: MergePoint, registry: CollectorRegistry) -> None:
+              merge: MergePoint, registry: CollectorRegistry,
+              send_action: Callable[[AlertAction], Awaitable[Any]] | None = None) -> None:
     """Register the views on ``app``."""
     token = configured_token(settings.api_token)
 
@@ -74,6 +97,33 @@ def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: Partition
     class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json(health(pipe, mgr))
+
+    @app.page("/alerts/{alert_id}/ack")
+    class Ack(View):
+        async def post(self, request: Request, alert_id: str) -> Response:
+            refused = denied(self, request)
+            if refused:
+                return refused
+            if send_action is None:
+                return self.json({"error": "acknowledgements are not configured"}, status=503)
+            try:
+                body = await request.json()
+                action = AlertAction("ack", alert_id, datetime.now(UTC), by=str(body["by"]),
+                                     note=str(body.get("note") or ""))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return self.json({"error": 'a JSON body {"by": "<name>", "note": "<text>"} is required'},
+                                 status=400)
+            await send_action(action)
+            known = any(a.get("alert_id") == alert_id for a in pipe.open_alerts())
+            return self.json({"action_id": action.action_id, "open_here": known}, status=202)
+
+    @app.page("/runbooks/{rule}")
+    class Runbook(View):
+        async def get(self, request: Request, rule: str) -> Response:
+            text = runbook(rule)
+            if text is None:
+                return self.json({"error": "no runbook for that rule"}, status=404)
+            return self.text(text, content_type="text/markdown")
 
     @app.page("/summary")
     class Summary(View):

@@ -362,3 +362,104 @@ def test_alertmanager_away_for_60s_and_a_killed_notifier_lose_and_duplicate_noth
         prod.close()
         worker.stop()
         notifier.stop()
+
+
+def silences_for(am_url: str, alert_id: str) -> list[dict]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{am_url}/api/v2/silences", timeout=10) as resp:
+        return [s for s in json.loads(resp.read())
+                if s["comment"].startswith(f"ack {alert_id}") and s["status"]["state"] != "expired"]
+
+
+def actions_on_topic(settings) -> list[dict]:
+    consumer = KafkaConsumer(settings.topics.name("alert_actions"), **settings.kafka_python_config(),
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=3000)
+    try:
+        return [json.loads(r.value) for r in consumer]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.timeout(240)
+def test_an_ack_silences_the_alert_and_an_unacked_one_escalates_once_across_restarts(
+        env, settings, alertmanager, tmp_path):
+    """Two patients without support, both paged (emergency). Dr A acknowledges one through the
+    worker's API: Alertmanager gets a silence for it (its alert suppressed) and it never escalates.
+    Nobody answers the other: after MONITOR_ESCALATE_EMERGENCY_S (8 s here) a tier-2 copy reaches
+    Alertmanager, once. Worker and notifier restart: still one silence, one escalation. The
+    acknowledged episode resolves: its silence ends, so the patient's next episode pages."""
+    import urllib.request
+
+    am_url, _hook = alertmanager
+    env = {**env, "MONITOR_ALERTMANAGER_URL": am_url, "MONITOR_ALERT_REPOST_S": "2",
+           "MONITOR_ESCALATE_EMERGENCY_S": "8", "MONITOR_ESCALATE_CRITICAL_S": "8",
+           "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1"}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    notifier = NotifierProcess(env, tmp_path / "notifier.log")
+    notifier.start()
+    prod = KafkaProducer(**settings.kafka_python_config())
+
+    def send(topic: str, pid: str, doc: dict) -> None:
+        prod.send(settings.topics.name(topic), key=pid.encode(), value=json.dumps(doc).encode(),
+                  partition=partition_for(pid, settings.partitions))
+        prod.flush()
+
+    def reading(pid: str, rid: str, value: float, ago_s: float) -> dict:
+        return {"reading_id": rid, "patient_id": pid, "device_id": "meter", "kind": "glucose",
+                "value": value, "unit": "mmol/L",
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - ago_s))}
+
+    token = env["MONITOR_API_TOKEN"]
+
+    def alert_id_of(pid: str) -> str | None:
+        """The patient's open alert, from the worker (the clinician's view; fast)."""
+        return next((a["alert_id"] for a in worker.get("/patients/alerts", token=token)["alerts"]
+                     if a["patient_id"] == pid), None)
+
+    def tier2(pid: str) -> list[dict]:
+        return [a for a in active_alerts(am_url)
+                if a["labels"]["patient_id"] == pid and a["labels"].get("tier") == "2"]
+
+    try:
+        for pid in ("P-ACK", "P-ESC"):
+            send("patients", pid, {"patient_id": pid, "region": "north", "deprivation_quintile": 2,
+                                   "age_band": "75-84", "conditions": ["diabetes"]})
+        time.sleep(2)  # flagged without support at the next timer: the lows page as emergencies
+        send("readings", "P-ACK", reading("P-ACK", "a-low", 2.7, 60))
+        send("readings", "P-ESC", reading("P-ESC", "e-low", 2.6, 60))
+        wait_for(lambda: alert_id_of("P-ACK") and alert_id_of("P-ESC"), what="both alerts on the topic")
+        acked = alert_id_of("P-ACK")
+        req = urllib.request.Request(
+            f"{worker.base}/alerts/{acked}/ack", method="POST",
+            data=json.dumps({"by": "dr-a", "note": "called, eating"}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202
+        wait_for(lambda: silences_for(am_url, acked), what="the silence of the acknowledged alert")
+        wait_for(lambda: tier2("P-ESC"), timeout_s=30, what="the escalation of the unanswered alert")
+        wait_for(lambda: any(a["labels"]["patient_id"] == "P-ACK" and a["status"]["state"] == "suppressed"
+                             for a in active_alerts(am_url)), what="the acknowledged alert suppressed")
+        metrics = notifier.metrics()
+        acks = {k: v for k, v in metrics.items() if k.startswith("monitor_alert_time_to_ack_seconds_count")}
+        assert sum(acks.values()) == 1 and all('region="north"' in k for k, v in acks.items() if v), acks
+
+        worker.stop()
+        notifier.stop()
+        worker.start()
+        notifier.start()
+        time.sleep(10)  # past another escalation period, several keep-alives after the restart
+        assert len(silences_for(am_url, acked)) == 1
+        assert not tier2("P-ACK") and len(tier2("P-ESC")) == 1
+        actions = actions_on_topic(settings)
+        assert [a["action"] for a in actions if a["alert_id"] == acked] == ["ack"]
+        assert [a["action"] for a in actions if a["alert_id"] == alert_id_of("P-ESC")] == ["escalate"]
+
+        send("readings", "P-ACK", reading("P-ACK", "a-ok", 6.0, 30))
+        wait_for(lambda: not silences_for(am_url, acked), what="the silence to end with the episode")
+    finally:
+        prod.close()
+        worker.stop()
+        notifier.stop()

@@ -64,6 +64,7 @@ def test_alertmanager_config_passes_amtool_check() -> None:
         ),
         (["severity=critical", "team=platform", "alertname=ReadingsPipelineStalled"], "platform"),
         (["alertname=Unknown"], "clinical-default"),
+        (["severity=emergency", "care_team=north", "patient_id=p1", "tier=2"], "clinical-escalation"),
     ],
 )
 def test_alertmanager_routes_by_severity_and_care_team(labels: list[str], receiver: str) -> None:
@@ -119,6 +120,7 @@ tests:
             exp_annotations:
               summary: "30% of patients in deprivation quintile 1 have no support network"
               description: "Over 25 % of patients without a support network for 1 h: review carer outreach."
+              runbook_url: "http://127.0.0.1:6066/runbooks/PatientsWithoutSupportShareHigh"
 
   # readings flow for 20 minutes, then stop: stalled 10 minutes later, not before.
   - interval: 1m
@@ -138,6 +140,7 @@ tests:
             exp_annotations:
               summary: "No readings ingested for 10 minutes"
               description: "Intake, Kafka or the workers are stalled; clinical alerts need fresh readings."
+              runbook_url: "http://127.0.0.1:6066/runbooks/ReadingsPipelineStalled"
 
   # a steady trickle of dead letters for 2 h, then a burst of 60/min: a spike for that reason only.
   - interval: 1m
@@ -160,6 +163,7 @@ tests:
             exp_annotations:
               summary: "Dead letters with reason malformed_json at 1/s"
               description: "Over 3x the rate of the previous hour: a gateway may send a new format."
+              runbook_url: "http://127.0.0.1:6066/runbooks/DeadLetterRateSpike"
 
   # an alert event waits for Alertmanager from minute 10 on: stalled once it waited over 2 min for 1 min
   - interval: 1m
@@ -179,6 +183,7 @@ tests:
             exp_annotations:
               summary: "Clinical alerts are not reaching Alertmanager"
               description: "An alert event waited over 2 minutes: check Alertmanager and the notifier's log."
+              runbook_url: "http://127.0.0.1:6066/runbooks/AlertDeliveryStalled"
 
   # the notifier is scraped up for 5 minutes, then down: paged after 2 minutes of absence
   - interval: 1m
@@ -198,6 +203,7 @@ tests:
             exp_annotations:
               summary: "No alert notifier is running"
               description: "Clinical alerts stay on the alerts topic and reach nobody until a notifier runs."
+              runbook_url: "http://127.0.0.1:6066/runbooks/AlertNotifierDown"
 """
 
 

@@ -110,3 +110,53 @@ def test_a_5xx_is_retried_until_accepted(am: FakeAlertmanager) -> None:
     asyncio.run(run())
     assert len(am.accepted) == 2
     assert n.metrics.failures.labels("http_5xx")._value.get() >= 1
+
+
+def test_an_unacked_critical_escalates_once_after_its_time_and_an_acked_one_never() -> None:
+    from datetime import UTC, datetime
+
+    from monitor.alerts.actions import AlertAction
+    from monitor.alerts.delivery import Responses
+
+    r = Responses({"critical": 1800.0, "emergency": 900.0})
+    crit = replace(event("c", "firing", "firing", 0), severity="critical")
+    emer = replace(event("e", "firing", "firing", 0), severity="emergency")
+    warn = replace(event("w", "firing", "firing", 0), severity="warning")
+    acked = replace(event("a", "firing", "firing", 0), severity="emergency")
+    r.apply(AlertAction("ack", "a", datetime(2026, 1, 1, tzinfo=UTC), by="dr-a"))
+    firing = [(crit, 1000.0), (emer, 1000.0), (warn, 1000.0), (acked, 1000.0)]
+    assert r.due(firing, 1899.0) == []
+    assert r.due(firing, 1900.0) == [emer]
+    assert r.due(firing, 2800.0) == [crit, emer]
+    for e in (crit, emer):  # the notifier publishes the escalation, then applies it
+        assert r.apply(AlertAction("escalate", e.alert_id, datetime(2026, 1, 1, tzinfo=UTC), by="notifier",
+                                   tier=2))
+    assert r.due(firing, 10_000.0) == []  # once
+    # the first ack counts
+    assert not r.apply(AlertAction("ack", "a", datetime(2026, 1, 1, 1, tzinfo=UTC), by="dr-b"))
+    r.forget("a")
+    assert r.due(firing, 10_000.0) == [acked]  # a resolved-and-forgotten ack does not carry over
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["ack", "escalate"]), st.text(min_size=1, max_size=40).filter(str.strip),
+       st.text(max_size=80), st.datetimes(timezones=st.just(__import__("datetime").UTC)))
+def test_alert_actions_round_trip_through_json(action: str, by: str, note: str, at) -> None:
+    import json
+
+    from monitor.alerts.actions import AlertAction
+
+    a = AlertAction(action, "alert-1", at, by=by, note=note, tier=2 if action == "escalate" else None)  # type: ignore[arg-type]
+    back = AlertAction.from_json(json.loads(a.dumps()))
+    assert back == a and back.action_id == a.action_id
+
+
+def test_naive_or_empty_actions_are_refused() -> None:
+    from datetime import datetime
+
+    from monitor.alerts.actions import AlertAction
+
+    with pytest.raises(ValueError, match="timezone"):
+        AlertAction("ack", "x", datetime(2026, 1, 1), by="dr-a")
+    with pytest.raises(ValueError, match="by"):
+        AlertAction("ack", "x", T0, by="  ")
