@@ -212,7 +212,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from datetime import UTC
 
     from monitor.alerts.actions import AlertAction
-    from monitor.kafka.clients import read_topic
 
     s = _settings()
     if args.action == "ack":
@@ -227,21 +226,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             producer.close()
         _print_json(action.to_json())
         return 0
-    timeline: list[dict[str, Any]] = []
-    for topic in ("alerts", "alert_actions"):
-        for rec in read_topic(s, s.topics.name(topic), timeout_s=args.timeout):
-            try:
-                doc = json.loads(rec.value)
-            except (TypeError, ValueError):
-                continue
-            if isinstance(doc, dict) and doc.get("alert_id") == args.alert_id:
-                what = doc.get("notification") if topic == "alerts" else doc.get("action")
-                at = doc.get("event_at") if topic == "alerts" else doc.get("at")
-                timeline.append({"at": at, "published_ms": rec.timestamp, "what": what, **doc})
+    from monitor.kafka.history import timeline as history
+
+    timeline = history(s, args.alert_id, timeout_s=args.timeout)
     if not timeline:
         print(f"no alert {args.alert_id} on the alerts topic", file=sys.stderr)
         return 1
-    timeline.sort(key=lambda e: e["published_ms"])
     for entry in timeline:
         print(json.dumps(entry, separators=(",", ":")))
     return 0

@@ -5,14 +5,17 @@ and checkpoint counters), ``/summary`` and ``/equity``. Patient- and carer-level
 bearer token (:mod:`monitor.auth`; 401 without it, 403 when ``MONITOR_API_TOKEN`` is unset):
 ``/patients/unsupported``, ``/patients/alerts``, ``/patients/state`` and ``/carers/ledger``
 (``?week=YYYY-Www&format=json|csv``). Readiness (``/readyz``) is :mod:`monitor.stream.health`.
-``POST /alerts/<alert_id>/ack`` (bearer token; JSON ``{"by": ..., "note": ...}``): a clinician
-takes the alert on; published to the ``alert-actions`` topic (202), the notifier silences it.
+``GET /alerts/<alert_id>`` (bearer token): the alert's timeline (:mod:`monitor.kafka.history`),
+the link of every page. ``POST /alerts/<alert_id>/ack`` (bearer token; JSON ``{"by": ...,
+"note": ...}``): a clinician takes the alert on; published to the ``alert-actions`` topic (202),
+the notifier silences it.
 ``/runbooks/<rule>``: the runbook of an alert rule (``docs/runbooks/<rule>.md``, Markdown, open:
 no patient data), the ``runbook_url`` of every page; 404 for a rule without one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -97,6 +100,20 @@ def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: Partition
     class Health(View):
         async def get(self, request: Request) -> Response:
             return self.json(health(pipe, mgr))
+
+    @app.page("/alerts/{alert_id}")
+    class AlertTimeline(View):
+        async def get(self, request: Request, alert_id: str) -> Response:
+            refused = denied(self, request)
+            if refused:
+                return refused
+            from monitor.kafka.history import timeline
+
+            loop = asyncio.get_running_loop()  # two topics read from the start: off the event loop
+            entries = await loop.run_in_executor(None, lambda: timeline(settings, alert_id, timeout_s=1.0))
+            if not entries:
+                return self.json({"error": "no such alert"}, status=404)
+            return self.json({"alert_id": alert_id, "timeline": entries})
 
     @app.page("/alerts/{alert_id}/ack")
     class Ack(View):

@@ -459,6 +459,12 @@ def test_an_ack_silences_the_alert_and_an_unacked_one_escalates_once_across_rest
 
         send("readings", "P-ACK", reading("P-ACK", "a-ok", 6.0, 30))
         wait_for(lambda: not silences_for(am_url, acked), what="the silence to end with the episode")
+        # who answered, and when: the timeline behind the alert's link
+        steps = [e["what"] for e in worker.get(f"/alerts/{acked}", token=token)["timeline"]]
+        assert steps[0] == "firing" and steps[-1] == "resolved" and steps.count("ack") == 1
+        assert "escalate" not in steps
+        ack = next(e for e in worker.get(f"/alerts/{acked}", token=token)["timeline"] if e["what"] == "ack")
+        assert ack["by"] == "dr-a" and ack["note"] == "called, eating"
     finally:
         prod.close()
         worker.stop()
