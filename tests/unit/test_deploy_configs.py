@@ -165,6 +165,27 @@ tests:
               description: "Over 3x the rate of the previous hour: a gateway may send a new format."
               runbook_url: "http://127.0.0.1:6066/runbooks/DeadLetterRateSpike"
 
+  # a reason never seen before appears at 1/s from minute 60: a new reason, paged within minutes
+  - interval: 1m
+    input_series:
+      - series: 'monitor_dead_letters_total{{reason="invalid_unit", instance="w1"}}'
+        values: '_x60 0+60x30'
+    alert_rule_test:
+      - eval_time: 59m
+        alertname: DeadLetterRateSpikeNewReason
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: DeadLetterRateSpikeNewReason
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              team: platform
+              reason: invalid_unit
+            exp_annotations:
+              summary: "New dead-letter reason invalid_unit at 1/s"
+              description: "Inputs are being rejected for a reason not seen in the previous hour."
+              runbook_url: "http://127.0.0.1:6066/runbooks/DeadLetterRateSpikeNewReason"
+
   # an alert event waits for Alertmanager from minute 10 on: stalled once it waited over 2 min for 1 min
   - interval: 1m
     input_series:
