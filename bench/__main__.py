@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-BENCHMARKS = ["bench_core", "bench_decode", "bench_replay", "bench_e2e", "bench_soak"]
+BENCHMARKS = ["bench_core", "bench_decode", "bench_replay", "bench_alert_load", "bench_e2e", "bench_soak"]
 
 
 def main(argv: list[str]) -> int:

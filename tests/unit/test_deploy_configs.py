@@ -58,6 +58,9 @@ def test_alertmanager_config_passes_amtool_check() -> None:
             ["severity=warning", "care_team=south", "patient_id=p2", "rule=missed_readings"],
             "clinical-warning-care-team",
         ),
+        (["severity=critical", "care_team=south", "patient_id=p2", "rule=missed_readings"],
+         "clinical-critical-care-team"),
+        (["severity=warning", "patient_id=p2", "rule=glucose_low"], "clinical-warning"),
         (
             ["severity=warning", "team=coordination", "alertname=PatientsWithoutSupportShareHigh"],
             "coordination",
