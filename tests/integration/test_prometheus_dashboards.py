@@ -169,7 +169,8 @@ def test_every_dashboard_query_returns_series_and_no_label_is_an_id(settings, wo
     # the rules file is loaded
     groups = prometheus.api("/api/v1/rules")["groups"]
     assert {g["name"] for g in groups} == {"coproduction-monitor-population",
-                                            "coproduction-monitor-pipeline"}
+                                            "coproduction-monitor-pipeline",
+                                            "coproduction-monitor-alert-delivery"}
 
     ids = set()
     for _typ, doc in generate(CFG):
