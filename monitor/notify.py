@@ -96,10 +96,11 @@ class NotifierMetrics:
               registry=registry).set_function(lag)
         Gauge(p + "firing_alerts", "Firing alerts the notifier keeps alive",
               registry=registry).set_function(firing)
-        # is the response itself equitable? by region and severity (no patient ids)
+        # is the response itself equitable? by region, deprivation quintile and severity (no ids)
         self.time_to_ack = Histogram(
             "monitor_alert_time_to_ack_seconds", "From an alert's publication to its first acknowledgement",
-            ["region", "severity"], buckets=(60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+            ["region", "deprivation_quintile", "severity"],
+            buckets=(60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400),
             registry=registry)
         self.escalations = Counter("monitor_alert_escalations", "Alerts escalated to tier 2 unacknowledged",
                                    ["severity"], registry=registry)
@@ -134,6 +135,9 @@ class Notifier:
         self.silence_todo: dict[str, AlertAction] = {}  # acks whose silence is still to be made
         self.producer: AIOKafkaProducer | None = None
         self.actions_consumer: AIOKafkaConsumer | None = None
+        # patient -> deprivation quintile, from the patients topic (the registry; read in full)
+        self.quintiles: dict[str, int] = {}
+        self.patients_consumer: AIOKafkaConsumer | None = None
         self.metrics = NotifierMetrics(registry or CollectorRegistry(), self._pending_age, self._lag,
                                        lambda: float(sum(len(f) for f in self.firing.values())))
 
@@ -302,8 +306,23 @@ class Notifier:
         return len(to_post)
 
     # --- acknowledgements and escalations ---------------------------------------------------------
+    async def take_patients(self) -> None:
+        """Follow the registry: each patient's deprivation quintile (invalid documents skipped:
+        the worker dead-letters them)."""
+        if self.patients_consumer is None:
+            return
+        batch = await self.patients_consumer.getmany(timeout_ms=0, max_records=10_000)
+        for records in batch.values():
+            for r in records:
+                try:
+                    doc = json.loads(r.value)
+                    self.quintiles[str(doc["patient_id"])] = int(doc["deprivation_quintile"])
+                except (ValueError, TypeError, KeyError):
+                    continue
+
     async def take_actions(self) -> None:
         """Apply what arrived on the alert-actions topic; make the silences still to be made."""
+        await self.take_patients()
         consumer = self.actions_consumer
         if consumer is not None:
             batch = await consumer.getmany(timeout_ms=0, max_records=1000)
@@ -323,8 +342,10 @@ class Notifier:
                     self.silence_todo[action.alert_id] = action
                     if r.offset >= self.actions_live_from:
                         event, since = found
-                        self.metrics.time_to_ack.labels(event.region or "unknown", event.severity).observe(
-                            max(0.0, action.at.timestamp() - since))
+                        quintile = self.quintiles.get(event.patient_id)
+                        self.metrics.time_to_ack.labels(
+                            event.region or "unknown", "unknown" if quintile is None else str(quintile),
+                            event.severity).observe(max(0.0, action.at.timestamp() - since))
         for alert_id, action in list(self.silence_todo.items()):
             found = self._firing_event(alert_id)
             if found is None:
@@ -419,6 +440,14 @@ class Notifier:
         self.actions_live_from = (await actions.end_offsets([tp]))[tp]
         self.actions_next = (await actions.beginning_offsets([tp]))[tp]
         self.actions_consumer = actions
+        patients = AIOKafkaConsumer(**self.settings.aiokafka_config(), group_id=None,
+                                    enable_auto_commit=False)
+        await patients.start()
+        registry_tps = [TopicPartition(self.settings.topics.name("patients"), p)
+                        for p in range(self.settings.partitions)]
+        patients.assign(registry_tps)
+        await patients.seek_to_beginning(*registry_tps)
+        self.patients_consumer = patients
         try:
             while not stop.is_set():
                 try:
@@ -429,6 +458,7 @@ class Notifier:
         finally:
             await consumer.stop()
             await actions.stop()
+            await patients.stop()
             await producer.stop()
             await self.client.close()
 
