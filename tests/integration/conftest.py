@@ -156,6 +156,26 @@ def settings(env: dict[str, str]) -> Settings:
     return s
 
 
+def start_child(command: str, env: dict[str, str], log: Path, probe: Any,
+                timeout_s: float) -> subprocess.Popen[bytes]:
+    """``coproduction-monitor <command>`` as a child process (own session, output to ``log``),
+    returned once ``probe()`` stops raising OSError; RuntimeError with the log's end otherwise."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor", command], env=env, cwd=ROOT,
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command} exited with {proc.returncode}; log:\n{log.read_text()[-3000:]}")
+        try:
+            probe()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{command} did not start; log:\n{log.read_text()[-3000:]}")
+
+
 class WorkerProcess:
     """A ``coproduction-monitor worker`` child process with its own port and data dir."""
 
@@ -167,21 +187,7 @@ class WorkerProcess:
     def start(self, timeout_s: float = 180.0) -> None:
         """Start the worker and wait for its web server. Generous: the first worker of a fresh
         clone compiles every numba kernel (no cache yet), slow on a loaded CI machine."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "worker"], env=self.env, cwd=ROOT,
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"worker exited with {self.proc.returncode}; log:\n{self.log.read_text()[-3000:]}")
-            try:
-                self.get("/health")
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"worker did not start; log:\n{self.log.read_text()[-3000:]}")
+        self.proc = start_child("worker", self.env, self.log, lambda: self.get("/health"), timeout_s)
 
     def get(self, path: str, token: str | None = None, timeout_s: float = 30.0) -> Any:
         """GET a worker endpoint (JSON, or text for /metrics). A busy worker (a batch, a
@@ -206,14 +212,20 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last commit or checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def stop(self) -> None:
+        """SIGTERM, SIGKILL after 30 s."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.kill()
 
 
 @pytest.fixture
@@ -226,31 +238,16 @@ def worker(env: dict[str, str], settings: Settings, tmp_path: Path) -> Iterator[
         w.stop()
 
 
-class NotifierProcess:
+class NotifierProcess(WorkerProcess):
     """A ``coproduction-monitor notify`` child process (the alerts topic to Alertmanager); its
     metrics port is ``MONITOR_NOTIFY_PORT`` of ``env`` (set here when missing)."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = {**env, "MONITOR_NOTIFY_PORT": env.get("MONITOR_NOTIFY_PORT") or str(free_port())}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__({**env, "MONITOR_NOTIFY_PORT": env.get("MONITOR_NOTIFY_PORT") or str(free_port())},
+                         log)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "notify"], env=self.env, cwd=ROOT,
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"notifier exited with {self.proc.returncode}; log:\n"
-                                   f"{self.log.read_text()[-3000:]}")
-            try:
-                self.metrics()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"notifier did not start; log:\n{self.log.read_text()[-3000:]}")
+        self.proc = start_child("notify", self.env, self.log, self.metrics, timeout_s)
 
     def metrics(self) -> dict[str, float]:
         """Its Prometheus metrics as ``{name{labels}: value}`` (comments left out)."""
@@ -263,17 +260,3 @@ class NotifierProcess:
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no last commit."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()

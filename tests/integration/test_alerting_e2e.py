@@ -254,14 +254,19 @@ def active_alerts(am_url: str) -> list[dict]:
         return json.loads(resp.read())
 
 
-def topic_events(settings) -> list[dict]:
-    consumer = KafkaConsumer(settings.topics.name("alerts"), **settings.kafka_python_config(),
+def topic_docs(settings, kind: str) -> list[dict]:
+    """Every document on the topic of ``kind`` (``alerts``, ``alert_actions``), in order."""
+    consumer = KafkaConsumer(settings.topics.name(kind), **settings.kafka_python_config(),
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              consumer_timeout_ms=3000)
     try:
         return [json.loads(r.value) for r in consumer]
     finally:
         consumer.close()
+
+
+def topic_events(settings) -> list[dict]:
+    return topic_docs(settings, "alerts")
 
 
 def expected_firing(events: list[dict]) -> dict[str, str]:
@@ -373,13 +378,7 @@ def silences_for(am_url: str, alert_id: str) -> list[dict]:
 
 
 def actions_on_topic(settings) -> list[dict]:
-    consumer = KafkaConsumer(settings.topics.name("alert_actions"), **settings.kafka_python_config(),
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
-    try:
-        return [json.loads(r.value) for r in consumer]
-    finally:
-        consumer.close()
+    return topic_docs(settings, "alert_actions")
 
 
 @pytest.mark.timeout(240)
