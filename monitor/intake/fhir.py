@@ -52,7 +52,9 @@ LOINC_KINDS: dict[str, str] = {
     "3141-9": "body_weight",  # measured
     "2339-0": "glucose",  # blood, mass/volume
     "15074-8": "glucose",  # blood, moles/volume
-    "41653-7": "glucose",  # capillary blood by glucometer
+    "41653-7": "glucose",  # capillary blood by glucometer, mass/volume
+    "14743-9": "glucose",  # capillary blood by glucometer, moles/volume
+    "14745-4": "glucose",  # body fluid, moles/volume (CGM uploads, e.g. every reading of a Sensotrend batch)
     "99504-3": "glucose",  # interstitial fluid (CGM), mass/volume
     "105272-9": "glucose",  # interstitial fluid (CGM), moles/volume
 }
@@ -66,7 +68,8 @@ MDC_KINDS: dict[str, str] = {
     "151562": "respiratory_rate",  # MDC_RESP_RATE
     "150364": "body_temperature",  # MDC_TEMP_BODY
     "188736": "body_weight",  # MDC_MASS_BODY_ACTUAL
-    "160368": "glucose",  # MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD
+    "160184": "glucose",  # MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD (IEEE 11073-10417 glucometers)
+    "160368": "glucose",  # MDC_CONC_GLU_UNDETERMINED_PLASMA (the PHD IG's glucose example)
 }
 """IEEE 11073 MDC code -> reading kind (the PHD IG's MDC-to-LOINC map, reduced to kinds)."""
 
@@ -76,7 +79,8 @@ DIASTOLIC_CODES = frozenset({(LOINC, "8462-4"), (MDC, "150022")})
 _UNIT_ALIASES: dict[str, dict[str, str]] = {
     # Lower-cased spelling -> contract UCUM code, per kind. UCUM codes themselves are included;
     # the rest are display texts seen in the field ("beats/minute" in the FHIR spec examples).
-    "glucose": {"mmol/l": "mmol/L", "mg/dl": "mg/dL"},
+    # "MG/DL" is UCUM's case-insensitive form; "MGDL" what Android health platforms upload
+    "glucose": {"mmol/l": "mmol/L", "mg/dl": "mg/dL", "mgdl": "mg/dL"},
     "blood_pressure": {"mm[hg]": "mm[Hg]", "mmhg": "mm[Hg]", "mm hg": "mm[Hg]"},
     "heart_rate": {
         "/min": "/min",
@@ -245,8 +249,14 @@ def decode_observation(
             return checked
         reading_id = checked
 
-    subject = _reference_id(obs.get("subject"), "Patient", index) if "subject" in obs else None
-    subject = subject if subject is not None else patient_id
+    if "subject" in obs:
+        # a subject that names nobody (only a display, an empty reference) is not "no subject":
+        # falling back to the configured patient would file a stranger's reading under them
+        subject = _reference_id(obs.get("subject"), "Patient", index)
+        if subject is None:
+            return Rejection("missing_patient", "subject: no reference or identifier")
+    else:
+        subject = patient_id
     if subject is None:
         return Rejection("missing_patient", "subject: missing and no patient configured")
     patient = check_identifier(subject, "subject")

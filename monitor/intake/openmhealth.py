@@ -6,7 +6,7 @@ respiratory-rate. Open mHealth units are not UCUM: ``mg/dL``/``mmol/L``, ``mmHg`
 ``breaths/min``, ``%``, ``C``/``F``/``K``, ``kg``/``g``/``lb``; they are mapped to UCUM and converted to
 the canonical unit (Kelvin is converted to Celsius first; ``original_unit`` keeps the OMH spelling).
 
-Mapping: ``header.id`` -> ``reading_id``; ``header.user_id`` (or a ``user_id`` in
+Mapping: ``header.id`` (IEEE 1752: ``header.uuid``) -> ``reading_id``; ``header.user_id`` (or a ``user_id`` in
 ``header.acquisition_provenance``) -> ``patient_id``, else the ``patient_id`` parameter;
 ``body.effective_time_frame.date_time`` or ``.time_interval.start_date_time`` -> ``measured_at`` (UTC;
 naive -> ``naive_timestamp``). A body with ``descriptive_statistic`` (an average, a minimum, ...) is
@@ -41,7 +41,8 @@ SCHEMAS: dict[str, tuple[str, tuple[str, ...]]] = {
 """Open mHealth schema name -> (reading kind, the body fields holding ``{value, unit}``)."""
 
 OMH_UNITS: dict[str, dict[str, str]] = {
-    "glucose": {"mg/dL": "mg/dL", "mmol/L": "mmol/L"},
+    # "MGDL": the spelling Android health platforms upload
+    "glucose": {"mg/dL": "mg/dL", "mmol/L": "mmol/L", "MGDL": "mg/dL"},
     "blood_pressure": {"mmHg": "mm[Hg]"},
     "heart_rate": {"beats/min": "/min"},
     "spo2": {"%": "%"},
@@ -111,8 +112,10 @@ def decode_data_point(
     """One Open mHealth data point (parsed JSON) -> a canonical reading or a rejection."""
     if not isinstance(point, dict):
         return Rejection("not_an_object", f"data point: got a JSON {type(point).__name__}")
-    header = point.get("header", {})
-    body = point.get("body")
+    if "header" not in point and "body" not in point:
+        header, body = {}, point  # a bare body (the schemas' own samples are bodies alone)
+    else:
+        header, body = point.get("header", {}), point.get("body")
     if not isinstance(header, dict) or not isinstance(body, dict):
         return Rejection("unsupported_format", "not an Open mHealth data point {header, body}")
     name = _schema_name(header, body)
@@ -124,8 +127,9 @@ def decode_data_point(
         return Rejection("aggregate_not_spot", f"body.descriptive_statistic: {stat}")
 
     reading_id = None
-    if header.get("id") is not None:
-        checked = check_identifier(header["id"], "header.id")
+    id_field = "id" if header.get("id") is not None else "uuid"  # IEEE 1752 names it uuid
+    if header.get(id_field) is not None:
+        checked = check_identifier(header[id_field], f"header.{id_field}")
         if isinstance(checked, Rejection):
             return checked
         reading_id = checked

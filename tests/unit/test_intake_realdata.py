@@ -1,0 +1,86 @@
+"""Public sample documents that gateways really send (FHIR specification, HL7 PHD IG, a Sensotrend
+CGM batch Bundle, Open mHealth and IEEE 1752 samples) -> canonical readings.
+
+The corpus is the shared ``realdata`` folder beside the checkout (provenance, blob ids and
+SHA-256 in its ``SOURCES.md``; ``MONITOR_REALDATA`` points elsewhere). The expected readings are
+written from the documents and the standards (value and unit as sent, converted with UCUM's
+glucose factor 18.016 mg/dL per mmol/L; times converted to UTC), not from the decoder's output.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from monitor.intake.canonical import CanonicalReading
+from monitor.intake.formats import decode_items
+from monitor.intake.native import Rejection
+
+ROOT = Path(__file__).resolve().parents[2]
+REALDATA = Path(os.environ.get("MONITOR_REALDATA", ROOT.parent / "shared" / "realdata"))
+pytestmark = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no realdata corpus at {REALDATA}")
+MG = 18.016
+
+# file, format, patient (for documents without one), [(kind, value in canonical unit, measured_at UTC,
+# patient)] or a rejection reason
+GLUCOSE_99_AT = ("glucose", 99 / MG, "2025-01-09T00:07:48Z", "patientExample-1")  # 99 mg/dL at 19:07:48-05:00
+CASES = [
+    # LOINC 14743-9: glucose [moles/volume] in capillary blood by glucometer (sent in mg/dL)
+    ("derived/fhir-glucose-loinc-14743-9-mmol.json", "fhir", None, [GLUCOSE_99_AT]),
+    # MDC 160184: MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD, what IEEE 11073-10417 glucometers report
+    ("derived/fhir-glucose-mdc-160184-capillary.json", "fhir", None, [GLUCOSE_99_AT]),
+    # "MG/DL": UCUM's case-insensitive spelling of mg/dL
+    ("derived/fhir-glucose-unit-MG-DL-upper.json", "fhir", None, [GLUCOSE_99_AT]),
+    # a subject with only a display names nobody: never filed under the configured patient
+    ("derived/fhir-glucose-subject-display-only.json", "fhir", "P-CONFIGURED", "missing_patient"),
+    # Open mHealth's own schema sample is a bare body: 95 mg/dL at 2013-02-05T07:25:00Z
+    ("openmhealth/omh-body-blood-glucose-4.0-date-time.json", "openmhealth", "P1",
+     [("glucose", 95 / MG, "2013-02-05T07:25:00Z", "P1")]),
+    # IEEE 1752 / JupyterHealth data point: 129 mg/dL at 2025-01-01T00:01:00-08:00
+    ("openmhealth/jhe-omh_blood-glucose_4-0.json", "openmhealth", "P1",
+     [("glucose", 129 / MG, "2025-01-01T08:01:00Z", "P1")]),
+]
+
+
+def _decode(name: str, fmt: str, patient: str | None, at: datetime) -> list[CanonicalReading | Rejection]:
+    return decode_items((REALDATA / name).read_bytes(), fmt=fmt, patient_id=patient, received_at=at)
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+@pytest.mark.parametrize(("name", "fmt", "patient", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_public_documents_decode_as_the_standards_say(name, fmt, patient, expected) -> None:
+    refused = isinstance(expected, str)
+    received = _utc("2025-01-09T00:10:00Z") if refused else _utc(expected[0][2]) + timedelta(minutes=1)
+    results = _decode(name, fmt, patient, received)
+    if isinstance(expected, str):
+        assert [getattr(r, "reason", None) for r in results] == [expected]
+        return
+    assert all(isinstance(r, CanonicalReading) for r in results), results
+    got = [(r.kind, r.value, r.measured_at, r.patient_id) for r in results]
+    assert [(k, pytest.approx(v, rel=1e-12), _utc(t), p) for k, v, t, p in expected] == got
+
+
+def test_ieee_1752_header_uuid_is_the_reading_id() -> None:
+    at = _utc("2025-01-01T08:02:00Z")
+    (r,) = _decode("openmhealth/jhe-omh_blood-glucose_4-0.json", "openmhealth", "P1", at)
+    assert isinstance(r, CanonicalReading) and r.reading_id == "aaaa1234-1a2b-3c4d-5e6f-000000000001"
+
+
+def test_every_cgm_reading_of_the_sensotrend_batch_bundle_is_accepted() -> None:
+    """646 Observations: 637 CGM glucose (LOINC 14745-4, glucose moles/volume in body fluid, mmol/L)
+    from 2.78 to 14.21 mmol/L, 2021-09-04 to 09-06 in Finland (+03:00), and 9 of another code."""
+    results = _decode("fhir/sensotrend-cgm-batch-bundle.json", "fhir", None, _utc("2021-09-07T00:00:00Z"))
+    readings = [r for r in results if isinstance(r, CanonicalReading)]
+    assert len(readings) == 637 and {r.kind for r in readings} == {"glucose"}
+    refused = [r.reason for r in results if isinstance(r, Rejection)]
+    assert refused == ["unsupported_code"] * 9
+    assert min(r.value for r in readings) == 2.78 and max(r.value for r in readings) == 14.21
+    first = min(readings, key=lambda r: r.measured_at)
+    assert first.measured_at == _utc("2021-09-04T13:39:35Z") and first.value == 7.16
+    assert {r.patient_id for r in readings} == {"7257379"}
