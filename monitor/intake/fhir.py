@@ -76,6 +76,9 @@ MDC_KINDS: dict[str, str] = {
 SYSTOLIC_CODES = frozenset({(LOINC, "8480-6"), (MDC, "150021")})
 DIASTOLIC_CODES = frozenset({(LOINC, "8462-4"), (MDC, "150022")})
 
+_BOUNDED = {"<": "low", "<=": "low", ">": "high", ">=": "high"}
+"""Quantity.comparator -> the side a reading is bounded on (its value is the device's limit)."""
+
 _UNIT_ALIASES: dict[str, dict[str, str]] = {
     # Lower-cased spelling -> contract UCUM code, per kind. UCUM codes themselves are included;
     # the rest are display texts seen in the field ("beats/minute" in the FHIR spec examples).
@@ -278,6 +281,7 @@ def decode_observation(
         return measured_at
 
     value = systolic = diastolic = None
+    bounded = None
     if kind == "blood_pressure":
         parts: dict[str, tuple[float, str, str] | Rejection] = {}
         for comp in _list(obs.get("component")):
@@ -305,6 +309,9 @@ def decode_observation(
         if isinstance(quantity, Rejection):
             return quantity
         value, unit, original_unit = quantity
+        # a meter's LO/HI comes as "<20 mg/dL" / ">600 mg/dL": the true value is beyond the limit,
+        # so the reading is bounded (and a LO still alerts: the limit is below every low threshold)
+        bounded = _BOUNDED.get(str(_dict(obs.get("valueQuantity")).get("comparator", "")).strip())
 
     reading = CanonicalReading(
         reading_id=reading_id,
@@ -320,6 +327,7 @@ def decode_observation(
         original_code=original_code,
         measured_at=measured_at,
         source="fhir",
+        bounded=bounded,
     )
     return validate(reading, received_at=received_at)
 

@@ -84,3 +84,16 @@ def test_every_cgm_reading_of_the_sensotrend_batch_bundle_is_accepted() -> None:
     first = min(readings, key=lambda r: r.measured_at)
     assert first.measured_at == _utc("2021-09-04T13:39:35Z") and first.value == 7.16
     assert {r.patient_id for r in readings} == {"7257379"}
+
+
+def test_a_meter_lo_comparator_is_a_bounded_reading_that_still_alerts() -> None:
+    """valueQuantity {"comparator": "<", "value": 20, "unit": "mg/dL"}: the meter's LO. The true
+    value is below 20 mg/dL (1.11 mmol/L): a reading bounded low, not an exact 20, and it pages."""
+    from monitor.alerts.engine import AlertConfig, AlertEngine
+
+    (r,) = _decode("derived/fhir-glucose-comparator-lt20.json", "fhir", None, _utc("2025-01-09T00:10:00Z"))
+    assert isinstance(r, CanonicalReading)
+    assert r.bounded == "low" and r.value == pytest.approx(20 / MG)
+    engine = AlertEngine(AlertConfig(), clock=lambda: _utc("2025-01-09T00:10:00Z"))
+    (event,) = engine.on_readings([r])
+    assert event.rule == "glucose_very_low" and event.status == "firing"
