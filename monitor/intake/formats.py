@@ -144,10 +144,16 @@ def decode_file_lines(
     array). ``received_at`` must be timezone-aware (the caller owns the clock). ``patient_id`` is
     the patient of sources that carry none (Nightscout). Bad content never raises; an unknown ``fmt``
     raises ``ValueError`` and an unreadable file ``OSError``, both before anything is yielded.
+    A file that is neither (an empty file, a truncated document: its first line is not JSON on its
+    own) gives one ``malformed_json`` rejection for the document, not one per line and never the
+    items of a fragment.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
     raw = Path(path).read_bytes()
+    if not raw.strip():
+        yield result_to_json(Rejection("malformed_json", "empty document"))
+        return
     whole = load_json(raw)
     if not isinstance(whole, Rejection):
         chunks: list[bytes | Any] = [whole]
@@ -155,6 +161,9 @@ def decode_file_lines(
     else:
         chunks = [line for line in raw.splitlines() if line.strip()]
         parsed = False
+        if isinstance(load_json(chunks[0]), Rejection):  # not NDJSON: one broken document
+            yield result_to_json(whole)
+            return
     for chunk in chunks:
         if parsed:
             results = decode_value(chunk, fmt=fmt, patient_id=patient_id, received_at=received_at)

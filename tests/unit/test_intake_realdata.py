@@ -97,3 +97,14 @@ def test_a_meter_lo_comparator_is_a_bounded_reading_that_still_alerts() -> None:
     engine = AlertEngine(AlertConfig(), clock=lambda: _utc("2025-01-09T00:10:00Z"))
     (event,) = engine.on_readings([r])
     assert event.rule == "glucose_very_low" and event.status == "firing"
+
+
+@pytest.mark.parametrize("name", ["derived/empty.json", "derived/trunc-ns-compact-array.json",
+                                  "derived/trunc-fhir-phd-glucose.json"])
+def test_an_empty_or_truncated_file_is_one_clear_rejection(name: str) -> None:
+    """Before: an empty file printed nothing, a truncated pretty-printed document one rejection per
+    line, a truncated Nightscout array (one object per line) its complete lines as readings."""
+    from monitor.intake.formats import decode_file_lines
+
+    results = list(decode_file_lines(REALDATA / name, "auto", _utc("2016-10-24T00:00:00Z"), patient_id="P"))
+    assert [r["reason"] for r in results] == ["malformed_json"]
