@@ -14,7 +14,9 @@ Dexcom-style special values:
   deviation, 10 power deviation, 12 bad RF, ...), also sent with direction ``NOT COMPUTABLE``:
   rejected with ``sensor_error``;
 * ``sgv`` 39 or 40 is LOW: kept with ``bounded="low"`` and the limit :data:`LOW_LIMIT_MG_DL` as value;
-* ``sgv`` above 400 is HIGH: kept with ``bounded="high"`` and the limit :data:`HIGH_LIMIT_MG_DL`.
+* ``sgv`` above the sensor's range is HIGH: kept with ``bounded="high"`` and the limit as value,
+  :data:`DEXCOM_HIGH_LIMIT_MG_DL` (400) when ``device`` names a Dexcom, else
+  :data:`HIGH_LIMIT_MG_DL` (500: FreeStyle Libre's 401-500 are real values).
 
 ``cal`` entries (calibration slopes) and other types are rejected with ``unsupported_format``.
 Never raises on bad input, never logs payloads.
@@ -41,8 +43,10 @@ from monitor.intake.native import Rejection
 
 LOW_LIMIT_MG_DL = 40.0
 """Lowest value a Dexcom-style CGM reports; 39 and 40 mean "LOW" (at most this)."""
-HIGH_LIMIT_MG_DL = 400.0
-"""Highest value a Dexcom-style CGM reports; anything above means "HIGH" (at least this)."""
+HIGH_LIMIT_MG_DL = 500.0
+"""Highest value a CGM reports (FreeStyle Libre: 500); above means "HIGH" (at least this)."""
+DEXCOM_HIGH_LIMIT_MG_DL = 400.0
+"""A Dexcom sensor (``device`` naming Dexcom, e.g. ``xDrip-DexcomG6``) stops at 400: above is HIGH."""
 SENSOR_ERROR_BELOW_MG_DL = 39.0
 """``sgv`` values below this are sensor error codes, not glucose."""
 
@@ -94,8 +98,12 @@ def decode_entry(
             return Rejection("sensor_error", f"sgv {mg_dl:g} is a sensor error code ({direction})"[:120])
         if mg_dl <= LOW_LIMIT_MG_DL:
             bounded, mg_dl = "low", LOW_LIMIT_MG_DL
-        elif mg_dl > HIGH_LIMIT_MG_DL:
-            bounded, mg_dl = "high", HIGH_LIMIT_MG_DL
+        else:
+            device = entry.get("device")
+            limit = (DEXCOM_HIGH_LIMIT_MG_DL if isinstance(device, str) and "dexcom" in device.lower()
+                     else HIGH_LIMIT_MG_DL)
+            if mg_dl > limit:
+                bounded, mg_dl = "high", limit
 
     measured_at = _time(entry)
     if isinstance(measured_at, Rejection):

@@ -84,12 +84,15 @@ def test_fixture_low_high_sensor_error_mbg_and_cal() -> None:
         ("39", "low", 40),
         (41, None, 41),
         (400, None, 400),
-        (401, "high", 400),
-        (450, "high", 400),
+        (401, None, 401),  # FreeStyle Libre reports up to 500 mg/dL: real values
+        (450, None, 450),
+        (500, None, 500),
+        (501, "high", 500),
+        ({"sgv": 401, "device": "xDrip-DexcomG6"}, "high", 400),  # a Dexcom stops at 400
     ],
 )
 def test_sensor_range_edges(sgv: Any, bounded: str | None, mg_dl: float) -> None:
-    [r] = decode(entry(sgv=sgv))
+    [r] = decode(entry(**sgv) if isinstance(sgv, dict) else entry(sgv=sgv))
     assert isinstance(r, CanonicalReading)
     assert r.bounded == bounded
     assert r.value == pytest.approx(mg_dl / MG)
