@@ -39,6 +39,8 @@ REASONS: dict[str, str] = {
     "withdrawn_status": "the source marked the observation entered-in-error or cancelled",
     "missing_patient": "no patient identifier in the document and none configured for the source",
     "invalid_identifier": "an identifier is not 1-128 characters of letters, digits and _ . : @ -",
+    "unpaired_component": "a systolic or diastolic pressure sent alone, without its other half "
+                          "(same subject, device and time) in the same document",
 }
 """Reason codes added by the canonical intake (decoders also use the native codes)."""
 

@@ -21,6 +21,7 @@ Never raises on bad input, never logs payloads.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -337,8 +338,10 @@ def decode(
 ) -> list[CanonicalReading | Rejection]:
     """A parsed FHIR resource -> one result per Observation.
 
-    An Observation gives one result; a Bundle one per entry whose resource is an Observation (other
-    resources give nothing; an entry without a resource gives a ``missing_field`` rejection); a JSON
+    An Observation gives one result; a Bundle one per entry whose resource is an Observation, except
+    that a systolic and a diastolic pressure sent as two Observations of the same subject, device and
+    time give one blood-pressure reading (a half alone: ``unpaired_component``) (other resources give
+    nothing; an entry without a resource gives a ``missing_field`` rejection); a JSON
     array is decoded item by item (items that are not objects give ``not_an_object``). Anything
     else gives a single ``unsupported_format`` rejection.
     """
@@ -356,6 +359,8 @@ def decode(
         return [Rejection("not_an_object", f"got a JSON {type(obj).__name__}")]
     rtype = obj.get("resourceType")
     if rtype == "Observation":
+        if _half(obj) is not None:
+            return [Rejection("unpaired_component", f"{_half(obj)}: sent alone, without its other half")]
         return [decode_observation(obj, received_at=received_at, patient_id=patient_id)]
     if rtype != "Bundle":
         return [Rejection("unsupported_format", f"resourceType {str(rtype)[:40]!r} is not decoded")]
@@ -366,15 +371,77 @@ def decode(
         if isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
     }
     results: list[CanonicalReading | Rejection] = []
+    halves = _pair_pressures(entries)
     for i, entry in enumerate(entries):
         resource = entry.get("resource")
         if not isinstance(resource, dict):
             results.append(Rejection("missing_field", f"entry[{i}].resource: missing"))
+        elif i in halves:
+            panel = halves[i]
+            if panel is None:
+                continue  # the diastolic half of a pair: one reading, at the systolic's place
+            if isinstance(panel, Rejection):
+                results.append(panel)
+            else:
+                results.append(decode_observation(panel, received_at=received_at, patient_id=patient_id,
+                                                  index=index))
         elif resource.get("resourceType") == "Observation":
             results.append(
                 decode_observation(resource, received_at=received_at, patient_id=patient_id, index=index)
             )
     return results
+
+
+def _half(resource: dict[str, Any]) -> str | None:
+    """``"systolic"``/``"diastolic"`` for an Observation coded only as one half of a pressure."""
+    codes = set(_codings(resource.get("code")))
+    if any((system, code) for system, code in codes if system in (LOINC, MDC)
+           and code in (LOINC_KINDS if system == LOINC else MDC_KINDS)):
+        return None  # a panel (or another vital sign): decoded as it is
+    if codes & SYSTOLIC_CODES:
+        return "systolic"
+    if codes & DIASTOLIC_CODES:
+        return "diastolic"
+    return None
+
+
+def _pair_pressures(entries: list[dict[str, Any]]) -> dict[int, dict[str, Any] | Rejection | None]:
+    """Systolic and diastolic pressures sent as two Observations (as some gateways do) paired by
+    subject, device and effective time into one blood-pressure panel. Entry index -> the panel
+    (at the systolic's index), ``None`` (the diastolic of a pair) or an ``unpaired_component``
+    rejection (a half without its other half)."""
+    groups: dict[str, dict[str, int]] = {}
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
+            continue
+        half = _half(resource)
+        if half is None:
+            continue
+        key = json.dumps([resource.get(k) for k in ("subject", "device", "effectiveDateTime",
+                                                    "effectiveInstant", "effectivePeriod")],
+                         sort_keys=True, default=str)
+        group = groups.setdefault(key, {})
+        if half in group:  # a second systolic of the same instant: not a pair
+            group.setdefault("dup", i)
+        else:
+            group[half] = i
+    out: dict[int, dict[str, Any] | Rejection | None] = {}
+    for group in groups.values():
+        sys_i, dia_i = group.get("systolic"), group.get("diastolic")
+        if sys_i is None or dia_i is None or "dup" in group:
+            for half, i in group.items():
+                out[i] = Rejection("unpaired_component",
+                                   f"{half if half != 'dup' else 'pressure'}: no single other half "
+                                   "with the same subject, device and time")
+            continue
+        sys_obs, dia_obs = entries[sys_i]["resource"], entries[dia_i]["resource"]
+        panel = {k: v for k, v in sys_obs.items() if k not in ("code", "valueQuantity", "component")}
+        panel["code"] = {"coding": [{"system": LOINC, "code": "85354-9"}]}
+        panel["component"] = [{"code": o.get("code"), "valueQuantity": o.get("valueQuantity")}
+                              for o in (sys_obs, dia_obs)]
+        out[sys_i], out[dia_i] = panel, None
+    return out
 
 
 def decode_bytes(

@@ -108,3 +108,35 @@ def test_an_empty_or_truncated_file_is_one_clear_rejection(name: str) -> None:
 
     results = list(decode_file_lines(REALDATA / name, "auto", _utc("2016-10-24T00:00:00Z"), patient_id="P"))
     assert [r["reason"] for r in results] == ["malformed_json"]
+
+
+def _split_pressure() -> tuple[dict, dict]:
+    """The FHIR specification's blood-pressure example (107/60 mm[Hg], Patient/example) sent as two
+    Observations, one per component, the way some gateways send it (effective time given a zone)."""
+    import json
+
+    panel = json.loads((REALDATA / "fhir/spec-observation-example-bloodpressure.json").read_bytes())
+    halves = []
+    for comp in panel["component"]:
+        obs = {k: v for k, v in panel.items() if k not in ("component", "code", "id")}
+        obs.update(code=comp["code"], valueQuantity=comp["valueQuantity"],
+                   effectiveDateTime="2012-09-17T08:00:00Z")
+        halves.append(obs)
+    return halves[0], halves[1]
+
+
+def test_systolic_and_diastolic_sent_apart_pair_into_one_reading() -> None:
+    from monitor.intake import fhir
+
+    systolic, diastolic = _split_pressure()
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"resource": diastolic}, {"resource": systolic}]}
+    (r,) = fhir.decode(bundle, received_at=_utc("2012-09-17T08:01:00Z"))
+    assert isinstance(r, CanonicalReading)
+    assert (r.kind, r.systolic, r.diastolic, r.patient_id) == ("blood_pressure", 107, 60, "example")
+    alone = fhir.decode(systolic, received_at=_utc("2012-09-17T08:01:00Z"))
+    assert [x.reason for x in alone] == ["unpaired_component"]
+    twice = {"resourceType": "Bundle", "entry": [{"resource": systolic}, {"resource": systolic},
+                                                 {"resource": diastolic}]}
+    assert [x.reason for x in fhir.decode(twice, received_at=_utc("2012-09-17T08:01:00Z"))] == [
+        "unpaired_component"] * 3
