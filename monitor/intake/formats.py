@@ -42,6 +42,8 @@ def detect_format(obj: Any) -> str:
         return "fhir"
     if isinstance(obj.get("body"), dict) and ("header" in obj or "effective_time_frame" in obj["body"]):
         return "openmhealth"
+    if "effective_time_frame" in obj and any(fields[0] in obj for _, fields in openmhealth.SCHEMAS.values()):
+        return "openmhealth"  # a bare body, as the Open mHealth schemas' own samples are
     declared = obj.get("type")
     declared = declared if isinstance(declared, str) else None  # lists are unhashable
     if declared in _NATIVE_TYPES or "reading_id" in obj or "readings" in obj:

@@ -140,3 +140,29 @@ def test_systolic_and_diastolic_sent_apart_pair_into_one_reading() -> None:
                                                  {"resource": diastolic}]}
     assert [x.reason for x in fhir.decode(twice, received_at=_utc("2012-09-17T08:01:00Z"))] == [
         "unpaired_component"] * 3
+
+
+OMH_KINDS = {"blood-glucose": "glucose", "blood-pressure": "blood_pressure",
+             "body-temperature": "body_temperature", "body-weight": "body_weight",
+             "heart-rate": "heart_rate", "oxygen-saturation": "spo2", "respiratory-rate": "respiratory_rate"}
+OMH_SAMPLES = (sorted(p.name for p in (REALDATA / "openmhealth").glob("omh-body-*.json"))
+               if REALDATA.is_dir() else [])
+
+
+@pytest.mark.parametrize("name", OMH_SAMPLES)
+def test_open_mhealth_schema_samples_with_format_auto(name: str) -> None:
+    """The schemas' own shouldPass samples (bare bodies) are spot readings of their kind; the
+    shouldFail ones are refused with a precise reason; a descriptive statistic is not a reading."""
+    import re
+
+    raw = (REALDATA / "openmhealth" / name).read_bytes()
+    times = re.findall(rb'"(?:end_)?date_time"\s*:\s*"([^"]+)"', raw)
+    latest = max(_utc(t.decode()) for t in times)
+    (r,) = decode_items(raw, fmt="auto", patient_id="P1", received_at=latest + timedelta(minutes=1))
+    if "FAIL" in name:
+        assert isinstance(r, Rejection) and r.reason in ("invalid_unit", "missing_field")
+    elif "descriptive-statistic" in name:
+        assert isinstance(r, Rejection) and r.reason == "aggregate_not_spot"
+    else:
+        kind = next(k for schema, k in OMH_KINDS.items() if schema in name)
+        assert isinstance(r, CanonicalReading) and r.kind == kind and r.patient_id == "P1"
