@@ -22,7 +22,8 @@ Never raises on bad input, never logs payloads.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from monitor.contract.units import CANONICAL_UNIT, to_canonical
@@ -201,9 +202,22 @@ def _reference_id(ref: Any, resource_type: str, index: dict[str, dict[str, Any]]
     return identifier if isinstance(identifier, str) else None
 
 
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _effective(obs: dict[str, Any]) -> datetime | Rejection:
+    """The event time. A FHIR dateTime may be a date alone (valid, and how the specification's own
+    vital-sign examples are dated): it is taken as 00:00 UTC of that day, so unless it arrives
+    within the late window of that midnight it is recorded, never paged at a made-up time.
+    Partial dates (a year, a month) are refused ``invalid_timestamp``."""
     if "effectiveDateTime" in obs:
-        return parse_timestamp(obs["effectiveDateTime"], "effectiveDateTime")
+        text = obs["effectiveDateTime"]
+        if isinstance(text, str) and _DATE_ONLY.fullmatch(text.strip()):
+            try:
+                return datetime.strptime(text.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
+            except ValueError:
+                return Rejection("invalid_timestamp", f"effectiveDateTime: not a date {text[:20]!r}")
+        return parse_timestamp(text, "effectiveDateTime")
     if "effectiveInstant" in obs:
         return parse_timestamp(obs["effectiveInstant"], "effectiveInstant")
     if "effectivePeriod" in obs:

@@ -131,7 +131,7 @@ def test_transaction_bundle_per_observation() -> None:
     [
         (lambda o: o.update(status="cancelled"), "withdrawn_status"),
         (lambda o: o.update(effectiveDateTime="2024-03-05T07:00:00"), "naive_timestamp"),
-        (lambda o: o.update(effectiveDateTime="2024-03-05"), "invalid_timestamp"),
+        (lambda o: o.update(effectiveDateTime="2024-03"), "invalid_timestamp"),  # a month: too coarse
         (lambda o: o.update(effectiveDateTime="yesterday"), "invalid_timestamp"),
         (lambda o: o.pop("effectiveDateTime"), "missing_field"),
         (lambda o: o.update(effectiveDateTime="2024-03-05T12:30:00Z"), "future_timestamp"),

@@ -166,3 +166,21 @@ def test_open_mhealth_schema_samples_with_format_auto(name: str) -> None:
     else:
         kind = next(k for schema, k in OMH_KINDS.items() if schema in name)
         assert isinstance(r, CanonicalReading) and r.kind == kind and r.patient_id == "P1"
+
+
+SPEC_DATED = [  # the FHIR specification's vital-sign examples dated by day only (valid dateTime)
+    ("spec-observation-example-heart-rate.json", "heart_rate", 44),
+    ("spec-observation-example-respiratory-rate.json", "respiratory_rate", 26),
+    ("spec-observation-example-body-temperature.json", "body_temperature", 36.5),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "value"), SPEC_DATED)
+def test_a_date_only_effective_time_is_that_day_and_recorded_not_paged(name: str, kind: str,
+                                                                       value: float) -> None:
+    """effectiveDateTime "1999-07-02": a valid FHIR dateTime without a time. Read as 00:00 UTC of
+    the day; received that afternoon it is late (recorded, never paged at a made-up time)."""
+    (r,) = decode_items((REALDATA / "fhir" / name).read_bytes(), fmt="auto",
+                        received_at=_utc("1999-07-02T15:00:00Z"))
+    assert isinstance(r, CanonicalReading), r
+    assert (r.kind, r.value, r.measured_at, r.late) == (kind, value, _utc("1999-07-02T00:00:00Z"), True)
