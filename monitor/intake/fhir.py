@@ -7,7 +7,8 @@ e.g. glucose 160368): see :data:`LOINC_KINDS` and :data:`MDC_KINDS`. A blood-pre
 8462-4 / 150022); every other kind from ``valueQuantity`` (UCUM ``code``, falling back to the ``unit``
 display text). Values are converted to the canonical unit (:mod:`monitor.contract.units`).
 
-Mapping: ``Observation.id`` -> ``reading_id`` (``None`` if absent); ``subject.reference``
+Mapping: ``Observation.id`` -> ``reading_id`` (else its first ``identifier`` value without
+``urn:uuid:``; ``None`` if neither); ``subject.reference``
 ``Patient/xyz`` -> ``patient_id`` ``xyz`` (``urn:uuid:`` references are resolved within a Bundle; the
 ``patient_id`` parameter is the fallback); ``device.reference`` -> ``device_id``; the
 ``observation-gatewayDevice`` extension -> ``gateway_id``; ``effectiveDateTime``,
@@ -266,6 +267,16 @@ def decode_observation(
         if isinstance(checked, Rejection):
             return checked
         reading_id = checked
+    else:
+        # a resource POSTed in a batch has no id yet; its business identifier (the uploader's
+        # uuid) is what makes a re-sent batch a duplicate instead of a second reading
+        for ident in _list(obs.get("identifier")):
+            value = _dict(ident).get("value")
+            if isinstance(value, str) and value.strip():
+                value = value.strip().removeprefix("urn:uuid:")
+                checked = check_identifier(value, "identifier")
+                reading_id = checked if isinstance(checked, str) else None
+                break
 
     if "subject" in obs:
         # a subject that names nobody (only a display, an empty reference) is not "no subject":

@@ -172,6 +172,8 @@ def test_subject_fallback_parameter_and_absolute_reference() -> None:
 def test_missing_id_gives_none_and_bad_device_is_dropped() -> None:
     obs = load("spo2.json")
     del obs["id"]
+    assert ok(one(obs)).reading_id == obs["identifier"][0]["value"]  # no id: the business identifier
+    del obs["identifier"]
     obs["device"] = {"reference": "#contained-oximeter"}
     c = ok(one(obs))
     assert c.reading_id is None and c.device_id is None

@@ -184,3 +184,17 @@ def test_a_date_only_effective_time_is_that_day_and_recorded_not_paged(name: str
                         received_at=_utc("1999-07-02T15:00:00Z"))
     assert isinstance(r, CanonicalReading), r
     assert (r.kind, r.value, r.measured_at, r.late) == (kind, value, _utc("1999-07-02T00:00:00Z"), True)
+
+
+def test_a_batch_observation_without_id_is_identified_by_its_identifier() -> None:
+    """The Sensotrend batch POSTs Observations without ``id``, each with an official
+    ``urn:uuid:`` identifier: that uuid is the reading id, so a re-sent batch is a duplicate."""
+    import json
+
+    bundle = json.loads((REALDATA / "fhir/sensotrend-cgm-batch-bundle.json").read_bytes())
+    uuids = [e["resource"]["identifier"][0]["value"].removeprefix("urn:uuid:") for e in bundle["entry"]
+             if e["resource"]["resourceType"] == "Observation"
+             and e["resource"]["code"]["coding"][0]["code"] == "14745-4"]
+    results = _decode("fhir/sensotrend-cgm-batch-bundle.json", "fhir", None, _utc("2021-09-07T00:00:00Z"))
+    ids = [r.reading_id for r in results if isinstance(r, CanonicalReading)]
+    assert ids == uuids and len(set(ids)) == 637
