@@ -229,6 +229,35 @@ class PartitionState:
         """Patient id -> flags of the latest evaluation, patients with any flag."""
         return dict(self.context().flags)
 
+    def seed_flags(self, history: dict[tuple[str, str], tuple[int, str]]) -> None:
+        """Take the flags already published for this partition (patient and flag -> number of
+        transitions on the flags topic, last status) after a rebuild from input: the rebuilt
+        history may differ from the published one (the live worker also evaluates on its wall-clock
+        timer), so its recounted ordinals could name a new transition with an id already written,
+        and it would be suppressed - a lost notification. Each counter is raised to at least the
+        published count (odd while raised, even while cleared) and the published state is the
+        topic's, so the next transition gets a fresh id and states only what changed."""
+        sup = self.support
+        n = sup.n_patients
+        if self.published.shape[0] < n:
+            self.published = np.concatenate([self.published, np.zeros(n - self.published.shape[0], np.uint8)])
+        if self.transitions.shape[0] < n:
+            grow = np.zeros((n - self.transitions.shape[0], len(FLAG_BITS)), np.uint32)
+            self.transitions = np.concatenate([self.transitions, grow])
+        index = {name: (i, bit) for i, (bit, name) in enumerate(FLAG_BITS)}
+        for (pid, flag), (count, status) in history.items():
+            slot = sup.patient_index.get(pid)
+            if slot is None or flag not in index:
+                continue
+            i, bit = index[flag]
+            raised = status == "raised"
+            ordinal = max(int(self.transitions[slot, i]), count)
+            if ordinal % 2 != int(raised):  # odd ordinals raise, even ones clear
+                ordinal += 1
+            self.transitions[slot, i] = ordinal
+            old = int(self.published[slot])
+            self.published[slot] = (old | bit) if raised else (old & ~bit & 0xFF)
+
     def snapshot(self) -> bytes:
         """Self-contained bytes (restore with :meth:`restore`)."""
         header = {

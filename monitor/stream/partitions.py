@@ -253,21 +253,30 @@ class PartitionManager:
         from its input topics (everything retention kept, read directly up to the consumer
         group's committed offsets; the group then goes on from there). Outputs already written
         are suppressed as after any restore."""
+        rebuilt = False
         try:
             state = await self._load(p)
         except CheckpointUnreadable as exc:
             log.error("the checkpoint of partition %d is unusable (%s); rebuilding the partition "
                       "from its input topics", p, exc)
             state = await self._rebuild(p, exc.max_seq)
+            rebuilt = True
         if state is None:  # never checkpointed
             state = PartitionState(p, self.pipe.config, self.pipe.alert_config)
         self.pipe.adopt(state)
+        flags: dict[tuple[str, str], tuple[int, str]] = {}  # published flag history (a rebuild's)
         for kind, topic in self.output_topics.items():
             for rec in await self.logs.read(topic, p, state.output_offsets.get(kind, 0)):
                 try:
-                    state.suppress.add(output_key(kind, json.loads(rec.value)))
-                except (TypeError, ValueError):
+                    doc = json.loads(rec.value)
+                    state.suppress.add(output_key(kind, doc))
+                    if kind == "flags" and rebuilt:
+                        key = (str(doc["patient_id"]), str(doc["flag"]))
+                        flags[key] = (flags.get(key, (0, ""))[0] + 1, str(doc["status"]))
+                except (TypeError, ValueError, KeyError):
                     continue
+        if rebuilt:
+            state.seed_flags(flags)
 
     async def _load(self, p: int) -> PartitionState | None:
         """The state in partition ``p``'s newest checkpoint (None: never checkpointed). Raises

@@ -312,6 +312,40 @@ def test_an_unreadable_checkpoint_is_rebuilt_from_the_committed_input() -> None:
     asyncio.run(main())
 
 
+def test_after_a_rebuild_the_next_flag_transition_gets_an_id_never_written() -> None:
+    """The flags topic already holds three transitions of P1's no_support_network (raised,
+    cleared, raised: ordinals 1-3, e.g. from wall-clock timer evaluations the input does not
+    reproduce). The rebuild recounts from the input, which raised it once. Before, the next
+    clear got ordinal 2 - an id already on the topic - and was suppressed: the coordinators never
+    heard that P1 had support again. Now the counters start from the topic: the raise is not
+    repeated and the clear gets ordinal 4."""
+    from monitor.pipeline import flag_id
+
+    async def main() -> None:
+        broker = Broker()
+        store = Store(broker)
+        broker.append("p", 0, patient("P1"))
+        broker.committed_offsets = {("p", 0): 1}
+        for k, status in enumerate(("raised", "cleared", "raised"), start=1):
+            broker.append("flags", 0, json.dumps({
+                "flag_id": flag_id("P1", "no_support_network", k), "patient_id": "P1",
+                "flag": "no_support_network", "status": status, "as_of": "2026-10-01T00:00:00Z"}).encode())
+        store.unreadable[0] = 3
+        pipe, mgr, _apply = worker(broker, store)
+        await mgr.on_assigned(every_topic(0))
+        await mgr.wait_restored()
+        st = pipe.partitions[0]
+        tick = pipe.tick_partition(st, at=int(NOW.timestamp()))
+        assert not [f for f in tick.flags if f.flag == "no_support_network"]  # raised already, on the topic
+        slot = st.support.patient_index["P1"]
+        st.current[slot] = 0  # the patient gets support: the flag clears at the next evaluation
+        (clear,) = [f for f in pipe._transitions(st, int(NOW.timestamp())) if f.flag == "no_support_network"]
+        assert clear.status == "cleared" and clear.flag_id == flag_id("P1", "no_support_network", 4)
+        assert mgr.is_new(0, "flag:" + clear.flag_id)  # published, not suppressed
+
+    asyncio.run(main())
+
+
 def test_checkpoint_rounds_are_spaced_by_their_duration_up_to_a_cap() -> None:
     async def main() -> None:
         broker, clock = Broker(), Clock()
