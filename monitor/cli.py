@@ -315,6 +315,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nightscout_site(args: argparse.Namespace) -> int:
+    """Print a sites-file entry for a Nightscout site (the secret from stdin, never an argument:
+    arguments end up in shell history and process lists)."""
+    from monitor.intake.sites import SITE_NAME, secret_hash
+
+    if not SITE_NAME.match(args.site):
+        print("site: 1-64 letters, digits, _ . - (starting with a letter or digit)", file=sys.stderr)
+        return 2
+    secret = sys.stdin.readline().rstrip("\n")
+    if len(secret) < 12:
+        print("the site secret (on stdin) must be at least 12 characters, as Nightscout's", file=sys.stderr)
+        return 2
+    entry = {"patient_id": args.patient, "api_secret_sha256": secret_hash(secret)}
+    _print_json({"sites": {args.site: entry}})
+    return 0
+
+
 def cmd_intake(args: argparse.Namespace) -> int:
     from monitor.intake.serve import run_intake
 
@@ -451,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="receive time for the time checks (default: now; for archived files)")
     dc.add_argument("file")
     dc.set_defaults(func=cmd_decode)
+
+    ns = sub.add_parser("nightscout-site", help="a MONITOR_NIGHTSCOUT_SITES_FILE entry binding a Nightscout "
+                                                "site to a patient (the site secret on stdin)")
+    ns.add_argument("site")
+    ns.add_argument("--patient", required=True)
+    ns.set_defaults(func=cmd_nightscout_site)
 
     it = sub.add_parser("intake", help="HTTP intake for apps that cannot speak Kafka (bearer token)")
     it.add_argument("--host", default=None, help="default: MONITOR_INTAKE_HOST")

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     alert_link_template: str = "http://127.0.0.1:6066/alerts/{alert_id}"
     # each alert's runbook_url annotation; {rule} is replaced (the worker serves /runbooks/<rule>)
     runbook_url_template: str = "http://127.0.0.1:6066/runbooks/{rule}"
+    # Nightscout sites of the intake (/ns/<site>/api/v1/...): site -> patient and secret hash
+    nightscout_sites_file: Path | None = None
     intake_host: str = "127.0.0.1"
     intake_port: int = Field(default=8088, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

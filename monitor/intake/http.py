@@ -18,6 +18,12 @@ $MONITOR_API_TOKEN``):
     partition of the patient id, so the compacted topic keeps the latest state of each link). A
     ``started_at``/``effective_at`` more than ``max_future`` (10 minutes) after the receive time is
     rejected (``future_timestamp``), as readings' ``measured_at`` are.
+``POST /ns/<site>/api/v1/entries`` (and ``entries.json``), ``GET /ns/<site>/api/v1/status.json``
+    Nightscout API v1 for uploaders (xDrip+, AndroidAPS, Loop): each site is bound to one patient
+    and authenticated by the header ``api-secret`` (SHA-1 hex of the site's secret; no bearer
+    token), :mod:`monitor.intake.sites`. Entries are decoded as Nightscout and published like
+    ``/v1/readings``; success is 200 (Nightscout's), 401 with a wrong secret (nothing published),
+    404 for an unknown site.
 ``GET /healthz``
     Liveness: 200 ``{"status": "ok"}`` while the process serves HTTP (no token; never touches Kafka,
     so a broker outage does not get a healthy intake restarted).
@@ -103,6 +109,7 @@ from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
 from monitor.intake.native import Rejection, event_time_rejection, validate_document
 from monitor.intake.rules import MAX_FUTURE
+from monitor.intake.sites import Site, load_sites
 from monitor.kafka.partitioning import partition_for
 from monitor.kafka.publisher import OutgoingRecord, Publisher
 from monitor.settings import Settings
@@ -504,6 +511,7 @@ class _Intake:
         self.max_future = max_future
         self.publish_timeout_s = publish_timeout_s
         self._token = configured_token(settings.api_token)  # None: not configured
+        self.sites = load_sites(settings.nightscout_sites_file)
 
     # -- checks before any decoding --
 
@@ -519,10 +527,13 @@ class _Intake:
             return response
         return None
 
-    async def _body(self, request: web.Request) -> bytes | web.Response:
-        """The request body, or the 401/403/415/413 answer that stops the request."""
-        denied = self._denied(request)
-        if denied is not None:
+    async def _body(self, request: web.Request,
+                    denied: web.Response | None | bool = False) -> bytes | web.Response:
+        """The request body, or the 401/403/415/413 answer that stops the request (``denied``:
+        a route's own authentication answer; by default the bearer token's)."""
+        if denied is False:
+            denied = self._denied(request)
+        if isinstance(denied, web.Response):
             return denied
         if not _is_json_type(request):
             return _error(415, request, "unsupported_media_type",
@@ -598,6 +609,44 @@ class _Intake:
                          received_at=received_at, fmt=fmt,
                          patient_id=request.query.get("patient_id") or None, max_items=self.max_items)
         return await self._process(request, decode, body, topic, received_at)
+
+    # -- Nightscout API v1, per site (monitor.intake.sites) --
+
+    def _site(self, request: web.Request) -> Site | web.Response:
+        site = self.sites.get(request.match_info["site"])
+        if site is None:
+            return _error(404, request, "unknown_site", "no such Nightscout site")
+        return site
+
+    async def nightscout_entries(self, request: web.Request) -> web.Response:
+        """``POST /ns/<site>/api/v1/entries[.json]``: Nightscout entries of the site's patient."""
+        site = self._site(request)
+        if isinstance(site, web.Response):
+            return site
+        denied = None
+        if not site.admits(request.headers.get("api-secret")):
+            denied = _error(401, request, "unauthorized",
+                            "send the header api-secret: the SHA-1 hex digest of the site's secret")
+        body = await self._body(request, denied)
+        if isinstance(body, web.Response):
+            return body
+        received_at = self.clock()
+        topic = self.settings.topics.name("readings")
+        decode = partial(decode_readings, body, topic=topic, partitions=self.settings.partitions,
+                         received_at=received_at, fmt="nightscout", patient_id=site.patient_id,
+                         max_items=self.max_items)
+        response = await self._process(request, decode, body, topic, received_at)
+        if response.status == 202:  # uploaders expect Nightscout's 200
+            response.set_status(200)
+        return response
+
+    async def nightscout_status(self, request: web.Request) -> web.Response:
+        """``GET /ns/<site>/api/v1/status.json``: what uploaders check before uploading."""
+        site = self._site(request)
+        if isinstance(site, web.Response):
+            return site
+        return web.json_response({"status": "ok", "name": "coproduction-monitor", "apiEnabled": True,
+                                  "careportalEnabled": False, "serverTime": self.clock().isoformat()})
 
     def documents(self, expected: str, topic_key: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
@@ -751,4 +800,7 @@ def create_intake_app(
     app.router.add_post("/v1/readings", intake.readings)
     app.router.add_post("/v1/carer-activities", intake.documents("carer_activity", "carer_activity"))
     app.router.add_post("/v1/care-links", intake.documents("care_link", "care_network"))
+    app.router.add_post("/ns/{site}/api/v1/entries", intake.nightscout_entries)
+    app.router.add_post("/ns/{site}/api/v1/entries.json", intake.nightscout_entries)
+    app.router.add_get("/ns/{site}/api/v1/status.json", intake.nightscout_status)
     return app
