@@ -18,6 +18,9 @@ $MONITOR_API_TOKEN``):
     partition of the patient id, so the compacted topic keeps the latest state of each link). A
     ``started_at``/``effective_at`` more than ``max_future`` (10 minutes) after the receive time is
     rejected (``future_timestamp``), as readings' ``measured_at`` are.
+``GET /fhir/metadata``, ``POST /fhir/Observation``, ``POST /fhir`` (batch or transaction Bundle)
+    FHIR R4 REST (:mod:`monitor.intake.fhir_rest`: CapabilityStatement without a token; 201 with
+    ``Location`` or 422 with an OperationOutcome; a batch-response Bundle per Observation).
 ``POST /ns/<site>/api/v1/entries`` (and ``entries.json``), ``GET /ns/<site>/api/v1/status.json``
     Nightscout API v1 for uploaders (xDrip+, AndroidAPS, Loop): each site is bound to one patient
     and authenticated by the header ``api-secret`` (SHA-1 hex of the site's secret; no bearer
@@ -105,6 +108,7 @@ from aiohttp import web
 
 from monitor.auth import FORBIDDEN, check_bearer, configured_token
 from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading, to_json_dict
+from monitor.intake import fhir_rest
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
 from monitor.intake.native import Rejection, event_time_rejection, validate_document
@@ -420,6 +424,8 @@ class Settled:
     """The answer's entries of the first :data:`ANSWER_MAX_ITEMS` items."""
     omitted: int
     """Items without an entry in ``items``."""
+    outcomes: Sequence[Outcome] = ()
+    """Every decoded item (for answers that list them all: the FHIR batch-response)."""
 
     @property
     def rejected(self) -> int:
@@ -461,7 +467,7 @@ def settle(
     return Settled(
         records=records, accepted=accepted, reasons=dict(Counter(r.reason for r in rejections)),
         items=[_answer_item(i, o) for i, o in enumerate(outcomes[:ANSWER_MAX_ITEMS])],
-        omitted=max(0, len(outcomes) - ANSWER_MAX_ITEMS),
+        omitted=max(0, len(outcomes) - ANSWER_MAX_ITEMS), outcomes=outcomes,
     )
 
 
@@ -552,7 +558,8 @@ class _Intake:
     # -- decoding, publishing and answering --
 
     async def _process(self, request: web.Request, decode: Callable[[], list[Outcome] | TooManyItems],
-                       raw: bytes, topic: str, received_at: datetime) -> web.Response:
+                       raw: bytes, topic: str, received_at: datetime,
+                       render: Callable[[Settled], web.Response] | None = None) -> web.Response:
         """Run ``decode`` and :func:`settle` in a worker thread (CPU-bound: the event loop keeps
         serving meanwhile), then publish and answer."""
         request_id = request[_REQUEST_ID]
@@ -570,9 +577,10 @@ class _Intake:
                      settled.count, settled.limit)
             return _error(413, request, "too_many_items",
                           f"the body holds {settled.count} items, more than {settled.limit}; split it")
-        return await self._answer(request, settled)
+        return await self._answer(request, settled, render)
 
-    async def _answer(self, request: web.Request, settled: Settled) -> web.Response:
+    async def _answer(self, request: web.Request, settled: Settled,
+                      render: Callable[[Settled], web.Response] | None = None) -> web.Response:
         request_id = request[_REQUEST_ID]
         if settled.records:
             try:
@@ -589,6 +597,8 @@ class _Intake:
         status = 202 if settled.accepted else 400
         log.info("intake request %s %s: %d accepted, %d rejected -> %d", request_id, request.path,
                  settled.accepted, settled.rejected, status)
+        if render is not None:
+            return render(settled)
         return web.json_response({
             "request_id": request_id, "accepted": settled.accepted, "rejected": settled.rejected,
             "reasons": settled.reasons, "items": settled.items, "items_omitted": settled.omitted,
@@ -609,6 +619,56 @@ class _Intake:
                          received_at=received_at, fmt=fmt,
                          patient_id=request.query.get("patient_id") or None, max_items=self.max_items)
         return await self._process(request, decode, body, topic, received_at)
+
+    # -- FHIR R4 REST (monitor.intake.fhir_rest) --
+
+    def _fhir_base(self, request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}/fhir"
+
+    async def fhir_metadata(self, request: web.Request) -> web.Response:
+        doc = fhir_rest.capability_statement(self._fhir_base(request), iso_utc(self.clock()))
+        return web.json_response(doc, content_type=fhir_rest.FHIR_JSON)
+
+    async def fhir_post(self, request: web.Request) -> web.Response:
+        """``POST /fhir/Observation`` (one) and ``POST /fhir`` (a batch or transaction Bundle)."""
+        bundle = request.path.rstrip("/") == "/fhir"
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        parsed = load_json(body)
+        wrong = None
+        if isinstance(parsed, Rejection):
+            wrong = (400, fhir_rest.refused(parsed.reason, parsed.detail))
+        elif not isinstance(parsed, dict) or parsed.get("resourceType") != (
+                "Bundle" if bundle else "Observation"):
+            wanted = "a batch or transaction Bundle" if bundle else "an Observation"
+            wrong = (400, fhir_rest.operation_outcome("error", "structure", f"the body is not {wanted}"))
+        elif bundle and parsed.get("type") not in ("batch", "transaction"):
+            wrong = (400, fhir_rest.operation_outcome("error", "not-supported",
+                                                      "Bundle.type must be batch or transaction"))
+        if wrong is not None:
+            return web.json_response(wrong[1], status=wrong[0], content_type=fhir_rest.FHIR_JSON)
+        received_at = self.clock()
+        topic = self.settings.topics.name("readings")
+        decode = partial(decode_readings, body, topic=topic, partitions=self.settings.partitions,
+                         received_at=received_at, fmt="fhir", max_items=self.max_items)
+        base = self._fhir_base(request)
+
+        def render(settled: Settled) -> web.Response:
+            if bundle:
+                return web.json_response(fhir_rest.batch_response(base, settled.outcomes),
+                                         content_type=fhir_rest.FHIR_JSON)
+            (outcome,) = settled.outcomes
+            rejection = outcome.rejection
+            if rejection is not None:
+                return web.json_response(fhir_rest.refused(rejection.reason, rejection.detail),
+                                         status=422, content_type=fhir_rest.FHIR_JSON)
+            (entry,) = fhir_rest.entry_answers(base, settled.outcomes)
+            return web.json_response(fhir_rest.operation_outcome("information", "informational", "created"),
+                                     status=201, content_type=fhir_rest.FHIR_JSON,
+                                     headers={"Location": entry["response"]["location"]})
+
+        return await self._process(request, decode, body, topic, received_at, render)
 
     # -- Nightscout API v1, per site (monitor.intake.sites) --
 
@@ -800,6 +860,9 @@ def create_intake_app(
     app.router.add_post("/v1/readings", intake.readings)
     app.router.add_post("/v1/carer-activities", intake.documents("carer_activity", "carer_activity"))
     app.router.add_post("/v1/care-links", intake.documents("care_link", "care_network"))
+    app.router.add_get("/fhir/metadata", intake.fhir_metadata)
+    app.router.add_post("/fhir/Observation", intake.fhir_post)
+    app.router.add_post("/fhir", intake.fhir_post)
     app.router.add_post("/ns/{site}/api/v1/entries", intake.nightscout_entries)
     app.router.add_post("/ns/{site}/api/v1/entries.json", intake.nightscout_entries)
     app.router.add_get("/ns/{site}/api/v1/status.json", intake.nightscout_status)
