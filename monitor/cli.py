@@ -315,6 +315,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from monitor.intake.openapi import openapi_document
+
+    _print_json(openapi_document())
+    return 0
+
+
 def cmd_nightscout_site(args: argparse.Namespace) -> int:
     """Print a sites-file entry for a Nightscout site (the secret from stdin, never an argument:
     arguments end up in shell history and process lists)."""
@@ -468,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="receive time for the time checks (default: now; for archived files)")
     dc.add_argument("file")
     dc.set_defaults(func=cmd_decode)
+
+    oa = sub.add_parser("openapi", help="the HTTP intake's OpenAPI 3.1 description (JSON)")
+    oa.set_defaults(func=cmd_openapi)
 
     ns = sub.add_parser("nightscout-site", help="a MONITOR_NIGHTSCOUT_SITES_FILE entry binding a Nightscout "
                                                 "site to a patient (the site secret on stdin)")

@@ -18,6 +18,8 @@ $MONITOR_API_TOKEN``):
     partition of the patient id, so the compacted topic keeps the latest state of each link). A
     ``started_at``/``effective_at`` more than ``max_future`` (10 minutes) after the receive time is
     rejected (``future_timestamp``), as readings' ``measured_at`` are.
+``GET /openapi.json``
+    The OpenAPI 3.1 description of these routes (:mod:`monitor.intake.openapi`; no token).
 ``GET /fhir/metadata``, ``POST /fhir/Observation``, ``POST /fhir`` (batch or transaction Bundle)
     FHIR R4 REST (:mod:`monitor.intake.fhir_rest`: CapabilityStatement without a token; 201 with
     ``Location`` or 422 with an OperationOutcome; a batch-response Bundle per Observation).
@@ -112,6 +114,7 @@ from monitor.intake import fhir_rest
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
 from monitor.intake.native import Rejection, event_time_rejection, validate_document
+from monitor.intake.openapi import openapi_document
 from monitor.intake.rules import MAX_FUTURE
 from monitor.intake.sites import Site, load_sites
 from monitor.kafka.partitioning import partition_for
@@ -860,6 +863,10 @@ def create_intake_app(
     app.router.add_post("/v1/readings", intake.readings)
     app.router.add_post("/v1/carer-activities", intake.documents("carer_activity", "carer_activity"))
     app.router.add_post("/v1/care-links", intake.documents("care_link", "care_network"))
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/fhir/metadata", intake.fhir_metadata)
     app.router.add_post("/fhir/Observation", intake.fhir_post)
     app.router.add_post("/fhir", intake.fhir_post)
