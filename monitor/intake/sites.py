@@ -52,13 +52,16 @@ def load_sites(path: Path | None) -> dict[str, Site]:
     if path is None:
         return {}
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    listed = doc.get("sites") if isinstance(doc, dict) else None
+    if not isinstance(listed, dict):
+        raise ValueError('a sites file is {"sites": {"<site>": {"patient_id", "api_secret_sha256"}}}')
     sites: dict[str, Site] = {}
-    for name, entry in dict(doc.get("sites") or {}).items():
+    for name, entry in listed.items():
         if not SITE_NAME.match(str(name)):
             raise ValueError(f"site name {str(name)[:40]!r}: 1-64 letters, digits, _ . -")
         try:
             patient, digest = str(entry["patient_id"]), str(entry["api_secret_sha256"]).lower()
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"site {name}: needs patient_id and api_secret_sha256") from exc
         if not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ValueError(f"site {name}: api_secret_sha256 must be 64 hex digits")
