@@ -435,7 +435,7 @@ def _pair_pressures(entries: list[dict[str, Any]]) -> dict[int, dict[str, Any] |
     subject, device and effective time into one blood-pressure panel. Entry index -> the panel
     (at the systolic's index), ``None`` (the diastolic of a pair) or an ``unpaired_component``
     rejection (a half without its other half)."""
-    groups: dict[str, dict[str, int]] = {}
+    groups: dict[str, dict[str, list[int]]] = {}
     for i, entry in enumerate(entries):
         resource = entry.get("resource")
         if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
@@ -446,20 +446,16 @@ def _pair_pressures(entries: list[dict[str, Any]]) -> dict[int, dict[str, Any] |
         key = json.dumps([resource.get(k) for k in ("subject", "device", "effectiveDateTime",
                                                     "effectiveInstant", "effectivePeriod")],
                          sort_keys=True, default=str)
-        group = groups.setdefault(key, {})
-        if half in group:  # a second systolic of the same instant: not a pair
-            group.setdefault("dup", i)
-        else:
-            group[half] = i
+        groups.setdefault(key, {"systolic": [], "diastolic": []})[half].append(i)
     out: dict[int, dict[str, Any] | Rejection | None] = {}
     for group in groups.values():
-        sys_i, dia_i = group.get("systolic"), group.get("diastolic")
-        if sys_i is None or dia_i is None or "dup" in group:
-            for half, i in group.items():
-                out[i] = Rejection("unpaired_component",
-                                   f"{half if half != 'dup' else 'pressure'}: no single other half "
-                                   "with the same subject, device and time")
+        if len(group["systolic"]) != 1 or len(group["diastolic"]) != 1:  # none, or not one of each
+            for half, indices in group.items():
+                for i in indices:
+                    out[i] = Rejection("unpaired_component",
+                                       f"{half}: no single other half with the same subject, device and time")
             continue
+        (sys_i,), (dia_i,) = group["systolic"], group["diastolic"]
         sys_obs, dia_obs = entries[sys_i]["resource"], entries[dia_i]["resource"]
         panel = {k: v for k, v in sys_obs.items() if k not in ("code", "valueQuantity", "component")}
         panel["code"] = {"coding": [{"system": LOINC, "code": "85354-9"}]}
