@@ -315,6 +315,40 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_credentials(args: argparse.Namespace) -> int:
+    """``credentials add`` (prints the token once), ``list`` (never tokens), ``revoke ID``."""
+    import dataclasses
+    from datetime import UTC
+
+    from monitor.credentials import issue
+    from monitor.kafka import credentials as topic
+    from monitor.kafka.admin import ensure_topics
+
+    s = _settings()
+    ensure_topics(s)
+    if args.action == "add":
+        try:
+            cred, token = issue(args.role, name=args.name or "", created_at=datetime.now(UTC),
+                                patients=frozenset(args.patient or ()), carer_id=args.carer)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        topic.publish(s, cred)
+        _print_json({**cred.listing(), "token": token, "note": "shown once: store it now"})
+        return 0
+    registry = topic.load(s, timeout_s=args.timeout)
+    if args.action == "list":
+        _print_json([c.listing() for c in sorted(registry.by_id.values(), key=lambda c: c.created_at)])
+        return 0
+    cred = registry.by_id.get(args.credential_id)
+    if cred is None:
+        print(f"no credential {args.credential_id}", file=sys.stderr)
+        return 1
+    topic.publish(s, dataclasses.replace(cred, revoked=True))
+    _print_json({**cred.listing(), "revoked": True})
+    return 0
+
+
 def cmd_openapi(args: argparse.Namespace) -> int:
     from monitor.intake.openapi import openapi_document
 
@@ -475,6 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="receive time for the time checks (default: now; for archived files)")
     dc.add_argument("file")
     dc.set_defaults(func=cmd_decode)
+
+    cr = sub.add_parser("credentials", help="per-gateway and per-person tokens with a role and a scope")
+    crsub = cr.add_subparsers(dest="action", required=True)
+    add = crsub.add_parser("add", help="a new credential; its token is printed once")
+    add.add_argument("--role", required=True, choices=["gateway", "carer_app", "coordinator", "clinician"])
+    add.add_argument("--patient", action="append", help="a patient a gateway may write (repeat)")
+    add.add_argument("--carer", help="the carer id a carer_app writes as")
+    add.add_argument("--name", help="what the credential is for (a device, a person)")
+    lst = crsub.add_parser("list", help="every credential (never the tokens)")
+    rev = crsub.add_parser("revoke", help="revoke a credential (intakes refuse it within a fetch)")
+    rev.add_argument("credential_id")
+    for reader in (lst, rev):
+        reader.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for more records")
+    cr.set_defaults(func=cmd_credentials)
 
     oa = sub.add_parser("openapi", help="the HTTP intake's OpenAPI 3.1 description (JSON)")
     oa.set_defaults(func=cmd_openapi)

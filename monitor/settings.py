@@ -33,6 +33,7 @@ class Topics(BaseSettings):
     patients: str = "patients"
     alerts: str = "alerts"
     alert_actions: str = "alert-actions"
+    credentials: str = "credentials"
     flags: str = "flags"
     equity: str = "equity"
     dead_letters: str = "dead-letters"
@@ -54,15 +55,18 @@ class Topics(BaseSettings):
 
     @property
     def compacted(self) -> set[str]:
-        return {self.name(k) for k in ("care_network", "patients", "checkpoints", "equity_partials")}
+        return {self.name(k) for k in ("care_network", "patients", "checkpoints", "equity_partials",
+                                       "credentials")}
 
     @property
     def single_partition(self) -> set[str]:
         """Topics with one partition: the merge point's input and the population snapshot."""
-        return {self.name("equity_partials"), self.name("equity"), self.name("alert_actions")}
+        return {self.name("equity_partials"), self.name("equity"), self.name("alert_actions"),
+                self.name("credentials")}
 
     def all(self) -> list[str]:
-        keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "alert_actions", "flags",
+        keys = ["readings", "carer_activity", "care_network", "patients", "alerts", "alert_actions",
+                "credentials", "flags",
                 "equity", "dead_letters", "checkpoints", "equity_partials"]
         return [self.name(k) for k in keys]
 

@@ -107,9 +107,12 @@ from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
 
-from monitor.auth import FORBIDDEN, check_bearer, configured_token
+from monitor.auth import FORBIDDEN, bearer_credentials, check_bearer, configured_token
 from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading, to_json_dict
+from monitor.credentials import CredentialRegistry, RateLimiter
 from monitor.intake import fhir_rest
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
@@ -122,6 +125,9 @@ from monitor.kafka.publisher import OutgoingRecord, Publisher
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PRINCIPAL: web.RequestKey[Any] = web.RequestKey("principal", object)
+"""Who sent the request: ``None`` (the admin token) or a :class:`monitor.credentials.Credential`."""
 
 Clock = Callable[[], datetime]
 
@@ -511,7 +517,9 @@ class _Intake:
     """The request handlers, bound to settings, a publisher, a clock and the limits."""
 
     def __init__(self, settings: Settings, publisher: Publisher, clock: Clock, *, max_body_bytes: int,
-                 max_items: int, max_future: timedelta, publish_timeout_s: float) -> None:
+                 max_items: int, max_future: timedelta, publish_timeout_s: float,
+                 credentials: CredentialRegistry | None = None, limiter: RateLimiter | None = None,
+                 refused: PromCounter | None = None) -> None:
         self.settings = settings
         self.publisher = publisher
         self.clock = clock
@@ -521,27 +529,75 @@ class _Intake:
         self.publish_timeout_s = publish_timeout_s
         self._token = configured_token(settings.api_token)  # None: not configured
         self.sites = load_sites(settings.nightscout_sites_file)
+        self.credentials = credentials
+        self.limiter = limiter or RateLimiter()
+        self.refused = refused  # refused requests by reason and role (no ids)
 
     # -- checks before any decoding --
 
-    def _denied(self, request: web.Request) -> web.Response | None:
-        status = check_bearer(request.headers.get("Authorization", ""), self._token)
-        if status == FORBIDDEN:
-            return _error(403, request, "intake_disabled",
-                          "the HTTP intake is closed: no MONITOR_API_TOKEN is configured")
-        if status is not None:
-            response = _error(401, request, "unauthorized",
-                              "send Authorization: Bearer <MONITOR_API_TOKEN>")
+    def _count(self, reason: str, role: str) -> None:
+        if self.refused is not None:
+            self.refused.labels(reason, role).inc()
+
+    def _denied(self, request: web.Request, roles: tuple[str, ...] = ()) -> web.Response | None:
+        """``None`` when the request may go on (its principal in ``request[PRINCIPAL]``: ``None``
+        for the admin token, else the :class:`~monitor.credentials.Credential`), else the answer:
+        403 closed, 401 unknown, 429 over the credential's rate, 403 a role not allowed here."""
+        header = request.headers.get("Authorization", "")
+        status = check_bearer(header, self._token)
+        if status is None:
+            request[PRINCIPAL] = None  # the admin bootstrap token
+            return None
+        credential = None
+        if self.credentials is not None:
+            credential = self.credentials.authenticate(bearer_credentials(header).decode(errors="replace"))
+        if credential is None:
+            if status == FORBIDDEN and not (self.credentials and self.credentials.by_id):
+                return _error(403, request, "intake_disabled",
+                              "the HTTP intake is closed: no MONITOR_API_TOKEN and no credentials")
+            self._count("unauthorized", "none")
+            response = _error(401, request, "unauthorized", "send Authorization: Bearer <your token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="coproduction-monitor intake"'
             return response
+        if not self.limiter.allow(credential.credential_id, time.monotonic()):
+            self._count("rate_limited", credential.role)
+            response = _error(429, request, "rate_limited",
+                              f"over {self.limiter.rate:g} requests/s for this credential: slow down")
+            response.headers["Retry-After"] = "1"
+            return response
+        if credential.role not in roles:
+            self._count("forbidden_role", credential.role)
+            return _error(403, request, "forbidden_role",
+                          f"a {credential.role} credential may not use this endpoint")
+        request[PRINCIPAL] = credential
         return None
 
-    async def _body(self, request: web.Request,
-                    denied: web.Response | None | bool = False) -> bytes | web.Response:
+    def _outside_scope(self, request: web.Request, settled: Settled) -> web.Response | None:
+        """403 when an accepted record is outside the credential's scope: a gateway writing another
+        patient, a carer app writing as another carer. Nothing of the request is published."""
+        credential = request.get(PRINCIPAL)
+        if credential is None:
+            return None
+        for record in settled.records:
+            if record.topic == self.settings.topics.name("dead_letters"):
+                continue
+            if credential.role == "gateway":
+                inside = record.key is not None and record.key.decode() in credential.patients
+            else:
+                inside = json.loads(record.value).get("carer_id") == credential.carer_id
+            if not inside:
+                self._count("outside_scope", credential.role)
+                return _error(403, request, "outside_scope",
+                              "the request writes outside this credential's scope; nothing was published")
+        return None
+
+    async def _body(self, request: web.Request, denied: web.Response | None | bool = False,
+                    roles: tuple[str, ...] = ()) -> bytes | web.Response:
         """The request body, or the 401/403/415/413 answer that stops the request (``denied``:
-        a route's own authentication answer; by default the bearer token's)."""
+        a route's own authentication answer; by default the bearer token's or a credential of
+        one of ``roles``)."""
         if denied is False:
-            denied = self._denied(request)
+            denied = self._denied(request, roles)
         if isinstance(denied, web.Response):
             return denied
         if not _is_json_type(request):
@@ -585,6 +641,9 @@ class _Intake:
     async def _answer(self, request: web.Request, settled: Settled,
                       render: Callable[[Settled], web.Response] | None = None) -> web.Response:
         request_id = request[_REQUEST_ID]
+        outside = self._outside_scope(request, settled)
+        if outside is not None:
+            return outside
         if settled.records:
             try:
                 await asyncio.wait_for(self.publisher.publish_many(settled.records),
@@ -610,7 +669,7 @@ class _Intake:
     # -- handlers --
 
     async def readings(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await self._body(request, roles=("gateway",))
         if isinstance(body, web.Response):
             return body
         fmt = request.query.get("format", "auto")
@@ -635,7 +694,7 @@ class _Intake:
     async def fhir_post(self, request: web.Request) -> web.Response:
         """``POST /fhir/Observation`` (one) and ``POST /fhir`` (a batch or transaction Bundle)."""
         bundle = request.path.rstrip("/") == "/fhir"
-        body = await self._body(request)
+        body = await self._body(request, roles=("gateway",))
         if isinstance(body, web.Response):
             return body
         parsed = load_json(body)
@@ -713,7 +772,7 @@ class _Intake:
 
     def documents(self, expected: str, topic_key: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            body = await self._body(request)
+            body = await self._body(request, roles=("carer_app",))
             if isinstance(body, web.Response):
                 return body
             received_at = self.clock()
@@ -827,6 +886,8 @@ def create_intake_app(
     publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ready_interval_s: float = READY_INTERVAL_S,
     ready_timeout_s: float = READY_TIMEOUT_S,
+    credentials: CredentialRegistry | None = None,
+    limiter: RateLimiter | None = None,
 ) -> web.Application:
     """The intake :class:`aiohttp.web.Application` (routes in the module docstring).
 
@@ -837,7 +898,9 @@ def create_intake_app(
     :func:`monitor.intake.canonical.validate`'s). ``publish_timeout_s`` bounds the wait for Kafka
     (then 503). ``/readyz`` runs ``publisher.check_broker()`` (when the publisher is a
     :class:`BrokerCheck`) at most once per ``ready_interval_s``, each run bounded by
-    ``ready_timeout_s`` (see :class:`ReadinessCache`).
+    ``ready_timeout_s`` (see :class:`ReadinessCache`). ``credentials`` (followed from the
+    credentials topic, :func:`monitor.intake.serve.attach_credentials`) admits scoped tokens beside
+    the admin token, each limited by ``limiter`` (20 requests/s, bursts of 40, by default).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
@@ -845,8 +908,13 @@ def create_intake_app(
         raise ValueError("max_items must be positive")
     if max_future < timedelta(0):
         raise ValueError("max_future must not be negative")
+    registry = CollectorRegistry()
+    refused = PromCounter("monitor_intake_refused_requests", "Requests refused before publishing, by reason "
+                          "(unauthorized, rate_limited, forbidden_role, outside_scope) and role",
+                          ["reason", "role"], registry=registry)
     intake = _Intake(settings, publisher, clock, max_body_bytes=max_body_bytes, max_items=max_items,
-                     max_future=max_future, publish_timeout_s=publish_timeout_s)
+                     max_future=max_future, publish_timeout_s=publish_timeout_s, credentials=credentials,
+                     limiter=limiter, refused=refused)
     # aiohttp's own limit applies to request.read()/post(), which the handlers do not use; keep it
     # above ours so that our 413 (with a request id) is the one a client sees.
     app = web.Application(middlewares=[_request_id_middleware], client_max_size=max_body_bytes + 1)
@@ -866,7 +934,11 @@ def create_intake_app(
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/fhir/metadata", intake.fhir_metadata)
     app.router.add_post("/fhir/Observation", intake.fhir_post)
     app.router.add_post("/fhir", intake.fhir_post)

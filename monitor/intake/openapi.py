@@ -69,6 +69,8 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("get", "/readyz", {"summary": "Readiness: the broker answered for the intake's topics", "security": OPEN,
                         "responses": {"200": {"description": "ready"},
                                       "503": {"description": "not ready, with a reason code"}}}),
+    ("get", "/metrics", {"summary": "Prometheus metrics (refused requests by reason and role; no ids)",
+                         "security": OPEN, "responses": {"200": {"description": "text exposition"}}}),
     ("get", "/openapi.json", {"summary": "This document", "security": OPEN,
                               "responses": {"200": {"description": "OpenAPI 3.1"}}}),
 ]

@@ -9,6 +9,8 @@ status, size, duration and the request id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +22,7 @@ from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
+from monitor.credentials import CredentialRegistry
 from monitor.intake.http import DEFAULT_MAX_BODY_BYTES, REQUEST_ID_HEADER, create_intake_app
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.publisher import AsyncPublisher
@@ -99,6 +102,30 @@ def attach_publisher(
     return publisher_context
 
 
+def attach_credentials(app: web.Application, settings: Settings,
+                       registry: CredentialRegistry) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Follow the credentials topic into ``registry`` while ``app`` runs (start-up waits, up to
+    10 s, until the credentials present at start are known, so none is refused for being new)."""
+    from monitor.kafka.credentials import follow
+
+    async def credentials_context(_: web.Application) -> AsyncIterator[None]:
+        caught_up = asyncio.Event()
+        task = asyncio.create_task(follow(settings, registry, caught_up))
+        try:
+            await asyncio.wait_for(caught_up.wait(), 10)
+        except TimeoutError:
+            log.warning("the credentials topic was not read within 10 s; credentials arrive as it is")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.append(credentials_context)
+    return credentials_context
+
+
 def run_intake(
     settings: Settings, host: str, port: int, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 ) -> None:
@@ -109,9 +136,11 @@ def run_intake(
                     "answers 403")
     ensure_topics(settings)  # never let a broker auto-create them with the wrong partition count
     publisher = ProbingPublisher(settings)
+    credentials = CredentialRegistry()
     app = create_intake_app(settings, publisher, max_body_bytes=max_body_bytes,
                             max_items=settings.intake_max_items,
-                            max_future=timedelta(seconds=settings.max_clock_skew_s))
+                            max_future=timedelta(seconds=settings.max_clock_skew_s), credentials=credentials)
     attach_publisher(app, publisher)
+    attach_credentials(app, settings, credentials)
     web.run_app(app, host=host, port=port, access_log_class=PathOnlyAccessLogger,
                 print=lambda msg: log.info("%s", msg))
