@@ -7,6 +7,7 @@ gets its own topic prefix and consumer group, so tests never see each other's me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,29 @@ class NotifierProcess(WorkerProcess):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
+
+
+@contextlib.asynccontextmanager
+async def running_intake(settings: Settings, *, credentials: Any = None) -> AsyncIterator[str]:
+    """The HTTP intake (real aiohttp server, real AsyncPublisher; with ``credentials``, a
+    :class:`~monitor.credentials.CredentialRegistry` following the credentials topic) on a free
+    port of 127.0.0.1; yields its base URL and stops it (publisher flushed) on exit."""
+    from aiohttp import web
+
+    from monitor.intake.http import create_intake_app
+    from monitor.intake.serve import attach_credentials, attach_publisher
+    from monitor.kafka.publisher import AsyncPublisher
+
+    publisher = AsyncPublisher(settings)
+    app = create_intake_app(settings, publisher, credentials=credentials)
+    attach_publisher(app, publisher)
+    if credentials is not None:
+        attach_credentials(app, settings, credentials)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

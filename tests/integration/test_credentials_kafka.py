@@ -13,14 +13,10 @@ import time
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from monitor.contract.models import Reading
 from monitor.credentials import CredentialRegistry
-from monitor.intake.http import create_intake_app
-from monitor.intake.serve import attach_credentials, attach_publisher
-from monitor.kafka.publisher import AsyncPublisher
-from tests.integration.conftest import ROOT, free_port, read_records
+from tests.integration.conftest import ROOT, read_records, running_intake
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +37,11 @@ def reading(pid: str, rid: str) -> dict:
 def test_a_gateway_credential_is_scoped_and_revocable(env, settings) -> None:
     made = cli(env, "add", "--role", "gateway", "--patient", "P-CRED-1", "--name", "hub of P-CRED-1")
     token = made["token"]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1/readings"
 
     async def go() -> list[int]:
-        publisher = AsyncPublisher(settings)
-        registry = CredentialRegistry()
-        app = create_intake_app(settings, publisher, credentials=registry)
-        attach_publisher(app, publisher)
-        attach_credentials(app, settings, registry)
-        runner = web.AppRunner(app)
-        await runner.setup()
         statuses = []
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with running_intake(settings, credentials=CredentialRegistry()) as base:
+            url = f"{base}/v1/readings"
             headers = {"Authorization": f"Bearer {token}"}
             async with aiohttp.ClientSession() as session:
                 mixed = [reading("P-CRED-1", "c-2"), reading("P-OTHER", "c-3")]
@@ -69,8 +56,6 @@ def test_a_gateway_credential_is_scoped_and_revocable(env, settings) -> None:
                             statuses.append(resp.status)
                             break
                     await asyncio.sleep(0.5)
-        finally:
-            await runner.cleanup()
         return statuses
 
     assert asyncio.run(go()) == [202, 403, 401]

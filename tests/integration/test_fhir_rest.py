@@ -11,15 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from monitor.contract.models import Reading
-from monitor.intake.http import create_intake_app
-from monitor.intake.serve import attach_publisher
 from monitor.kafka.partitioning import partition_for
-from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
-from tests.integration.conftest import free_port, read_records
+from tests.integration.conftest import read_records, running_intake
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +31,6 @@ def observation(oid: str, patient: str, bpm: float, unit: str = "/min") -> dict[
 
 def test_a_transaction_bundle_gets_one_answer_per_observation(settings: Settings) -> None:
     token = settings.api_token.get_secret_value()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
     post = {"method": "POST", "url": "Observation"}
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation("hr-1", "P-FHIR-1", 72), "request": post},
@@ -44,15 +38,13 @@ def test_a_transaction_bundle_gets_one_answer_per_observation(settings: Settings
         {"resource": observation("hr-3", "P-FHIR-3", 58), "request": post},
     ]}
 
+    bases: list[str] = []
+
     async def go() -> list[tuple[int, dict[str, str], Any]]:
-        publisher = AsyncPublisher(settings)
-        app = create_intake_app(settings, publisher)
-        attach_publisher(app, publisher)
-        runner = web.AppRunner(app)
-        await runner.setup()
         out = []
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with running_intake(settings) as intake:
+            base = f"{intake}/fhir"
+            bases.append(base)
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{base}/metadata") as resp:
@@ -63,12 +55,11 @@ def test_a_transaction_bundle_gets_one_answer_per_observation(settings: Settings
                         out.append((resp.status, dict(resp.headers), await resp.json(content_type=None)))
                 async with session.post(base, json=bundle) as resp:  # no token
                     out.append((resp.status, {}, None))
-        finally:
-            await runner.cleanup()
         return out
 
     (meta_status, _, meta), (status, _, answer), (one_status, one_headers, _), (bad_status, _, bad), (
         anon, _, _) = asyncio.run(go())
+    base = bases[0]
     assert meta_status == 200 and meta["resourceType"] == "CapabilityStatement"
     assert {"code": "transaction"} in meta["rest"][0]["interaction"]
     assert status == 200 and answer["type"] == "batch-response"

@@ -14,15 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from monitor.contract.models import DeadLetter, Reading
-from monitor.intake.http import create_intake_app
-from monitor.intake.serve import attach_publisher
 from monitor.kafka.partitioning import partition_for
-from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
-from tests.integration.conftest import free_port, read_records
+from tests.integration.conftest import read_records, running_intake
 
 pytestmark = pytest.mark.integration
 
@@ -36,25 +32,15 @@ def serve_and_post(settings: Settings, requests: list[tuple[str, Any]]) -> list[
     """Start the intake on a free port, POST each (path, JSON body), stop; (status, request id, body)."""
     assert settings.api_token is not None
     headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
-    port = free_port()
 
     async def go() -> list[tuple[int, str, Any]]:
-        publisher = AsyncPublisher(settings)
-        app = create_intake_app(settings, publisher)
-        attach_publisher(app, publisher)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with running_intake(settings) as base:  # stopping it flushes the publisher
             answers = []
             async with aiohttp.ClientSession() as session:
                 for path, body in requests:
-                    async with session.post(f"http://127.0.0.1:{port}{path}", json=body,
-                                            headers=headers) as resp:
+                    async with session.post(f"{base}{path}", json=body, headers=headers) as resp:
                         answers.append((resp.status, resp.headers["X-Request-Id"], await resp.json()))
             return answers
-        finally:
-            await runner.cleanup()  # stops the publisher (flush + close)
 
     return asyncio.run(go())
 

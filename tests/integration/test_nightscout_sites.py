@@ -12,16 +12,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from monitor.contract.models import Reading
-from monitor.intake.http import create_intake_app
-from monitor.intake.serve import attach_publisher
 from monitor.intake.sites import secret_hash
 from monitor.kafka.partitioning import partition_for
-from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
-from tests.integration.conftest import free_port, read_records
+from tests.integration.conftest import read_records, running_intake
 
 pytestmark = pytest.mark.integration
 SECRET = "a-long-site-secret"
@@ -44,17 +40,10 @@ def test_an_xdrip_upload_lands_as_the_bound_patients_readings_and_a_wrong_secret
                                                       "api_secret_sha256": secret_hash(SECRET)}}}))
     settings = settings.model_copy(update={"nightscout_sites_file": sites})
     sha1 = hashlib.sha1(SECRET.encode()).hexdigest()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/ns/home-1/api/v1"
 
     async def go() -> list[tuple[int, object]]:
-        publisher = AsyncPublisher(settings)
-        app = create_intake_app(settings, publisher)
-        attach_publisher(app, publisher)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with running_intake(settings) as intake:
+            base = f"{intake}/ns/home-1/api/v1"
             out = []
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{base}/status.json") as resp:
@@ -65,12 +54,10 @@ def test_an_xdrip_upload_lands_as_the_bound_patients_readings_and_a_wrong_secret
                     headers = {"api-secret": secret} if secret else {}
                     async with session.post(f"{base}/{path}", json=body, headers=headers) as resp:
                         out.append((resp.status, await resp.json()))
-                async with session.post(f"http://127.0.0.1:{port}/ns/nobody/api/v1/entries",
+                async with session.post(f"{intake}/ns/nobody/api/v1/entries",
                                         json=xdrip_entries(1), headers={"api-secret": sha1}) as resp:
                     out.append((resp.status, None))
             return out
-        finally:
-            await runner.cleanup()
 
     (status_code, status), (wrong, _), (ok, answer), (missing, _), (unknown, _) = asyncio.run(go())
     assert status_code == 200 and status["status"] == "ok"

@@ -26,22 +26,25 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, NoBrokersAvailable
 
-from monitor.intake.http import create_intake_app
-from monitor.intake.serve import attach_publisher
 from monitor.kafka import local
 from monitor.kafka.admin import ensure_topics
 from monitor.kafka.checkpoints import CheckpointStore
-from monitor.kafka.publisher import AsyncPublisher
 from monitor.settings import Settings
 from monitor.simulate import SimConfig, generate, publish
-from tests.integration.conftest import ROOT, WorkerProcess, free_port, read_records, settings_from
+from tests.integration.conftest import (
+    ROOT,
+    WorkerProcess,
+    free_port,
+    read_records,
+    running_intake,
+    settings_from,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -165,22 +168,11 @@ def post_readings(settings: Settings, readings: list[dict[str, Any]]) -> tuple[i
     """The HTTP intake (real aiohttp server, real AsyncPublisher over TLS): POST ``readings``."""
     assert settings.api_token is not None
     headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
-    port = free_port()
 
     async def go() -> tuple[int, Any]:
-        publisher = AsyncPublisher(settings)
-        app = create_intake_app(settings, publisher)
-        attach_publisher(app, publisher)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            async with aiohttp.ClientSession() as session:
-                async with session.post(f"http://127.0.0.1:{port}/v1/readings", json=readings,
-                                        headers=headers) as resp:
-                    return resp.status, await resp.json()
-        finally:
-            await runner.cleanup()
+        async with running_intake(settings) as base, aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/v1/readings", json=readings, headers=headers) as resp:
+                return resp.status, await resp.json()
 
     return asyncio.run(go())
 
