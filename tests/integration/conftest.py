@@ -125,7 +125,12 @@ def read_records(settings: Settings, topic: str, *, partitions: int | None = Non
     ``partitions``: the partition count the topic must have."""
     consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        # kafka-python answers an empty set when its metadata request has not brought the topic
+        # back yet (seen once in CI, under the unit tests' load, for a topic that existed): ask again
+        deadline = time.monotonic() + 30
+        while not (found := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        tps = [TopicPartition(topic, p) for p in sorted(found or [])]
         assert partitions is None or len(tps) == partitions
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
