@@ -37,7 +37,20 @@ def load(settings: Settings, timeout_s: float = 3.0) -> CredentialRegistry:
 
 async def follow(settings: Settings, registry: CredentialRegistry, caught_up: asyncio.Event) -> None:
     """Apply the topic to ``registry`` for ever; ``caught_up`` is set once the records present at
-    start are applied (the intake answers credentialed requests only after that)."""
+    start are applied (the intake answers credentialed requests only after that). A failure
+    (the broker away) is logged and the topic read again a second later: it never ends the
+    worker or the intake it runs in; the credentials known so far stay in force meanwhile."""
+    while True:
+        try:
+            await _follow_once(settings, registry, caught_up)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep following
+            log.warning("following the credentials topic failed (%s); again in 1 s", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
+async def _follow_once(settings: Settings, registry: CredentialRegistry, caught_up: asyncio.Event) -> None:
     tp = TopicPartition(settings.topics.name("credentials"), 0)
     consumer = AIOKafkaConsumer(**settings.aiokafka_config(), group_id=None, enable_auto_commit=False)
     await consumer.start()

@@ -24,6 +24,7 @@ Topology (every input topic co-partitioned by patient id, ``MONITOR_PARTITIONS``
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from datetime import timedelta
@@ -32,6 +33,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from monitor.credentials import CredentialRegistry
 from monitor.kafka.checkpoints import read_partition
 from monitor.kafka.security import faust_credentials
 from monitor.metrics.collectors import registry_for
@@ -177,7 +179,16 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, *,
     async def send_action(action: Any) -> None:
         await actions_topic.send(key=action.alert_id.encode(), value=action.dumps(), partition=0)
 
-    add_views(app, settings, pipe, mgr, merge, registry, send_action)
+    credentials = CredentialRegistry()
+
+    @app.task
+    async def follow_credentials() -> None:
+        """Coordinator and clinician credentials for the patient-level views (monitor.credentials)."""
+        from monitor.kafka.credentials import follow
+
+        await follow(settings, credentials, asyncio.Event())
+
+    add_views(app, settings, pipe, mgr, merge, registry, send_action, credentials)
     return app
 
 

@@ -27,8 +27,9 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.alerts.actions import AlertAction
-from monitor.auth import check_bearer, configured_token
+from monitor.auth import bearer_credentials, check_bearer, configured_token
 from monitor.carers.ledger import to_csv, to_json
+from monitor.credentials import Credential, CredentialRegistry
 from monitor.pipeline import Pipeline
 from monitor.settings import Settings
 from monitor.stream.merge import MergePoint
@@ -83,13 +84,32 @@ def health(pipe: Pipeline, mgr: PartitionManager) -> dict[str, Any]:
 
 def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: PartitionManager,
               merge: MergePoint, registry: CollectorRegistry,
-              send_action: Callable[[AlertAction], Awaitable[Any]] | None = None) -> None:
-    """Register the views on ``app``."""
+              send_action: Callable[[AlertAction], Awaitable[Any]] | None = None,
+              credentials: CredentialRegistry | None = None) -> None:
+    """Register the views on ``app``. Patient-level views take the admin token or a credential
+    (:mod:`monitor.credentials`, followed from its topic into ``credentials``): coordinators and
+    clinicians read them; only a clinician (or the admin token) acknowledges."""
     token = configured_token(settings.api_token)
+    readers = ("coordinator", "clinician")
 
-    def denied(view: View, request: Request) -> Response | None:
-        status = check_bearer(request.headers.get("Authorization", ""), token)
-        return None if status is None else view.json({"error": _DENIED[status]}, status=status)
+    def who(request: Request, roles: tuple[str, ...]) -> tuple[int | None, Credential | None]:
+        """(None: allowed, or the status to answer; the credential used, None for the admin token)."""
+        header = request.headers.get("Authorization", "")
+        status = check_bearer(header, token)
+        if status is None:
+            return None, None
+        cred = credentials.authenticate(bearer_credentials(header).decode(errors="replace")) \
+            if credentials is not None else None
+        if cred is None:  # no admin token configured (403) but credentials exist: a wrong one (401)
+            return (401 if status == 403 and credentials is not None and credentials.by_id else status), None
+        return (None if cred.role in roles else 403), cred
+
+    def denied(view: View, request: Request, roles: tuple[str, ...] = readers) -> Response | None:
+        status, _ = who(request, roles)
+        if status is None:
+            return None
+        return view.json({"error": _DENIED.get(status, "this credential's role may not use this view")},
+                         status=status)
 
     @app.page("/metrics")
     class Metrics(View):
@@ -118,14 +138,17 @@ def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: Partition
     @app.page("/alerts/{alert_id}/ack")
     class Ack(View):
         async def post(self, request: Request, alert_id: str) -> Response:
-            refused = denied(self, request)
-            if refused:
-                return refused
+            status, cred = who(request, ("clinician",))
+            if status is not None:
+                return self.json({"error": _DENIED.get(status, "only a clinician acknowledges")},
+                                 status=status)
             if send_action is None:
                 return self.json({"error": "acknowledgements are not configured"}, status=503)
             try:
                 body = await request.json()
-                action = AlertAction("ack", alert_id, datetime.now(UTC), by=str(body["by"]),
+                # a clinician's credential names who answered; "by" is taken only with the admin token
+                by = cred.name or cred.credential_id if cred is not None else str(body["by"])
+                action = AlertAction("ack", alert_id, datetime.now(UTC), by=by,
                                      note=str(body.get("note") or ""))
             except (ValueError, TypeError, KeyError, AttributeError):
                 return self.json({"error": 'a JSON body {"by": "<name>", "note": "<text>"} is required'},

@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -395,6 +396,13 @@ def test_an_ack_silences_the_alert_and_an_unacked_one_escalates_once_across_rest
     env = {**env, "MONITOR_ALERTMANAGER_URL": am_url, "MONITOR_ALERT_REPOST_S": "2",
            "MONITOR_ESCALATE_EMERGENCY_S": "8", "MONITOR_ESCALATE_CRITICAL_S": "8",
            "MONITOR_IDLE_AFTER_S": "86400", "MONITOR_CHECKPOINT_INTERVAL_S": "1"}
+    def credential(role: str, name: str) -> str:
+        made = subprocess.run([sys.executable, "-m", "monitor", "credentials", "add", "--role", role,
+                               "--name", name], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, check=True)
+        return json.loads(made.stdout)["token"]
+
+    clinician, coordinator = credential("clinician", "dr-a"), credential("coordinator", "coord-b")
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     notifier = NotifierProcess(env, tmp_path / "notifier.log")
@@ -431,12 +439,23 @@ def test_an_ack_silences_the_alert_and_an_unacked_one_escalates_once_across_rest
         send("readings", "P-ESC", reading("P-ESC", "e-low", 2.6, 60))
         wait_for(lambda: alert_id_of("P-ACK") and alert_id_of("P-ESC"), what="both alerts on the topic")
         acked = alert_id_of("P-ACK")
-        req = urllib.request.Request(
-            f"{worker.base}/alerts/{acked}/ack", method="POST",
-            data=json.dumps({"by": "dr-a", "note": "called, eating"}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 202
+
+        def ack(bearer: str) -> int:
+            req = urllib.request.Request(
+                f"{worker.base}/alerts/{acked}/ack", method="POST",
+                data=json.dumps({"by": "someone else", "note": "called, eating"}).encode(),
+                headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        # a coordinator reads the patient-level views but does not acknowledge; the clinician's
+        # credential, not the body, says who answered
+        assert worker.get("/patients/alerts", token=coordinator)["alerts"]
+        assert ack(coordinator) == 403
+        assert ack(clinician) == 202
         wait_for(lambda: silences_for(am_url, acked), what="the silence of the acknowledged alert")
         wait_for(lambda: tier2("P-ESC"), timeout_s=30, what="the escalation of the unanswered alert")
         wait_for(lambda: any(a["labels"]["patient_id"] == "P-ACK" and a["status"]["state"] == "suppressed"
