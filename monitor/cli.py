@@ -215,15 +215,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     s = _settings()
     if args.action == "ack":
-        from kafka import KafkaProducer
+        from monitor.kafka.clients import producer
 
         action = AlertAction("ack", args.alert_id, datetime.now(UTC), by=args.by, note=args.note or "")
-        producer = KafkaProducer(**s.kafka_python_config(), acks="all")
+        prod = producer(s)
         try:
-            producer.send(s.topics.name("alert_actions"), key=args.alert_id.encode(), value=action.dumps(),
-                          partition=0).get(timeout=30)
+            prod.send(s.topics.name("alert_actions"), key=args.alert_id.encode(), value=action.dumps(),
+                      partition=0).get(timeout=30)
         finally:
-            producer.close()
+            prod.close()
         _print_json(action.to_json())
         return 0
     from monitor.kafka.history import timeline as history

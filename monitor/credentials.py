@@ -115,6 +115,22 @@ class CredentialRegistry:
         return cred if hmac.compare_digest(_sha256(token), cred.token_sha256) else None
 
 
+def resolve(header: str, admin_token: bytes | None,
+            registry: CredentialRegistry | None) -> tuple[int | None, Credential | None]:
+    """Who an ``Authorization`` header names: ``(None, None)`` the admin token, ``(None, cred)``
+    a live credential, else ``(status, None)``: 401 for an unknown token, 403 when neither an
+    admin token nor any credential is configured (the endpoints are closed)."""
+    from monitor.auth import FORBIDDEN, UNAUTHORIZED, bearer_credentials, check_bearer
+
+    status = check_bearer(header, admin_token)
+    if status is None:
+        return None, None
+    cred = registry.authenticate(bearer_credentials(header).decode(errors="replace")) if registry else None
+    if cred is not None:
+        return None, cred
+    return (UNAUTHORIZED if status == FORBIDDEN and registry and registry.by_id else status), None
+
+
 @dataclass
 class RateLimiter:
     """A token bucket per credential: ``rate`` requests per second, bursts up to ``burst``."""

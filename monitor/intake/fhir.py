@@ -420,8 +420,8 @@ def decode(
 def _half(resource: dict[str, Any]) -> str | None:
     """``"systolic"``/``"diastolic"`` for an Observation coded only as one half of a pressure."""
     codes = set(_codings(resource.get("code")))
-    if any((system, code) for system, code in codes if system in (LOINC, MDC)
-           and code in (LOINC_KINDS if system == LOINC else MDC_KINDS)):
+    if any(code in (LOINC_KINDS if system == LOINC else MDC_KINDS) for system, code in codes
+           if system in (LOINC, MDC)):
         return None  # a panel (or another vital sign): decoded as it is
     if codes & SYSTOLIC_CODES:
         return "systolic"

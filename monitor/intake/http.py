@@ -110,9 +110,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as PromCounter
 
-from monitor.auth import FORBIDDEN, bearer_credentials, check_bearer, configured_token
+from monitor.auth import FORBIDDEN, configured_token
 from monitor.contract.models import CareLink, CarerActivity, DeadLetter, Reading, to_json_dict
-from monitor.credentials import CredentialRegistry, RateLimiter
+from monitor.credentials import CredentialRegistry, RateLimiter, resolve
 from monitor.intake import fhir_rest
 from monitor.intake.canonical import CanonicalReading, iso_utc, load_json
 from monitor.intake.formats import FORMATS, decode_value
@@ -543,16 +543,12 @@ class _Intake:
         """``None`` when the request may go on (its principal in ``request[PRINCIPAL]``: ``None``
         for the admin token, else the :class:`~monitor.credentials.Credential`), else the answer:
         403 closed, 401 unknown, 429 over the credential's rate, 403 a role not allowed here."""
-        header = request.headers.get("Authorization", "")
-        status = check_bearer(header, self._token)
-        if status is None:
+        status, credential = resolve(request.headers.get("Authorization", ""), self._token, self.credentials)
+        if status is None and credential is None:
             request[PRINCIPAL] = None  # the admin bootstrap token
             return None
-        credential = None
-        if self.credentials is not None:
-            credential = self.credentials.authenticate(bearer_credentials(header).decode(errors="replace"))
         if credential is None:
-            if status == FORBIDDEN and not (self.credentials and self.credentials.by_id):
+            if status == FORBIDDEN:
                 return _error(403, request, "intake_disabled",
                               "the HTTP intake is closed: no MONITOR_API_TOKEN and no credentials")
             self._count("unauthorized", "none")

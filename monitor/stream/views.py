@@ -27,9 +27,9 @@ from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.alerts.actions import AlertAction
-from monitor.auth import bearer_credentials, check_bearer, configured_token
+from monitor.auth import configured_token
 from monitor.carers.ledger import to_csv, to_json
-from monitor.credentials import Credential, CredentialRegistry
+from monitor.credentials import Credential, CredentialRegistry, resolve
 from monitor.pipeline import Pipeline
 from monitor.settings import Settings
 from monitor.stream.merge import MergePoint
@@ -94,14 +94,9 @@ def add_views(app: faust.App, settings: Settings, pipe: Pipeline, mgr: Partition
 
     def who(request: Request, roles: tuple[str, ...]) -> tuple[int | None, Credential | None]:
         """(None: allowed, or the status to answer; the credential used, None for the admin token)."""
-        header = request.headers.get("Authorization", "")
-        status = check_bearer(header, token)
-        if status is None:
-            return None, None
-        cred = credentials.authenticate(bearer_credentials(header).decode(errors="replace")) \
-            if credentials is not None else None
-        if cred is None:  # no admin token configured (403) but credentials exist: a wrong one (401)
-            return (401 if status == 403 and credentials is not None and credentials.by_id else status), None
+        status, cred = resolve(request.headers.get("Authorization", ""), token, credentials)
+        if cred is None:
+            return status, None
         return (None if cred.role in roles else 403), cred
 
     def denied(view: View, request: Request, roles: tuple[str, ...] = readers) -> Response | None:
